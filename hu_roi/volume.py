@@ -197,6 +197,4 @@ class Volume:
         """
         d = np.asarray(points_lps_mm, dtype=float) - self.slice_origins_lps_mm[k]
         dr, dc = self.pixel_spacing_mm
-        return np.stack(
-            [d @ self.col_dir / dr, d @ self.row_dir / dc, d @ self.normal], axis=-1
-        )
+        return np.stack([d @ self.col_dir / dr, d @ self.row_dir / dc, d @ self.normal], axis=-1)

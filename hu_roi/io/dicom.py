@@ -1,0 +1,590 @@
+"""Header-only indexing of DICOM trees into CT series (the only place that parses headers).
+
+:func:`index_folder` walks a folder recursively, reads the header of every file (no pixel
+decoding), skips what is not a usable image with a one-line reason, groups images into
+series and names the problems of each series (codes in :data:`hu_roi.series.PROBLEM_CODES`).
+
+Grouping
+--------
+Images are grouped by SeriesInstanceUID.  When that tag is empty or missing (seen in real,
+partly anonymised Siemens data), the fallback key is built from
+
+    folder, StudyDate, Modality, FrameOfReferenceUID, SeriesNumber, SeriesDescription,
+    ImageOrientationPatient (rounded to 1e-4), Rows, Columns
+
+and the series gets ``series_key = "nouid-" + sha1(key)[:16]`` and the ``empty-uid``
+problem.  AcquisitionNumber is not part of the key because sequential (step-and-shoot)
+acquisitions change it from one slice group to the next.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from hu_roi.errors import DicomReadError
+from hu_roi.series import SeriesInfo, SliceRef
+
+log = logging.getLogger(__name__)
+
+#: SOP classes whose images hu-roi can read as CT.
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+#: ImageType values that mean "not Hounsfield units" even when Modality is CT.
+NON_HU_IMAGE_TYPES = frozenset({"PERFUSION", "RCBF", "RCBV", "MTT", "TTP", "IODINE", "VNC_MAP"})
+
+#: Largest image hu-roi accepts (pixels per frame); larger files are refused before any
+#: allocation (a malicious or corrupt header can claim gigabytes).
+MAX_PIXELS_PER_FRAME = 8192 * 8192
+
+#: Relative tolerances of the geometry checks.
+GAP_FACTOR = 1.5  # a step larger than 1.5x the median step is a gap (missing slices)
+UNIFORM_TOL = 0.01  # steps differing by more than 1% (and 0.01 mm) are non-uniform
+TILT_TOL_DEG = 0.5  # stacking direction more than 0.5° off the normal is a tilt
+DUPLICATE_TOL_MM = 0.01
+
+_HEADER_TAGS = [
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "FrameOfReferenceUID",
+    "Modality",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "KVP",
+    "ConvolutionKernel",
+    "SliceThickness",
+    "ContrastBolusAgent",
+    "SeriesDescription",
+    "SeriesNumber",
+    "AcquisitionNumber",
+    "InstanceNumber",
+    "StudyDate",
+    "StudyTime",
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientPosition",
+    "ImageType",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "SamplesPerPixel",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "RescaleType",
+    "GantryDetectorTilt",
+    "NumberOfFrames",
+    "PixelPaddingValue",
+    "DirectoryRecordSequence",
+]
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file the index could not use, with a one-line reason."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """Header facts of one image file, as read by :func:`read_header`."""
+
+    path: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    frame_of_reference_uid: str
+    modality: str
+    manufacturer: str
+    model: str
+    kvp: float | None
+    kernel: str
+    slice_thickness_mm: float | None
+    contrast_agent: str
+    series_description: str
+    series_number: int | None
+    acquisition_number: int | None
+    instance_number: int | None
+    study_date: str
+    study_time: str
+    patient_id: str
+    patient_name: str
+    patient_birth_date: str
+    patient_position: str
+    image_type: tuple[str, ...]
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, float, float, float, float, float] | None
+    pixel_spacing: tuple[float, float] | None
+    rows: int
+    columns: int
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    rescale_slope: float | None
+    rescale_intercept: float | None
+    rescale_type: str
+    gantry_tilt_deg: float | None
+    number_of_frames: int
+    transfer_syntax: str
+
+
+@dataclass
+class IndexResult:
+    """What :func:`index_folder` found.
+
+    Attributes
+    ----------
+    series : list of SeriesInfo
+        One per series, sorted by (patient_id, study_date, series_key).
+    skipped : list of SkippedFile
+        Files that are not usable images, each with its reason.
+    n_files : int
+        Number of files looked at.
+    """
+
+    series: list[SeriesInfo] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+    n_files: int = 0
+
+    def ct_series(self) -> list[SeriesInfo]:
+        """Series that are CT images without a refusing problem."""
+        return [s for s in self.series if not s.refusing_problems]
+
+
+# ---------------------------------------------------------------------------------------
+# Reading one header
+# ---------------------------------------------------------------------------------------
+def _str(ds: pydicom.Dataset, keyword: str) -> str:
+    v = ds.get(keyword, None)
+    if v is None:
+        return ""
+    if isinstance(v, pydicom.multival.MultiValue):
+        return "\\".join(str(x) for x in v)
+    return str(v).strip()
+
+
+def _float(ds: pydicom.Dataset, keyword: str) -> float | None:
+    v = ds.get(keyword, None)
+    if v is None or v == "":
+        return None
+    try:
+        if isinstance(v, pydicom.multival.MultiValue):
+            v = v[0]
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) else None
+
+
+def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
+    f = _float(ds, keyword)
+    return None if f is None else int(f)
+
+
+def _floats(ds: pydicom.Dataset, keyword: str, n: int) -> tuple[float, ...] | None:
+    v = ds.get(keyword, None)
+    if v is None:
+        return None
+    try:
+        vals = tuple(float(x) for x in v)
+    except (TypeError, ValueError):
+        return None
+    if len(vals) != n or not all(np.isfinite(vals)):
+        return None
+    return vals
+
+
+def read_header(path: str | os.PathLike[str]) -> ImageHeader:
+    """Read the header of one DICOM image file without touching its pixel data.
+
+    Parameters
+    ----------
+    path : path-like
+        File of any name (no extension needed).
+
+    Returns
+    -------
+    ImageHeader
+
+    Raises
+    ------
+    DicomReadError
+        When the file is not DICOM, is a DICOMDIR, holds no image, or lacks the geometry
+        a CT measurement needs; the message is the one-line reason.
+    """
+    p = str(path)
+    try:
+        ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+    except InvalidDicomError:
+        raise DicomReadError("not a DICOM file (no DICM preamble)") from None
+    except (OSError, EOFError) as exc:
+        raise DicomReadError(f"cannot read file: {exc}") from None
+    except Exception as exc:  # pydicom raises many types on garbled bytes
+        raise DicomReadError(f"garbled DICOM header ({type(exc).__name__}: {exc})") from None
+
+    meta = getattr(ds, "file_meta", None)
+    ms_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
+    if ms_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+        raise DicomReadError("DICOMDIR (a directory index, not an image)")
+    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    sop_class = _str(ds, "SOPClassUID") or ms_class
+    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
+    if not rows or not cols:
+        raise DicomReadError(f"no image in this file (SOP class {sop_class or 'unknown'})")
+    frames = _int(ds, "NumberOfFrames") or 1
+    if rows * cols > MAX_PIXELS_PER_FRAME or rows <= 0 or cols <= 0 or frames <= 0:
+        raise DicomReadError(
+            f"image size {rows}x{cols}x{frames} is implausible; refused before reading pixels"
+        )
+    try:
+        header = ImageHeader(
+            path=p,
+            sop_class_uid=sop_class,
+            sop_instance_uid=_str(ds, "SOPInstanceUID")
+            or (str(meta.get("MediaStorageSOPInstanceUID", "")) if meta is not None else ""),
+            study_instance_uid=_str(ds, "StudyInstanceUID"),
+            series_instance_uid=_str(ds, "SeriesInstanceUID"),
+            frame_of_reference_uid=_str(ds, "FrameOfReferenceUID"),
+            modality=_str(ds, "Modality").upper(),
+            manufacturer=_str(ds, "Manufacturer"),
+            model=_str(ds, "ManufacturerModelName"),
+            kvp=_float(ds, "KVP"),
+            kernel=_str(ds, "ConvolutionKernel"),
+            slice_thickness_mm=_float(ds, "SliceThickness"),
+            contrast_agent=_str(ds, "ContrastBolusAgent"),
+            series_description=_str(ds, "SeriesDescription"),
+            series_number=_int(ds, "SeriesNumber"),
+            acquisition_number=_int(ds, "AcquisitionNumber"),
+            instance_number=_int(ds, "InstanceNumber"),
+            study_date=_str(ds, "StudyDate"),
+            study_time=_str(ds, "StudyTime"),
+            patient_id=_str(ds, "PatientID"),
+            patient_name=_str(ds, "PatientName"),
+            patient_birth_date=_str(ds, "PatientBirthDate"),
+            patient_position=_str(ds, "PatientPosition"),
+            image_type=tuple(x.strip().upper() for x in _str(ds, "ImageType").split("\\") if x),
+            position=_floats(ds, "ImagePositionPatient", 3),  # type: ignore[arg-type]
+            orientation=_floats(ds, "ImageOrientationPatient", 6),  # type: ignore[arg-type]
+            pixel_spacing=_floats(ds, "PixelSpacing", 2),  # type: ignore[arg-type]
+            rows=rows,
+            columns=cols,
+            bits_allocated=_int(ds, "BitsAllocated") or 16,
+            bits_stored=_int(ds, "BitsStored") or (_int(ds, "BitsAllocated") or 16),
+            pixel_representation=_int(ds, "PixelRepresentation") or 0,
+            rescale_slope=_float(ds, "RescaleSlope"),
+            rescale_intercept=_float(ds, "RescaleIntercept"),
+            rescale_type=_str(ds, "RescaleType"),
+            gantry_tilt_deg=_float(ds, "GantryDetectorTilt"),
+            number_of_frames=frames,
+            transfer_syntax=ts,
+        )
+    except Exception as exc:  # a value pydicom cannot convert: still a one-line reason
+        raise DicomReadError(f"garbled DICOM header ({type(exc).__name__}: {exc})") from None
+    if header.number_of_frames == 1:
+        missing = [
+            k
+            for k, v in (
+                ("ImagePositionPatient", header.position),
+                ("ImageOrientationPatient", header.orientation),
+                ("PixelSpacing", header.pixel_spacing),
+            )
+            if v is None
+        ]
+        if missing:
+            raise DicomReadError(
+                f"missing or invalid {', '.join(missing)}: the image cannot be placed in "
+                "patient coordinates"
+            )
+        if header.pixel_spacing is not None and min(header.pixel_spacing) <= 0:
+            raise DicomReadError(f"PixelSpacing {header.pixel_spacing} is not positive")
+        x, y = np.array(header.orientation[:3]), np.array(header.orientation[3:])  # type: ignore[index]
+        if (
+            abs(np.linalg.norm(x) - 1) > 1e-2
+            or abs(np.linalg.norm(y) - 1) > 1e-2
+            or abs(x @ y) > 1e-2
+        ):
+            raise DicomReadError(
+                f"ImageOrientationPatient {header.orientation} is not two orthonormal vectors"
+            )
+    return header
+
+
+# ---------------------------------------------------------------------------------------
+# Walking a tree
+# ---------------------------------------------------------------------------------------
+def iter_files(root: str | os.PathLike[str], skipped: list[SkippedFile]) -> Iterator[str]:
+    """Yield every regular file under ``root`` (sorted, symlink loops avoided).
+
+    Unreadable folders are reported in ``skipped``.
+    """
+    root_s = str(root)
+    if os.path.isfile(root_s):
+        yield root_s
+        return
+    seen: set[tuple[int, int]] = set()
+
+    def onerror(exc: OSError) -> None:
+        skipped.append(SkippedFile(str(exc.filename), f"cannot list folder: {exc.strerror}"))
+
+    for dirpath, dirnames, filenames in os.walk(root_s, followlinks=True, onerror=onerror):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen:  # a symbolic-link loop or a second link to one folder
+            dirnames[:] = []
+            skipped.append(SkippedFile(dirpath, "folder already visited (symbolic-link loop)"))
+            continue
+        seen.add(key)
+        dirnames.sort()
+        for name in sorted(filenames):
+            yield os.path.join(dirpath, name)
+
+
+def _fallback_key(h: ImageHeader) -> tuple[object, ...]:
+    ori = tuple(round(v, 4) for v in h.orientation) if h.orientation else None
+    return (
+        os.path.dirname(h.path),
+        h.study_date,
+        h.modality,
+        h.frame_of_reference_uid,
+        h.series_number,
+        h.series_description,
+        ori,
+        h.rows,
+        h.columns,
+    )
+
+
+def fallback_series_key(h: ImageHeader) -> str:
+    """The documented series key of an image whose SeriesInstanceUID is empty or missing."""
+    digest = hashlib.sha1(repr(_fallback_key(h)).encode()).hexdigest()[:16]
+    return f"nouid-{digest}"
+
+
+def index_folder(
+    root: str | os.PathLike[str],
+    *,
+    progress: bool = False,
+    cache: object | None = None,
+) -> IndexResult:
+    """Scan a DICOM tree (header only) and group its images into series.
+
+    Parameters
+    ----------
+    root : path-like
+        Folder (searched recursively) or a single file.
+    progress : bool
+        Show a tqdm progress bar on stderr (only when stderr is a terminal).
+    cache : HeaderCache or None
+        Optional persistent header cache (see :mod:`hu_roi.io.cache`).
+
+    Returns
+    -------
+    IndexResult
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``root`` does not exist.
+    """
+    if not os.path.exists(root):
+        raise FileNotFoundError(f"no such file or folder: {root}")
+    result = IndexResult()
+    files = list(iter_files(root, result.skipped))
+    result.n_files = len(files)
+    headers: list[ImageHeader] = []
+    it: Iterable[str] = files
+    if progress and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        it = tqdm(files, desc="index", unit="file", leave=False)
+    for f in it:
+        try:
+            h = cache.get(f) if cache is not None else None  # type: ignore[attr-defined]
+            if h is None:
+                h = read_header(f)
+                if cache is not None:
+                    cache.put(f, h)  # type: ignore[attr-defined]
+        except DicomReadError as exc:
+            result.skipped.append(SkippedFile(f, str(exc)))
+            continue
+        except OSError as exc:
+            result.skipped.append(SkippedFile(f, f"cannot read file: {exc.strerror or exc}"))
+            continue
+        headers.append(h)
+    if cache is not None:
+        cache.flush()  # type: ignore[attr-defined]
+    result.series = group_series(headers, result.skipped)
+    return result
+
+
+def group_series(headers: list[ImageHeader], skipped: list[SkippedFile]) -> list[SeriesInfo]:
+    """Group image headers into series and describe each (see module docstring)."""
+    groups: dict[str, list[ImageHeader]] = defaultdict(list)
+    seen_sop: dict[str, str] = {}
+    for h in headers:
+        if h.sop_instance_uid:
+            first = seen_sop.get(h.sop_instance_uid)
+            if first is not None:
+                skipped.append(
+                    SkippedFile(h.path, f"duplicate SOPInstanceUID (same as {first}); ignored")
+                )
+                continue
+            seen_sop[h.sop_instance_uid] = h.path
+        key = h.series_instance_uid or fallback_series_key(h)
+        groups[key].append(h)
+    series = [_describe(key, hs) for key, hs in groups.items()]
+    series.sort(key=lambda s: (s.patient_id, s.study_date, s.study_time, s.series_key))
+    return series
+
+
+def _common(values: list[object]) -> object:
+    """The most common value (first seen on ties)."""
+    counts: dict[object, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    return max(counts, key=lambda k: counts[k])
+
+
+def _describe(key: str, hs: list[ImageHeader]) -> SeriesInfo:
+    problems: list[str] = []
+    first = hs[0]
+    if not first.series_instance_uid:
+        problems.append("empty-uid")
+    is_ct_class = first.sop_class_uid in ("", CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE)
+    if (
+        first.modality != "CT"
+        or not is_ct_class
+        or NON_HU_IMAGE_TYPES.intersection(first.image_type)
+    ):
+        problems.append("not-ct")
+    if any("LOCALIZER" in h.image_type for h in hs):
+        problems.append("localizer")
+    if any(h.number_of_frames > 1 for h in hs) or first.sop_class_uid == ENHANCED_CT_IMAGE_STORAGE:
+        problems.append("multiframe")
+    if any(h.rescale_slope is None or h.rescale_intercept is None for h in hs):
+        problems.append("no-rescale")
+
+    placed = [h for h in hs if h.orientation is not None and h.position is not None]
+    orientation = _common([h.orientation for h in placed]) if placed else (1, 0, 0, 0, 1, 0)
+    ori_arr = np.asarray(orientation, dtype=float)
+    if any(np.max(np.abs(np.asarray(h.orientation) - ori_arr)) > 1e-4 for h in placed):
+        problems.append("mixed-orientation")
+    sizes = {(h.rows, h.columns, h.pixel_spacing) for h in hs}
+    if len(sizes) > 1:
+        problems.append("mixed-size")
+
+    x, y = ori_arr[:3], ori_arr[3:]
+    normal = np.cross(x, y)
+    normal /= np.linalg.norm(normal)
+    # Sort by position along the normal; the path breaks ties so the order is stable.
+    order = sorted(
+        placed,
+        key=lambda h: (float(np.dot(h.position, normal)), h.path),  # type: ignore[arg-type]
+    )
+    order += [h for h in hs if h not in placed]  # multi-frame files without top-level IPP
+    spacing = float("nan")
+    if len(placed) >= 2:
+        pos = np.array([h.position for h in order if h.position is not None], dtype=float)
+        along = pos @ normal
+        steps = np.diff(along)
+        nonzero = steps[steps > DUPLICATE_TOL_MM]
+        if np.any(steps <= DUPLICATE_TOL_MM):
+            problems.append("duplicate-positions")
+        if nonzero.size:
+            spacing = float(np.median(nonzero))
+            if np.any(nonzero > GAP_FACTOR * spacing):
+                problems.append("missing-slices")
+            elif np.any(np.abs(nonzero - spacing) > max(UNIFORM_TOL * spacing, 0.01)):
+                problems.append("non-uniform-spacing")
+            # Stacking direction: from the first to the last distinct position.
+            stack = pos[-1] - pos[0]
+            if np.linalg.norm(stack) > 0:
+                cosang = abs(float(stack @ normal)) / float(np.linalg.norm(stack))
+                tilt = float(np.degrees(np.arccos(min(1.0, cosang))))
+                if tilt > TILT_TOL_DEG:
+                    problems.append("gantry-tilt")
+    elif len(placed) == 1 and first.number_of_frames == 1:
+        problems.append("single-slice")
+    if first.gantry_tilt_deg and abs(first.gantry_tilt_deg) > TILT_TOL_DEG:
+        if "gantry-tilt" not in problems and len(placed) >= 2:
+            problems.append("gantry-tilt")
+
+    slices = tuple(
+        SliceRef(
+            path=h.path,
+            position_lps_mm=tuple(h.position) if h.position else (np.nan, np.nan, np.nan),  # type: ignore[arg-type]
+            sop_instance_uid=h.sop_instance_uid,
+            instance_number=h.instance_number,
+        )
+        for h in order
+    )
+    ps = first.pixel_spacing or (float("nan"), float("nan"))
+    folders = {os.path.dirname(h.path) for h in hs}
+    folder = os.path.commonpath(list(folders)) if folders else ""
+    # Problem order follows PROBLEM_CODES so outputs are stable.
+    from hu_roi.series import PROBLEM_CODES
+
+    ordered = tuple(code for code in PROBLEM_CODES if code in set(problems))
+    return SeriesInfo(
+        series_key=key,
+        series_instance_uid=first.series_instance_uid,
+        study_instance_uid=first.study_instance_uid,
+        patient_id=first.patient_id,
+        study_date=first.study_date,
+        study_time=first.study_time,
+        modality=first.modality,
+        manufacturer=first.manufacturer,
+        model=first.model,
+        kvp=first.kvp,
+        kernel=first.kernel,
+        slice_thickness_mm=first.slice_thickness_mm,
+        contrast_agent=first.contrast_agent,
+        series_description=first.series_description,
+        series_number=first.series_number,
+        acquisition_number=first.acquisition_number,
+        frame_of_reference_uid=first.frame_of_reference_uid,
+        rows=first.rows,
+        columns=first.columns,
+        pixel_spacing_mm=(float(ps[0]), float(ps[1])),
+        orientation=tuple(float(v) for v in ori_arr),  # type: ignore[arg-type]
+        slice_spacing_mm=spacing,
+        slices=slices,
+        transfer_syntax=first.transfer_syntax,
+        rescale_slope=first.rescale_slope,
+        rescale_intercept=first.rescale_intercept,
+        rescale_type=first.rescale_type,
+        bits_stored=first.bits_stored,
+        pixel_representation=first.pixel_representation,
+        image_type=first.image_type,
+        patient_position=first.patient_position,
+        folder=folder,
+        problems=ordered,
+        gantry_tilt_deg=first.gantry_tilt_deg,
+        number_of_frames=max(h.number_of_frames for h in hs),
+        patient_name=first.patient_name,
+        patient_birth_date=first.patient_birth_date,
+    )
