@@ -1,0 +1,577 @@
+"""HU statistics of one ROI on one Volume, with ROI quality flags.
+
+:func:`measure_roi` is *the* measurement: the napari viewer and the batch command both call
+it, so an ROI measured interactively and in batch gives identical numbers.
+
+Every qc flag code the measurement engine can emit is declared once in :data:`QC_FLAGS`
+(severity, meaning, source of the threshold); ``docs/qc_flags.md`` is the same table and a
+test keeps the two in sync.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from hu_roi.rasterize import RoiMask, RoiPlacementError, rasterize_roi
+from hu_roi.roi import Roi
+from hu_roi.series import PROBLEM_CODES, SeriesInfo
+from hu_roi.volume import Volume
+
+__all__ = [
+    "QcFlag",
+    "QC_FLAGS",
+    "SEVERITY_ORDER",
+    "MIN_VOXELS",
+    "MIN_TARGET_AREA_MM2",
+    "PADDING_HU_LIMIT",
+    "CORTICAL_HU",
+    "CORTICAL_FRACTION",
+    "Measurement",
+    "measure_roi",
+    "failed_measurement",
+    "qc_status_of",
+    "severity_of",
+    "add_flags",
+]
+
+#: Fewer voxels than this: statistics unstable (project choice; a 5 × 4 pixel patch).
+MIN_VOXELS = 20
+#: Minimum area of a 2D *target* ROI (mm²), project choice: a circle of 8 mm diameter
+#: (≈ 50 mm²).  Trabecular ROIs in vertebral-body HU studies are usually several hundred
+#: mm² (as large as possible while avoiding the cortex).
+MIN_TARGET_AREA_MM2 = 50.0
+#: Voxels at or below this HU are padding / outside the reconstruction field (real tissue
+#: and air are ≥ −1024 HU; scanners pad with −2000, −3024 or −32768).
+PADDING_HU_LIMIT = -2000.0
+#: Voxels above this HU in a *target* ROI are counted as cortical bone (project heuristic:
+#: cortical bone reads ≳ 1000 HU at 120 kVp, trabecular bone ≈ 100–300 HU).
+CORTICAL_HU = 1000.0
+#: Flag a target ROI when more than this fraction of voxels is above CORTICAL_HU.
+CORTICAL_FRACTION = 0.05
+
+SEVERITY_ORDER = {"pass": 0, "info": 0, "warn": 1, "fail": 2}
+
+
+@dataclass(frozen=True)
+class QcFlag:
+    """One qc flag code: severity (``info``/``warn``/``fail``), meaning, threshold source."""
+
+    code: str
+    severity: str
+    meaning: str
+    source: str
+
+
+def _f(code: str, severity: str, meaning: str, source: str) -> tuple[str, QcFlag]:
+    return code, QcFlag(code, severity, meaning, source)
+
+
+#: Every qc code of the measurement CSV (``series-<problem>`` stands for one code per
+#: series problem of :data:`hu_roi.series.PROBLEM_CODES`).
+QC_FLAGS: dict[str, QcFlag] = dict(
+    [
+        # -- placing the ROI (rasterize) -------------------------------------------------
+        _f(
+            "series-not-found",
+            "fail",
+            "No series in the DICOM folder matches the ROI (UID, series_key, or the only CT series of the patient)",
+            "matching rule, hu_roi.roi.match_series",
+        ),
+        _f(
+            "series-ambiguous",
+            "fail",
+            "Several series could be the ROI's; the ROI needs series_instance_uid or series_key",
+            "matching rule, hu_roi.roi.match_series",
+        ),
+        _f(
+            "series-refused",
+            "fail",
+            "The series has a problem that makes measurements wrong (see the series-<problem> flag) and was not loaded",
+            "hu_roi.series.REFUSING_PROBLEMS",
+        ),
+        _f(
+            "series-load-failed",
+            "fail",
+            "The series' pixel data could not be read (see detail)",
+            "hu_roi.io.load_series error",
+        ),
+        _f(
+            "roi-outside-image",
+            "fail",
+            "The ROI covers no voxel of the image (plane beyond the slice stack, or entirely outside the rows/columns)",
+            "DESIGN.md voxel rule",
+        ),
+        _f(
+            "roi-slice-tie",
+            "fail",
+            "A 2D ROI's plane is equally far (within 0.001 mm) from two slices, or two slices share the nearest position",
+            "DESIGN.md: ties are an error; tolerance hu_roi.rasterize.TIE_TOL_MM",
+        ),
+        _f(
+            "roi-not-parallel",
+            "fail",
+            "A polygon is not parallel to the slices (vertices span > 0.1 mm along the slice normal)",
+            "hu_roi.rasterize.PARALLEL_TOL_MM (project choice)",
+        ),
+        _f(
+            "roi-too-large",
+            "fail",
+            "The ROI spans more than 8192 pixels (probably wrong units)",
+            "hu_roi.rasterize.MAX_BOX_PIXELS",
+        ),
+        _f(
+            "slice-not-loaded",
+            "fail",
+            "The slice the ROI lies on was not loaded (internal error of a partial load)",
+            "hu_roi.rasterize",
+        ),
+        _f(
+            "roi-partly-outside",
+            "warn",
+            "Some voxel centres of the shape lie outside the image rows/columns, or a sphere reaches beyond the first/last slice; only the inside is measured",
+            "DESIGN.md voxel rule",
+        ),
+        # -- ROI quality (measure) -------------------------------------------------------
+        _f(
+            "roi-on-padding",
+            "warn",
+            "Some voxels are padding: equal to the series' padding value or ≤ −2000 HU",
+            "hu_roi.measure.PADDING_HU_LIMIT; PixelPaddingValue",
+        ),
+        _f(
+            "too-few-voxels",
+            "warn",
+            "Fewer than 20 voxels: statistics unstable",
+            "hu_roi.measure.MIN_VOXELS (project choice)",
+        ),
+        _f(
+            "area-below-minimum",
+            "warn",
+            "A 2D target ROI covers less than 50 mm² (≈ 8 mm circle)",
+            "hu_roi.measure.MIN_TARGET_AREA_MM2 (project choice; trabecular ROIs are usually several hundred mm²)",
+        ),
+        _f(
+            "cortical-contamination",
+            "warn",
+            "More than 5 % of the voxels of a target ROI are above 1000 HU (cortical bone or sclerosis in the ROI)",
+            "hu_roi.measure.CORTICAL_HU, CORTICAL_FRACTION (project heuristic)",
+        ),
+        _f(
+            "series-<problem>",
+            "warn",
+            "The series carries the named problem code (e.g. series-missing-slices, series-gantry-tilt, series-no-rescale); see hu_roi.series.PROBLEM_CODES. series-empty-uid is info only",
+            "hu-roi index",
+        ),
+        # -- calibration (calibration.py) ------------------------------------------------
+        _f(
+            "cal-air-off",
+            "warn",
+            "A reference-air ROI on this scan reads outside −1000 ± 50 HU (flag set on every ROI of the scan)",
+            "hu_roi.calibration.EXPECTED; air is −1000 HU by definition of the HU scale, ±50 HU project tolerance",
+        ),
+        _f(
+            "cal-water-off",
+            "warn",
+            "A reference-water ROI reads outside 0 ± 7 HU",
+            "ACR CT Accreditation Program phantom criterion: water 0 ± 7 HU",
+        ),
+        _f(
+            "cal-fat-off",
+            "warn",
+            "A reference-fat (subcutaneous) ROI reads outside −130 … −70 HU",
+            "typical subcutaneous fat −100 HU; range is a project choice",
+        ),
+        _f(
+            "cal-muscle-off",
+            "warn",
+            "A reference-muscle (paraspinal) ROI reads outside 20 … 70 HU",
+            "typical skeletal muscle ≈ +40 HU; range is a project choice",
+        ),
+        _f(
+            "cal-air-auto-off",
+            "warn",
+            "No reference-air ROI: air found automatically in the image corners (inside the field, outside the body) reads outside −1000 ± 50 HU",
+            "hu_roi.calibration.auto_air_check heuristic",
+        ),
+        _f(
+            "cal-air-auto-unavailable",
+            "info",
+            "No reference-air ROI and too little air in the image corners for the automatic air check",
+            "hu_roi.calibration.auto_air_check heuristic",
+        ),
+        _f(
+            "rescale-type-not-hu",
+            "warn",
+            "RescaleType is present and not HU",
+            "DICOM PS3.3 C.11.1.1.2",
+        ),
+        _f(
+            "rescale-unusual",
+            "warn",
+            "RescaleSlope ≤ 0 or > 10, or RescaleIntercept outside −10000 … 1000",
+            "project sanity limits (typical slope 1, intercept −1024/−1000/−8192/0)",
+        ),
+        _f(
+            "contrast-agent",
+            "warn",
+            "ContrastBolusAgent is recorded: iodine raises vertebral HU (by about 10–25 HU)",
+            "DICOM ContrastBolusAgent (0018,0010)",
+        ),
+        _f(
+            "kvp-differs-from-T0",
+            "warn",
+            "kVp differs from the patient's baseline (T0) scan: trabecular HU moves by several percent",
+            "header comparison vs T0",
+        ),
+        _f(
+            "kernel-differs-from-T0",
+            "warn",
+            "Convolution kernel differs from the T0 scan",
+            "header comparison vs T0",
+        ),
+        _f(
+            "thickness-differs-from-T0",
+            "warn",
+            "Slice thickness differs from the T0 scan by more than 0.01 mm",
+            "header comparison vs T0",
+        ),
+        _f(
+            "scanner-differs-from-T0",
+            "warn",
+            "Manufacturer or model differs from the T0 scan",
+            "header comparison vs T0",
+        ),
+        _f(
+            "contrast-differs-from-T0",
+            "warn",
+            "Contrast agent recorded on one of this scan and the T0 scan but not the other",
+            "header comparison vs T0",
+        ),
+        _f(
+            "phantom-fit-poor",
+            "warn",
+            "Phantom calibration HU→mg/cm³ has R² < 0.98",
+            "hu_roi.calibration.PHANTOM_MIN_R2 (project choice)",
+        ),
+        _f(
+            "phantom-too-few-inserts",
+            "warn",
+            "Fewer than 2 phantom inserts with density_mg_cm3 on the scan: no calibration",
+            "a line needs two points",
+        ),
+        _f("phantom-no-density", "warn", "A phantom-<name> ROI has no density_mg_cm3", "ROI file"),
+    ]
+)
+
+
+def severity_of(code: str) -> str:
+    """Severity of a qc code (``info``, ``warn`` or ``fail``); unknown codes are ``warn``."""
+    if code in QC_FLAGS:
+        return QC_FLAGS[code].severity
+    if code == "series-empty-uid":
+        return "info"
+    if code.startswith("series-") and code[len("series-") :] in PROBLEM_CODES:
+        return "warn"
+    return "warn"
+
+
+def qc_status_of(flags: Iterable[str]) -> str:
+    """``fail`` if any flag fails, else ``warn`` if any warns, else ``pass``."""
+    worst = 0
+    for f in flags:
+        worst = max(worst, SEVERITY_ORDER[severity_of(f)])
+    return {0: "pass", 1: "warn", 2: "fail"}[worst]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One ROI's measurement: a row of the measurement CSV.
+
+    Statistics are over the ROI's voxels ``x_1..x_n`` (HU after rescale, float64):
+
+    - ``mean_hu`` = Σ x_i / n (``math.fsum``, correctly rounded)
+    - ``sd_hu`` = sqrt(Σ (x_i − mean)² / (n − 1)) (sample SD; NaN for n < 2)
+    - ``median_hu``, ``p5_hu``, ``p95_hu``: percentiles with linear interpolation between
+      order statistics (R's ``quantile(type = 7)``, numpy's default)
+    - ``area_mm2`` = n · ΔR · ΔC for 2D shapes (None for spheres)
+    - ``volume_mm3`` = n · ΔR · ΔC · slice spacing for spheres (None for 2D shapes)
+
+    ``qc_flags`` are short codes (see :data:`QC_FLAGS`); ``qc_status`` is derived from them.
+    """
+
+    roi_id: str
+    patient_id: str
+    timepoint: str | None
+    study_date: str
+    series_instance_uid: str
+    level: str | None
+    irradiated: bool | None
+    lesion_type: str | None
+    kind: str
+    shape: str
+    slice_index: int | None
+    n_voxels: int
+    area_mm2: float | None
+    volume_mm3: float | None
+    mean_hu: float
+    sd_hu: float
+    median_hu: float
+    min_hu: float
+    max_hu: float
+    kvp: float | None
+    kernel: str
+    slice_thickness_mm: float | None
+    manufacturer: str
+    model: str
+    qc_flags: tuple[str, ...]
+    reader: str
+    p5_hu: float = math.nan
+    p95_hu: float = math.nan
+    bmd_mg_cm3: float | None = None
+    series_key: str = ""
+    roi_file: str = ""
+    slice_position_mm: float | None = None
+    slice_indices: tuple[int, ...] = ()
+    n_outside: int = 0
+    n_padding: int = 0
+    cortical_fraction: float = math.nan
+    contrast_agent: str = ""
+    detail: str = ""
+    patient_name: str = field(default="", repr=False)
+    patient_birth_date: str = field(default="", repr=False)
+
+    @property
+    def qc_status(self) -> str:
+        """``pass``, ``warn`` or ``fail`` from :attr:`qc_flags`."""
+        return qc_status_of(self.qc_flags)
+
+
+def add_flags(m: Measurement, *codes: str, detail: str = "") -> Measurement:
+    """A copy of ``m`` with ``codes`` added (no duplicates, order kept)."""
+    flags = list(m.qc_flags)
+    for c in codes:
+        if c not in flags:
+            flags.append(c)
+    d = m.detail if not detail else (f"{m.detail}; {detail}" if m.detail else detail)
+    return replace(m, qc_flags=tuple(flags), detail=d)
+
+
+def _series_fields(info: SeriesInfo | None) -> dict:
+    if info is None:
+        return {
+            "study_date": "",
+            "series_instance_uid": "",
+            "kvp": None,
+            "kernel": "",
+            "slice_thickness_mm": None,
+            "manufacturer": "",
+            "model": "",
+            "series_key": "",
+            "contrast_agent": "",
+            "patient_name": "",
+            "patient_birth_date": "",
+        }
+    return {
+        "study_date": info.study_date,
+        "series_instance_uid": info.series_instance_uid,
+        "kvp": info.kvp,
+        "kernel": info.kernel,
+        "slice_thickness_mm": info.slice_thickness_mm,
+        "manufacturer": info.manufacturer,
+        "model": info.model,
+        "series_key": info.series_key,
+        "contrast_agent": info.contrast_agent,
+        "patient_name": info.patient_name,
+        "patient_birth_date": info.patient_birth_date,
+    }
+
+
+def _series_problem_flags(info: SeriesInfo | None) -> list[str]:
+    if info is None:
+        return []
+    return [f"series-{p}" for p in info.problems]
+
+
+def failed_measurement(
+    roi: Roi,
+    codes: Iterable[str],
+    *,
+    info: SeriesInfo | None = None,
+    detail: str = "",
+    reader: str = "",
+    roi_file: str = "",
+) -> Measurement:
+    """The row of an ROI that could not be measured (qc_status ``fail``, empty statistics)."""
+    sf = _series_fields(info)
+    if not sf["series_instance_uid"]:
+        sf["series_instance_uid"] = roi.series_instance_uid
+    if not sf["series_key"]:
+        sf["series_key"] = roi.series_key
+    if not sf["study_date"]:
+        sf["study_date"] = roi.study_date
+    flags = list(dict.fromkeys([*codes, *_series_problem_flags(info)]))
+    nan = math.nan
+    return Measurement(
+        roi_id=roi.roi_id,
+        patient_id=roi.patient_id,
+        timepoint=roi.timepoint,
+        level=roi.level,
+        irradiated=roi.irradiated,
+        lesion_type=roi.lesion_type,
+        kind=roi.kind,
+        shape=roi.shape.type,
+        slice_index=None,
+        n_voxels=0,
+        area_mm2=None,
+        volume_mm3=None,
+        mean_hu=nan,
+        sd_hu=nan,
+        median_hu=nan,
+        min_hu=nan,
+        max_hu=nan,
+        qc_flags=tuple(flags),
+        reader=reader,
+        roi_file=roi_file,
+        detail=detail,
+        **sf,
+    )
+
+
+def _stats(x: np.ndarray) -> dict[str, float]:
+    n = x.size
+    if n == 0:
+        nan = math.nan
+        return dict(
+            mean_hu=nan, sd_hu=nan, median_hu=nan, min_hu=nan, max_hu=nan, p5_hu=nan, p95_hu=nan
+        )
+    mean = math.fsum(x.tolist()) / n
+    sd = math.sqrt(math.fsum(((x - mean) ** 2).tolist()) / (n - 1)) if n > 1 else math.nan
+    p5, med, p95 = np.percentile(x, [5.0, 50.0, 95.0])
+    return dict(
+        mean_hu=float(mean),
+        sd_hu=float(sd),
+        median_hu=float(med),
+        min_hu=float(x.min()),
+        max_hu=float(x.max()),
+        p5_hu=float(p5),
+        p95_hu=float(p95),
+    )
+
+
+def measure_roi(
+    volume: Volume,
+    roi: Roi,
+    *,
+    reader: str = "",
+    roi_file: str = "",
+    mask: RoiMask | None = None,
+) -> Measurement:
+    """Measure one ROI on a Volume: HU statistics and ROI quality flags.
+
+    This is the one measurement function of hu-roi (viewer and batch both call it).
+
+    Parameters
+    ----------
+    volume : Volume
+        Full or partial volume holding the slices the ROI touches (HU after rescale).
+    roi : Roi
+    reader : str
+        Reader of the ROI set (copied to the row).
+    roi_file : str
+        Path of the ROI file (provenance column).
+    mask : RoiMask, optional
+        A mask already computed with :func:`hu_roi.rasterize.rasterize_roi` for this
+        volume and ROI (saves recomputing it).
+
+    Returns
+    -------
+    Measurement
+        Statistics over the selected voxels (formulas in :class:`Measurement`), or, when
+        the ROI cannot be placed (tie, outside the image, ...), a row with
+        ``qc_status == "fail"`` and the reason code in ``qc_flags``.
+    """
+    info = volume.info
+    try:
+        rm = mask if mask is not None else rasterize_roi(volume, roi)
+    except RoiPlacementError as exc:
+        return failed_measurement(
+            roi, [exc.code], info=info, detail=str(exc), reader=reader, roi_file=roi_file
+        )
+    x = rm.values(volume)
+    n = int(x.size)
+    flags = _series_problem_flags(info)
+    if n == 0:
+        return failed_measurement(
+            roi,
+            ["roi-outside-image"],
+            info=info,
+            reader=reader,
+            roi_file=roi_file,
+            detail=f"ROI {roi.roi_id!r} covers no voxel centre of the image",
+        )
+    if rm.n_outside > 0 or rm.beyond_stack:
+        flags.append("roi-partly-outside")
+    pad = x <= PADDING_HU_LIMIT
+    if volume.padding_hu is not None and np.isfinite(volume.padding_hu):
+        pad |= x == float(volume.padding_hu)
+    n_pad = int(np.count_nonzero(pad))
+    if n_pad:
+        flags.append("roi-on-padding")
+    if n < MIN_VOXELS:
+        flags.append("too-few-voxels")
+    dr, dc = volume.pixel_spacing_mm
+    area = volume_mm3 = None
+    if roi.shape.is_2d:
+        area = n * dr * dc
+        if roi.kind == "target" and area < MIN_TARGET_AREA_MM2:
+            flags.append("area-below-minimum")
+    else:
+        sp = volume.slice_spacing_mm
+        volume_mm3 = n * dr * dc * sp if np.isfinite(sp) else None
+    cort = float(np.count_nonzero(x > CORTICAL_HU)) / n
+    if roi.kind == "target" and cort > CORTICAL_FRACTION:
+        flags.append("cortical-contamination")
+    # reference slice: the one slice of a 2D shape; for a sphere the slice nearest its centre
+    slice_k = _centre_k(volume, roi, rm)
+    sf = _series_fields(info)
+    if not sf["series_instance_uid"]:
+        sf["series_instance_uid"] = roi.series_instance_uid
+    if not sf["series_key"]:
+        sf["series_key"] = roi.series_key
+    return Measurement(
+        roi_id=roi.roi_id,
+        patient_id=roi.patient_id,
+        timepoint=roi.timepoint,
+        level=roi.level,
+        irradiated=roi.irradiated,
+        lesion_type=roi.lesion_type,
+        kind=roi.kind,
+        shape=roi.shape.type,
+        slice_index=int(volume.slice_indices[slice_k]),
+        n_voxels=n,
+        area_mm2=area,
+        volume_mm3=volume_mm3,
+        qc_flags=tuple(dict.fromkeys(flags)),
+        reader=reader,
+        roi_file=roi_file,
+        slice_position_mm=float(volume.slice_positions_mm[slice_k]),
+        slice_indices=rm.slice_indices,
+        n_outside=rm.n_outside,
+        n_padding=n_pad,
+        cortical_fraction=cort,
+        **_stats(x),
+        **sf,
+    )
+
+
+def _centre_k(volume: Volume, roi: Roi, rm: RoiMask) -> int:
+    ks = [p.k for p in rm.parts if p.n_voxels]
+    if len(ks) == 1 or roi.shape.center_mm is None:
+        return ks[0]
+    c = float(np.asarray(roi.shape.center_mm) @ volume.normal)
+    pos = volume.slice_positions_mm[ks]
+    return ks[int(np.argmin(np.abs(pos - c)))]
