@@ -215,6 +215,20 @@ def _floats(ds: pydicom.Dataset, keyword: str, n: int) -> tuple[float, ...] | No
     return vals
 
 
+def _looks_like_raw_dataset(path: str) -> bool:
+    """True when a file without preamble starts like a DICOM data set (group 0x0008 tag)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return False
+    return (
+        len(head) == 8
+        and head[:2] == b"\x08\x00"
+        and head[2:4] in (b"\x00\x00", b"\x05\x00", b"\x08\x00", b"\x16\x00", b"\x18\x00")
+    )
+
+
 def read_header(path: str | os.PathLike[str]) -> ImageHeader:
     """Read the header of one DICOM image file without touching its pixel data.
 
@@ -237,7 +251,13 @@ def read_header(path: str | os.PathLike[str]) -> ImageHeader:
     try:
         ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
     except InvalidDicomError:
-        raise DicomReadError("not a DICOM file (no DICM preamble)") from None
+        # Old ACR-NEMA style files have no preamble but start with a group 0x0008 tag.
+        if not _looks_like_raw_dataset(p):
+            raise DicomReadError("not a DICOM file (no DICM preamble)") from None
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=True)
+        except Exception as exc:
+            raise DicomReadError(f"not a DICOM file ({type(exc).__name__}: {exc})") from None
     except (OSError, EOFError) as exc:
         raise DicomReadError(f"cannot read file: {exc}") from None
     except Exception as exc:  # pydicom raises many types on garbled bytes

@@ -89,7 +89,16 @@ def check_loadable(info: SeriesInfo, accept: Iterable[str] = ()) -> None:
 def _decode(path: str, rows: int, cols: int) -> tuple[np.ndarray, float, float, float | None]:
     """Stored values of one single-frame image plus its slope, intercept and padding value."""
     try:
-        ds = pydicom.dcmread(path)
+        try:
+            ds = pydicom.dcmread(path)
+        except pydicom.errors.InvalidDicomError:
+            # No preamble (old ACR-NEMA style); the index already checked it is a data set.
+            ds = pydicom.dcmread(path, force=True)
+            if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+                ds.file_meta = pydicom.dataset.FileMetaDataset()
+                ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+                if not ds.original_encoding[0]:
+                    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
     except Exception as exc:
         raise DicomReadError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
     if int(ds.get("Rows", 0)) != rows or int(ds.get("Columns", 0)) != cols:

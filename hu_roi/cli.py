@@ -1,0 +1,202 @@
+"""The ``hu-roi`` command line.
+
+Subcommands: ``index``, ``measure``, ``longitudinal``, ``analyze``, ``demo``.  Exit status
+0 when the command ran (bad files and failed ROIs are reported, not fatal), 2 when it
+cannot run at all (one line on stderr says why), 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from hu_roi import __version__
+from hu_roi.errors import HuRoiError
+
+#: Columns of ``hu-roi index`` output, in order (DESIGN.md, then extras).
+INDEX_COLUMNS = [
+    "series_key",
+    "series_instance_uid",
+    "patient_id",
+    "study_date",
+    "modality",
+    "manufacturer",
+    "model",
+    "kvp",
+    "kernel",
+    "n_slices",
+    "rows",
+    "columns",
+    "slice_spacing_mm",
+    "transfer_syntax",
+    "problems",
+    "study_time",
+    "series_description",
+    "series_number",
+    "slice_thickness_mm",
+    "pixel_spacing_mm",
+    "contrast_agent",
+    "patient_position",
+    "folder",
+]
+
+#: Columns of the skipped-files table written next to the index.
+SKIPPED_COLUMNS = ["path", "reason"]
+
+
+class CliError(Exception):
+    """The command cannot run; the message is printed as one line on stderr."""
+
+
+def _fmt(v: object) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if v != v else f"{v:.6g}"
+    if isinstance(v, tuple):
+        return "\\".join(_fmt(x) for x in v)
+    return str(v)
+
+
+def index_rows(series: Sequence[object]) -> list[dict[str, str]]:
+    """One dict per series with the :data:`INDEX_COLUMNS` (strings, CSV-ready)."""
+    rows = []
+    for s in series:
+        row = {c: _fmt(getattr(s, c, "")) for c in INDEX_COLUMNS}
+        row["problems"] = ";".join(s.problems)  # type: ignore[attr-defined]
+        rows.append(row)
+    return rows
+
+
+def write_csv(path: str | Path | None, columns: list[str], rows: list[dict[str, str]]) -> None:
+    """Write rows to ``path`` atomically, or to stdout when ``path`` is None or '-'."""
+    if path is None or str(path) == "-":
+        w = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        return
+    import io
+
+    from hu_roi.util import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(Path(path), buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------
+# index
+# ---------------------------------------------------------------------------------------
+def add_index_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "index",
+        help="list the series of a DICOM folder (header only) with their problems",
+        description="Scan DICOM_DIR recursively (headers only) and list every series found, "
+        "with the problems that would make a measurement wrong, and the files skipped.",
+    )
+    p.add_argument("dicom_dir", metavar="DICOM_DIR")
+    p.add_argument(
+        "--out",
+        metavar="FILE.csv",
+        help="write the table here (default: stdout); skipped files go to FILE.skipped.csv",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    p.add_argument("--no-cache", action="store_true", help="do not use the header cache")
+    p.set_defaults(func=run_index)
+
+
+def run_index(args: argparse.Namespace) -> int:
+    from hu_roi.io import index_folder
+
+    root = Path(args.dicom_dir)
+    if not root.exists():
+        raise CliError(f"no such file or folder: {root}")
+    cache = None
+    if not args.no_cache:
+        try:
+            from hu_roi.io.cache import HeaderCache
+        except ImportError:  # pragma: no cover - cache module optional
+            cache = None
+        else:
+            cache = HeaderCache.default()
+    res = index_folder(root, progress=not args.quiet, cache=cache)
+    write_csv(args.out, INDEX_COLUMNS, index_rows(res.series))
+    if args.out and args.out != "-":
+        out = Path(args.out)
+        skipped_path = out.with_name(out.stem + ".skipped.csv")
+        write_csv(
+            skipped_path,
+            SKIPPED_COLUMNS,
+            [{"path": s.path, "reason": s.reason} for s in res.skipped],
+        )
+    if not args.quiet:
+        n_ok = sum(1 for s in res.series if not s.refusing_problems)
+        print(
+            f"hu-roi index: {res.n_files} files, {len(res.series)} series "
+            f"({n_ok} measurable), {len(res.skipped)} files skipped",
+            file=sys.stderr,
+        )
+        for s in res.skipped[:20]:
+            print(f"  skipped {s.path}: {s.reason}", file=sys.stderr)
+        if len(res.skipped) > 20:
+            print(f"  … and {len(res.skipped) - 20} more", file=sys.stderr)
+        if args.out and args.out != "-":
+            print(f"  wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------
+def _optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Parser builders of the feature modules (imported lazily: ``--help`` stays fast)."""
+    from hu_roi.commands import registered
+
+    return registered()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hu-roi",
+        description="Bone density (HU) of vertebral bodies in CT: index DICOM, measure stored "
+        "ROIs, build longitudinal tables and the trial's statistics.",
+    )
+    parser.add_argument("--version", action="version", version=f"hu-roi {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_index_parser(sub)
+    for add in _optional_commands():
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hu-roi`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="hu-roi: %(levelname)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("hu-roi: interrupted", file=sys.stderr)
+        return 130
+    except (CliError, HuRoiError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"hu-roi {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""Registry of the subcommands that live in feature modules.
+
+Each entry adds one subparser (with ``set_defaults(func=...)``) to the ``hu-roi`` parser.
+Modules are imported only when the parser is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+AddParser = Callable[[argparse._SubParsersAction], None]
+
+
+def registered() -> list[AddParser]:
+    """The parser builders of ``measure``, ``longitudinal``, ``analyze`` and ``demo``."""
+    from hu_roi.demo import add_demo_parser
+
+    return [add_demo_parser]
