@@ -72,6 +72,16 @@ def test_real_ct_pixels_equal_simpleitk(real_ct: Path, folder: str) -> None:
 
 
 @pytest.mark.realct
+def test_real_ct_whole_tree(real_ct: Path) -> None:
+    """Every folder at once: 7 DICOM series; the NIfTI folder gives none (skipped files)."""
+    res = index_folder(real_ct)
+    assert len(res.series) == len(REAL_CASES)
+    nifti = [f for f in res.skipped if f.path.endswith(".nii.gz")]
+    assert len(nifti) == 4 and all("not a DICOM file" in f.reason for f in nifti)
+    assert index_folder(real_ct / "totalseg_abdomen_ct_nifti").series == []
+
+
+@pytest.mark.realct
 def test_real_siemens_facts(real_ct: Path) -> None:
     (s,) = index_folder(real_ct / "siemens_biograph_mct_thoracolumbar").series
     assert s.series_instance_uid == "" and s.series_key.startswith("nouid-")
