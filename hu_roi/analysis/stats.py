@@ -1266,13 +1266,14 @@ def _findq(x: np.ndarray, y: np.ndarray, p: float, tol: float) -> float:
 
     i1 = approx_const(ys + tol, p)
     i2 = approx_const(ys - tol, p)
-    if math.isnan(i1) or math.isnan(i2):
-        return math.nan
-    quant = (xs[int(i1) - 1] + xs[int(i2) - 1]) / 2
+    x1 = math.nan if math.isnan(i1) else float(xs[int(i1) - 1])
+    x2 = math.nan if math.isnan(i2) else float(xs[int(i2) - 1])
+    quant = (x1 + x2) / 2
     if p == 0:
-        quant = xs[0]
+        quant = float(xs[0])
     if not math.isnan(ys[-1]) and abs(p - ys[-1]) < tol:
-        quant = (xs[int(i1) - 1] + xmax) / 2
+        # S reaches p exactly at the last distinct value: midpoint with the last time
+        quant = (x1 + float(xmax)) / 2
     return float(quant)
 
 
@@ -1317,9 +1318,10 @@ def kaplan_meier(time: Any, event: Any, *, conf_level: float = 0.95) -> KaplanMe
     tol = math.sqrt(_DBL_EPSILON)
     x0 = np.concatenate([[0.0], times])
     med = _findq(x0, np.concatenate([[0.0], 1 - surv]), 0.5, tol)
-    # R's quantile.survfit: lower limit of the median from the *upper* curve and v.v.
-    med_lo = _findq(x0, np.concatenate([[0.0], 1 - upper]), 0.5, tol)
-    med_hi = _findq(x0, np.concatenate([[0.0], 1 - lower]), 0.5, tol)
+    # R's quantile.survfit: the limits of the median are where the lower / upper
+    # confidence curves cross 0.5
+    med_lo = _findq(x0, np.concatenate([[0.0], 1 - lower]), 0.5, tol)
+    med_hi = _findq(x0, np.concatenate([[0.0], 1 - upper]), 0.5, tol)
     return KaplanMeierResult(
         time=times,
         n_risk=n_risk,
