@@ -14,6 +14,8 @@ AddParser = Callable[[argparse._SubParsersAction], None]
 
 def registered() -> list[AddParser]:
     """The parser builders of ``measure``, ``longitudinal``, ``analyze`` and ``demo``."""
+    from hu_roi.batch import add_measure_parser
     from hu_roi.demo import add_demo_parser
+    from hu_roi.longitudinal import add_longitudinal_parser
 
-    return [add_demo_parser]
+    return [add_measure_parser, add_longitudinal_parser, add_demo_parser]

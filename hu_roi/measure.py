@@ -332,6 +332,7 @@ class Measurement:
     p5_hu: float = math.nan
     p95_hu: float = math.nan
     bmd_mg_cm3: float | None = None
+    density_mg_cm3: float | None = None
     series_key: str = ""
     roi_file: str = ""
     slice_position_mm: float | None = None
@@ -437,6 +438,7 @@ def failed_measurement(
         reader=reader,
         roi_file=roi_file,
         detail=detail,
+        density_mg_cm3=roi.density_mg_cm3,
         **sf,
     )
 
@@ -558,6 +560,7 @@ def measure_roi(
         qc_flags=tuple(dict.fromkeys(flags)),
         reader=reader,
         roi_file=roi_file,
+        density_mg_cm3=roi.density_mg_cm3,
         slice_position_mm=float(volume.slice_positions_mm[slice_k]),
         slice_indices=rm.slice_indices,
         n_outside=rm.n_outside,

@@ -1,0 +1,408 @@
+"""Headless batch measurement: ROI files × a DICOM folder → measurement rows → CSV.
+
+Steps of :func:`measure_batch`:
+
+1. load every ROI file (``*.rois.json``; a folder is searched recursively);
+2. index the DICOM folder (headers only);
+3. match every ROI to its series (:func:`hu_roi.roi.match_series`); unmatched ROIs become
+   ``fail`` rows with the reason;
+4. per series (one task each; ``workers > 1`` runs tasks in local processes): work out from
+   the header which slices the ROIs touch (:func:`hu_roi.rasterize.slices_needed`), load
+   only those (``load_series(info, slices=...)``), measure every ROI with
+   :func:`hu_roi.measure.measure_roi`, and run the automatic air check on the loaded slices;
+5. calibration checks across all rows (:func:`hu_roi.calibration.apply_calibration`).
+
+Series problems accepted for measurement (:data:`ACCEPTED_PROBLEMS`): ``missing-slices``
+and ``gantry-tilt`` — the voxel rule uses each slice's own position, so both still give
+correct voxels; rows carry the ``series-<problem>`` warning.  Other refusing problems make
+the series' ROIs ``fail`` rows (``series-refused``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hu_roi import __version__
+from hu_roi.calibration import AirCheck, PhantomFit, apply_calibration, auto_air_check
+from hu_roi.errors import DicomReadError, HuRoiError, RoiFormatError, SeriesProblemError
+from hu_roi.measure import (
+    CORTICAL_FRACTION,
+    CORTICAL_HU,
+    MIN_TARGET_AREA_MM2,
+    MIN_VOXELS,
+    PADDING_HU_LIMIT,
+    Measurement,
+    failed_measurement,
+    measure_roi,
+)
+from hu_roi.rasterize import RoiPlacementError, slices_needed
+from hu_roi.roi import Roi, RoiSet, find_roi_files, load_roiset, match_series
+from hu_roi.series import SeriesInfo
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ACCEPTED_PROBLEMS",
+    "BatchResult",
+    "BatchInputError",
+    "load_roi_inputs",
+    "measure_series",
+    "measure_batch",
+    "add_measure_parser",
+    "run_measure",
+]
+
+#: Refusing series problems under which the voxel rule still selects the right voxels.
+ACCEPTED_PROBLEMS: tuple[str, ...] = ("missing-slices", "gantry-tilt")
+
+
+class BatchInputError(HuRoiError, ValueError):
+    """The batch cannot run at all (no ROI files, unreadable ROI file, no DICOM folder)."""
+
+
+@dataclass(frozen=True)
+class _Item:
+    order: int
+    roi: Roi
+    reader: str
+    roi_file: str
+
+
+@dataclass
+class BatchResult:
+    """Output of :func:`measure_batch`.
+
+    Attributes
+    ----------
+    measurements : list of Measurement
+        One per ROI, in the order of the ROI files and ROIs.
+    meta : dict
+        Provenance for the sidecar file (inputs, settings, counts).
+    phantom_fits : dict series_key -> PhantomFit
+    air_checks : dict series_key -> AirCheck
+    """
+
+    measurements: list[Measurement]
+    meta: dict[str, Any] = field(default_factory=dict)
+    phantom_fits: dict[str, PhantomFit] = field(default_factory=dict)
+    air_checks: dict[str, AirCheck] = field(default_factory=dict)
+
+
+def load_roi_inputs(paths: str | Path | Sequence[str | Path]) -> list[tuple[Path, RoiSet]]:
+    """Load ROI files given as files and/or folders (folders: every ``*.rois.json`` below).
+
+    Raises
+    ------
+    BatchInputError
+        A path does not exist, a folder holds no ROI file, or a file is not a valid ROI set
+        (the message names the file, the ROI and the field).
+    """
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    files: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise BatchInputError(f"no such ROI file or folder: {p}")
+        found = find_roi_files(p)
+        if not found:
+            raise BatchInputError(f"no ROI files (*.rois.json) in {p}")
+        files += found
+    out = []
+    for f in files:
+        try:
+            out.append((f, load_roiset(f)))
+        except RoiFormatError as exc:
+            raise BatchInputError(f"not a valid ROI file: {exc}") from exc
+        except OSError as exc:
+            raise BatchInputError(f"cannot read ROI file {f}: {exc}") from exc
+    return out
+
+
+def measure_series(
+    info: SeriesInfo, items: Sequence[_Item]
+) -> tuple[list[tuple[int, Measurement]], AirCheck | None]:
+    """Measure the ROIs of one series, loading only the slices they touch.
+
+    Runs in a worker process when ``workers > 1`` (arguments and results are picklable).
+    """
+    from hu_roi.io import load_series
+
+    out: list[tuple[int, Measurement]] = []
+    need: set[int] = set()
+    todo: list[_Item] = []
+    for it in items:
+        try:
+            need.update(slices_needed(it.roi, info))
+            todo.append(it)
+        except RoiPlacementError as exc:
+            out.append(
+                (
+                    it.order,
+                    failed_measurement(
+                        it.roi,
+                        [exc.code],
+                        info=info,
+                        detail=str(exc),
+                        reader=it.reader,
+                        roi_file=it.roi_file,
+                    ),
+                )
+            )
+    if not todo:
+        return out, None
+    accept = [p for p in info.problems if p in ACCEPTED_PROBLEMS]
+    try:
+        vol = load_series(info, slices=sorted(need), accept=accept)
+    except SeriesProblemError as exc:
+        codes = ["series-refused", *(f"series-{p}" for p in exc.problems)]
+        for it in todo:
+            out.append(
+                (
+                    it.order,
+                    failed_measurement(
+                        it.roi,
+                        codes,
+                        info=info,
+                        detail=str(exc),
+                        reader=it.reader,
+                        roi_file=it.roi_file,
+                    ),
+                )
+            )
+        return out, None
+    except (DicomReadError, OSError, ValueError) as exc:
+        for it in todo:
+            out.append(
+                (
+                    it.order,
+                    failed_measurement(
+                        it.roi,
+                        ["series-load-failed"],
+                        info=info,
+                        detail=str(exc),
+                        reader=it.reader,
+                        roi_file=it.roi_file,
+                    ),
+                )
+            )
+        return out, None
+    for it in todo:
+        out.append((it.order, measure_roi(vol, it.roi, reader=it.reader, roi_file=it.roi_file)))
+    air = None
+    if not any(it.roi.kind == "reference-air" for it in todo):
+        air = auto_air_check(vol)
+    return out, air
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def measure_batch(
+    dicom_dir: str | Path,
+    rois: str | Path | Sequence[str | Path],
+    *,
+    workers: int = 1,
+    progress: bool = False,
+) -> BatchResult:
+    """Measure every stored ROI on its series (see the module docstring for the steps).
+
+    Parameters
+    ----------
+    dicom_dir : path
+        DICOM folder (searched recursively).
+    rois : path or sequence of paths
+        ROI files and/or folders of ``*.rois.json``.
+    workers : int
+        Local processes (per-series tasks); 1 runs in this process.
+    progress : bool
+        tqdm progress bar on stderr (only shown when stderr is a terminal).
+
+    Returns
+    -------
+    BatchResult
+
+    Raises
+    ------
+    BatchInputError
+        No such DICOM folder; no or invalid ROI files.
+    """
+    from hu_roi.io import index_folder
+
+    root = Path(dicom_dir)
+    if not root.exists():
+        raise BatchInputError(f"no such DICOM folder: {root}")
+    roisets = load_roi_inputs(rois)
+    idx = index_folder(root, progress=progress)
+    items: list[_Item] = []
+    results: dict[int, Measurement] = {}
+    groups: dict[str, list[_Item]] = defaultdict(list)
+    infos: dict[str, SeriesInfo] = {}
+    for f, rs in roisets:
+        for roi in rs.rois:
+            it = _Item(len(items), roi, rs.reader, str(f))
+            items.append(it)
+            mt = match_series(roi, idx.series)
+            if mt.info is None:
+                results[it.order] = failed_measurement(
+                    roi, [mt.reason], detail=mt.detail, reader=rs.reader, roi_file=str(f)
+                )
+                continue
+            infos[mt.info.series_key] = mt.info
+            groups[mt.info.series_key].append(it)
+    air_checks: dict[str, AirCheck] = {}
+    tasks = list(groups.items())
+    bar = None
+    if progress and sys.stderr.isatty() and tasks:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(tasks), desc="measure", unit="series", leave=False)
+    try:
+        if workers > 1 and len(tasks) > 1:
+            with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as ex:
+                futs = {ex.submit(measure_series, infos[k], v): k for k, v in tasks}
+                for fut in as_completed(futs):
+                    rows, air = fut.result()
+                    _collect(futs[fut], rows, air, results, air_checks)
+                    if bar is not None:
+                        bar.update(1)
+        else:
+            for k, v in tasks:
+                rows, air = measure_series(infos[k], v)
+                _collect(k, rows, air, results, air_checks)
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    ordered = [results[i] for i in range(len(items))]
+    calibrated, fits = apply_calibration(ordered, infos, air_checks)
+    meta = {
+        "tool": f"hu-roi {__version__}",
+        "command": "measure",
+        "inputs": {
+            "dicom_dir": str(root.resolve()),
+            "roi_files": [{"path": str(f.resolve()), "sha256": _sha256(f)} for f, _ in roisets],
+        },
+        "settings": {
+            "workers": workers,
+            "min_voxels": MIN_VOXELS,
+            "min_target_area_mm2": MIN_TARGET_AREA_MM2,
+            "padding_hu_limit": PADDING_HU_LIMIT,
+            "cortical_hu": CORTICAL_HU,
+            "cortical_fraction": CORTICAL_FRACTION,
+            "accepted_series_problems": list(ACCEPTED_PROBLEMS),
+        },
+        "n_files_indexed": idx.n_files,
+        "n_series_indexed": len(idx.series),
+        "n_series_measured": len(tasks),
+        "n_files_skipped": len(idx.skipped),
+        "phantom_fits": {
+            k: {
+                "slope_mg_cm3_per_hu": f.slope,
+                "intercept_mg_cm3": f.intercept,
+                "r2": f.r2,
+                "n_inserts": f.n,
+            }
+            for k, f in fits.items()
+        },
+        "auto_air_checks": {
+            k: {"mean_hu": a.mean_hu, "n_voxels": a.n_voxels, "ok": a.ok}
+            for k, a in air_checks.items()
+        },
+    }
+    return BatchResult(calibrated, meta, fits, air_checks)
+
+
+def _collect(key, rows, air, results, air_checks) -> None:
+    for order, m in rows:
+        results[order] = m
+    if air is not None:
+        air_checks[key] = air
+
+
+# --------------------------------------------------------------------------------------
+# CLI
+def add_measure_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``hu-roi measure`` to the CLI (``set_defaults(func=run_measure)``)."""
+    p = subparsers.add_parser(
+        "measure",
+        help="measure stored ROIs on a DICOM folder (batch) into a CSV",
+        description="Match every ROI of the ROI file(s) to its series in DICOM_DIR, read only "
+        "the slices the ROIs touch, and write one CSV row per ROI (failed ROIs are rows with "
+        "qc_status=fail and the reason). A sidecar <CSV>.meta.json records provenance.",
+    )
+    p.add_argument("--dicom", required=True, metavar="DICOM_DIR", help="DICOM folder")
+    p.add_argument(
+        "--rois",
+        required=True,
+        nargs="+",
+        metavar="FILE_OR_DIR",
+        help="ROI file(s) (*.rois.json) or folder(s) searched for them",
+    )
+    p.add_argument("--out", metavar="FILE.csv", help="output CSV (default: stdout)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="local worker processes (one task per series; default 1)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    p.add_argument(
+        "--include-identifiers",
+        action="store_true",
+        help="also write patient name and birth date (off by default)",
+    )
+    p.set_defaults(func=run_measure)
+
+
+def run_measure(args: argparse.Namespace) -> int:
+    """Run ``hu-roi measure``; returns the exit status (0 = ran).
+
+    Raises :class:`BatchInputError` (a :class:`HuRoiError`) when it cannot run at all; the
+    CLI prints it as one line on stderr and exits 2.
+    """
+    from hu_roi.export import measurements_csv_text, write_measurements_csv
+
+    if args.workers < 1:
+        raise BatchInputError(f"--workers must be ≥ 1; got {args.workers}")
+    dicom = Path(args.dicom)
+    if not dicom.exists():
+        raise BatchInputError(f"no such DICOM folder: {dicom}")
+    res = measure_batch(dicom, args.rois, workers=args.workers, progress=not args.quiet)
+    if args.out and args.out != "-":
+        meta = dict(res.meta)
+        meta["argv"] = sys.argv
+        write_measurements_csv(
+            res.measurements, args.out, include_identifiers=args.include_identifiers, meta=meta
+        )
+    else:
+        sys.stdout.write(
+            measurements_csv_text(res.measurements, include_identifiers=args.include_identifiers)
+        )
+    if not args.quiet:
+        n = len(res.measurements)
+        n_fail = sum(m.qc_status == "fail" for m in res.measurements)
+        n_warn = sum(m.qc_status == "warn" for m in res.measurements)
+        print(
+            f"hu-roi measure: {n} ROIs ({n - n_fail - n_warn} pass, {n_warn} warn, "
+            f"{n_fail} fail) on {res.meta['n_series_measured']} series",
+            file=sys.stderr,
+        )
+        for m in res.measurements:
+            if m.qc_status == "fail":
+                print(f"  fail {m.roi_id}: {';'.join(m.qc_flags)}", file=sys.stderr)
+        if args.out and args.out != "-":
+            print(f"  wrote {args.out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,202 @@
+"""The measurement CSV: columns declared once here, rows from :class:`Measurement`.
+
+Columns: :data:`MEASUREMENT_COLUMNS` (DESIGN.md, in that exact order), then
+:data:`EXTRA_COLUMNS`; :data:`IDENTIFIER_COLUMNS` (patient name, birth date) only when the
+user asks for them.  Cell formats: floats in Python's shortest round-trip form (``repr``,
+so a value read back is bit-identical to the one measured), empty for missing/NaN;
+booleans ``true``/``false``; ``study_date`` as ISO ``YYYY-MM-DD`` when the DICOM date has 8
+digits; lists (``qc_flags``, ``slice_indices``) ``;``-separated.
+
+A sidecar ``<csv>.meta.json`` records tool version, date, settings and input paths, so the
+CSV itself stays a plain table.  An empty input gives a CSV with the header only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from hu_roi import __version__
+from hu_roi.measure import Measurement
+
+__all__ = [
+    "MEASUREMENT_COLUMNS",
+    "EXTRA_COLUMNS",
+    "IDENTIFIER_COLUMNS",
+    "columns",
+    "format_cell",
+    "measurement_row",
+    "write_measurements_csv",
+    "meta_path",
+]
+
+#: DESIGN.md columns, in this order.
+MEASUREMENT_COLUMNS: tuple[str, ...] = (
+    "roi_id",
+    "patient_id",
+    "timepoint",
+    "study_date",
+    "series_instance_uid",
+    "level",
+    "irradiated",
+    "lesion_type",
+    "kind",
+    "shape",
+    "slice_index",
+    "n_voxels",
+    "area_mm2",
+    "volume_mm3",
+    "mean_hu",
+    "sd_hu",
+    "median_hu",
+    "min_hu",
+    "max_hu",
+    "kvp",
+    "kernel",
+    "slice_thickness_mm",
+    "manufacturer",
+    "model",
+    "qc_status",
+    "qc_flags",
+    "reader",
+)
+#: Extra columns after the DESIGN.md ones (units: HU, mg/cm³, mm).
+EXTRA_COLUMNS: tuple[str, ...] = (
+    "p5_hu",
+    "p95_hu",
+    "bmd_mg_cm3",
+    "density_mg_cm3",
+    "series_key",
+    "roi_file",
+    "slice_position_mm",
+    "slice_indices",
+    "n_outside",
+    "n_padding",
+    "cortical_fraction",
+    "contrast_agent",
+    "detail",
+)
+#: Direct identifiers: written only with ``include_identifiers=True``.
+IDENTIFIER_COLUMNS: tuple[str, ...] = ("patient_name", "patient_birth_date")
+
+
+def columns(*, include_identifiers: bool = False) -> tuple[str, ...]:
+    """The CSV header."""
+    return MEASUREMENT_COLUMNS + EXTRA_COLUMNS + (IDENTIFIER_COLUMNS if include_identifiers else ())
+
+
+def format_cell(value: Any) -> str:
+    """One CSV cell (see the module docstring for the formats)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else repr(value)
+    if isinstance(value, tuple | list):
+        return ";".join(format_cell(v) for v in value)
+    return str(value)
+
+
+def _iso_date(d: str) -> str:
+    d = d.strip()
+    if len(d) == 8 and d.isdigit():
+        return f"{d[:4]}-{d[4:6]}-{d[6:]}"
+    return d
+
+
+def measurement_row(m: Measurement, *, include_identifiers: bool = False) -> dict[str, str]:
+    """The CSV cells of one measurement, keyed by column name."""
+    row = {}
+    for c in columns(include_identifiers=include_identifiers):
+        v = m.qc_status if c == "qc_status" else getattr(m, c)
+        if c == "study_date":
+            v = _iso_date(v or "")
+        row[c] = format_cell(v)
+    return row
+
+
+def meta_path(csv_path: str | Path) -> Path:
+    """Path of the sidecar metadata file of a CSV: ``<csv>.meta.json``."""
+    p = Path(csv_path)
+    return p.with_name(p.name + ".meta.json")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def measurements_csv_text(
+    measurements: Iterable[Measurement], *, include_identifiers: bool = False
+) -> str:
+    """The CSV as a string (header, then one line per measurement)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(
+        buf, fieldnames=list(columns(include_identifiers=include_identifiers)), lineterminator="\n"
+    )
+    w.writeheader()
+    for m in measurements:
+        w.writerow(measurement_row(m, include_identifiers=include_identifiers))
+    return buf.getvalue()
+
+
+def write_measurements_csv(
+    measurements: Sequence[Measurement],
+    path: str | Path,
+    *,
+    include_identifiers: bool = False,
+    meta: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the measurement CSV (atomically) and its sidecar ``<csv>.meta.json``.
+
+    Parameters
+    ----------
+    measurements : sequence of Measurement
+    path : str or Path
+    include_identifiers : bool
+        Add patient name and birth date columns (off by default).
+    meta : mapping, optional
+        Extra provenance (settings, input paths...) merged into the sidecar.
+
+    Returns
+    -------
+    Path
+        The CSV path.
+    """
+    p = Path(path)
+    _atomic_write(p, measurements_csv_text(measurements, include_identifiers=include_identifiers))
+    info: dict[str, Any] = {
+        "tool": f"hu-roi {__version__}",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "csv": p.name,
+        "n_rows": len(measurements),
+        "n_fail": sum(1 for m in measurements if m.qc_status == "fail"),
+        "n_warn": sum(1 for m in measurements if m.qc_status == "warn"),
+        "includes_identifiers": include_identifiers,
+        "columns": list(columns(include_identifiers=include_identifiers)),
+    }
+    if meta:
+        info.update(meta)
+    _atomic_write(meta_path(p), json.dumps(info, indent=1, default=str) + "\n")
+    return p

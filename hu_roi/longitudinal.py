@@ -1,0 +1,201 @@
+"""The longitudinal table: one row per patient × level × ROI kind × reader, HU per timepoint.
+
+Columns are declared in :data:`hu_roi.analysis.schemas.LONGITUDINAL_SCHEMA` (documented in
+``docs/csv_schemas.md``, section "longitudinal"): ``patient_id, level, kind, reader,
+irradiated, lesion_type, hu_T0..hu_T3, delta_hu_T1..T3, pct_delta_T1..T3, flags``, where
+
+- ``delta_hu_Tk = hu_Tk − hu_T0`` (HU) and ``pct_delta_Tk = 100 · delta_hu_Tk / hu_T0``;
+- rows with ``qc_status = fail`` or no mean are not used (the schema's ``qc-fail-Tk``);
+- the reshaping is :func:`hu_roi.analysis.schemas.longitudinal_from_measurements`, so
+  the CLI and the analysis build exactly the same table.
+
+This module adds interpretation flags to ``flags``:
+
+``pct-unstable``
+    ``|hu_T0| < 50 HU`` (:data:`UNSTABLE_BASELINE_HU`): a percent change relative to a small
+    baseline is unstable (at 50 HU the least significant change below is already 32 %).
+    Project choice; ``pct_delta`` is still written.
+``within-lsc-Tk``
+    ``|delta_hu_Tk| < 16 HU`` (:data:`LSC_HU`): the change is within the least significant
+    change.  LSC = 2.77 × precision error (95 % confidence for the difference of two
+    measurements, 1.96·√2; Glüer et al., Osteoporos Int 1995;5:262–270, as used by the
+    ISCD).  We take the conservative upper end of the 10–16 HU range quoted for
+    trabecular-ROI HU measurements in the project's specification (≈ 5.8 HU precision
+    error); this value is not re-derived here — set your own from a precision study.
+``kvp-differs-Tk``, ``kernel-differs-Tk``, ``thickness-differs-Tk``, ``scanner-differs-Tk``, ``contrast-differs-Tk``
+    carried from the measurement's qc flags ``<what>-differs-from-T0``: the change at Tk
+    may be (partly) technical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hu_roi.analysis.schemas import (
+    LONGITUDINAL_SCHEMA,
+    MEASUREMENT_SCHEMA,
+    TIMEPOINTS,
+    longitudinal_from_measurements,
+)
+from hu_roi.errors import SchemaError
+
+__all__ = [
+    "LSC_HU",
+    "UNSTABLE_BASELINE_HU",
+    "CARRIED_FLAGS",
+    "read_measurement_targets",
+    "longitudinal_table",
+    "write_longitudinal_csv",
+    "add_longitudinal_parser",
+    "run_longitudinal",
+]
+
+#: Least significant change (HU), see the module docstring.
+LSC_HU = 16.0
+#: Baselines with smaller |HU| make percent changes unstable (project choice).
+UNSTABLE_BASELINE_HU = 50.0
+#: Measurement qc codes carried into the longitudinal flags as ``<name>-Tk``.
+CARRIED_FLAGS = {
+    "kvp-differs-from-T0": "kvp-differs",
+    "kernel-differs-from-T0": "kernel-differs",
+    "thickness-differs-from-T0": "thickness-differs",
+    "scanner-differs-from-T0": "scanner-differs",
+    "contrast-differs-from-T0": "contrast-differs",
+}
+_KEY = ["patient_id", "level", "kind", "reader"]
+
+
+def read_measurement_targets(path: str | Path) -> pd.DataFrame:
+    """Read a measurement CSV, keep target ROIs with a level, validate against the schema.
+
+    Reference and phantom rows are dropped before validation (they may lack a timepoint or
+    level and are not part of the longitudinal table).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise SchemaError(f"measurement CSV: {str(p)!r} does not exist or is not a file")
+    try:
+        raw = pd.read_csv(p, dtype=str, keep_default_na=False, na_filter=False)
+    except pd.errors.EmptyDataError as exc:
+        raise SchemaError(f"measurement CSV: {str(p)!r} is empty (no header)") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise SchemaError(f"measurement CSV: {str(p)!r} is not a readable CSV: {exc}") from exc
+    for c in ("kind", "level"):
+        if c not in raw.columns:
+            raise SchemaError(
+                f"measurement CSV ({p}): required column {c!r} missing; is this the output of "
+                "hu-roi measure?"
+            )
+    raw = raw.loc[(raw["kind"].str.strip() == "target") & (raw["level"].str.strip() != "")]
+    return MEASUREMENT_SCHEMA.validate(raw.reset_index(drop=True), source=str(p))
+
+
+def longitudinal_table(measurements: pd.DataFrame) -> pd.DataFrame:
+    """Longitudinal table (:data:`LONGITUDINAL_SCHEMA`) with the flags of this module.
+
+    Parameters
+    ----------
+    measurements : pandas.DataFrame
+        Validated measurement rows (e.g. :func:`read_measurement_targets`).
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    out = longitudinal_from_measurements(measurements)
+    if out.empty:
+        return out
+    m = measurements.copy()
+    m["reader"] = m["reader"].fillna("") if "reader" in m.columns else ""
+    usable = (m["qc_status"].fillna("pass") != "fail") & m["mean_hu"].notna()
+    carried: dict[tuple, list[str]] = {}
+    qc = m["qc_flags"].fillna("") if "qc_flags" in m.columns else pd.Series("", index=m.index)
+    for i in m.index[usable]:
+        k = tuple(m.loc[i, _KEY])
+        for code in str(qc[i]).split(";"):
+            if code in CARRIED_FLAGS:
+                carried.setdefault(k, []).append(f"{CARRIED_FLAGS[code]}-{m.loc[i, 'timepoint']}")
+    flags_out = []
+    for _, row in out.iterrows():
+        fl = [f for f in str(row["flags"] or "").split(";") if f]
+        h0 = row["hu_T0"]
+        if pd.notna(h0) and abs(float(h0)) < UNSTABLE_BASELINE_HU:
+            fl.append("pct-unstable")
+        for tp in TIMEPOINTS[1:]:
+            d = row[f"delta_hu_{tp}"]
+            if pd.notna(d) and abs(float(d)) < LSC_HU:
+                fl.append(f"within-lsc-{tp}")
+        fl += carried.get(tuple(row[_KEY]), [])
+        flags_out.append(";".join(dict.fromkeys(fl)))
+    out["flags"] = flags_out
+    return out
+
+
+def _cell(v: object) -> str:
+    if v is None or v is pd.NA:
+        return ""
+    if isinstance(v, bool | np.bool_):
+        return "true" if v else "false"
+    if isinstance(v, float | np.floating):
+        return "" if not math.isfinite(float(v)) else repr(float(v))
+    return str(v)
+
+
+def write_longitudinal_csv(table: pd.DataFrame, path: str | Path | None) -> None:
+    """Write the table (declared columns first); ``None`` or ``-`` writes to stdout."""
+    cols = list(LONGITUDINAL_SCHEMA.names) + [
+        c for c in table.columns if c not in LONGITUDINAL_SCHEMA.names
+    ]
+    buf = io.StringIO()
+    import csv
+
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    for rec in table[cols].itertuples(index=False):
+        w.writerow([_cell(v) for v in rec])
+    text = buf.getvalue()
+    if path is None or str(path) == "-":
+        sys.stdout.write(text)
+        return
+    from hu_roi.util import atomic_write_text
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(p, text)
+
+
+def add_longitudinal_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``hu-roi longitudinal`` to the CLI (``set_defaults(func=run_longitudinal)``)."""
+    p = subparsers.add_parser(
+        "longitudinal",
+        help="patient × level table of HU per timepoint with change vs T0",
+        description="Read a measurement CSV (hu-roi measure) and write one row per patient × "
+        "level × ROI kind × reader with HU at T0..T3, ΔHU and %%Δ vs T0 and flags "
+        f"(pct-unstable when |HU T0| < {UNSTABLE_BASELINE_HU:g} HU, within-lsc-Tk when "
+        f"|ΔHU| < {LSC_HU:g} HU, technical differences vs T0).",
+    )
+    p.add_argument("measurements", metavar="MEASUREMENTS.csv")
+    p.add_argument("--out", metavar="FILE.csv", help="output CSV (default: stdout)")
+    p.add_argument("--quiet", action="store_true", help="no summary on stderr")
+    p.set_defaults(func=run_longitudinal)
+
+
+def run_longitudinal(args: argparse.Namespace) -> int:
+    """Run ``hu-roi longitudinal``; raises SchemaError (exit 2 in the CLI) on a bad CSV."""
+    m = read_measurement_targets(args.measurements)
+    table = longitudinal_table(m)
+    write_longitudinal_csv(table, args.out)
+    if not getattr(args, "quiet", False):
+        print(
+            f"hu-roi longitudinal: {len(table)} patient × level rows from {len(m)} target ROIs"
+            + (f"; wrote {args.out}" if args.out and args.out != "-" else ""),
+            file=sys.stderr,
+        )
+    return 0
