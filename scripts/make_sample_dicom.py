@@ -106,7 +106,7 @@ RODS = {
     "phantom-k2hpo4-100": (100.0, 135.0, 0.0),
     "phantom-k2hpo4-200": (200.0, 270.0, 30.0),
 }
-ROD_RADIUS_MM = 7.0
+ROD_RADIUS_MM = 9.0
 ROD_Y_MM = 72.0  # posterior of the body (LPS +y), relative to the body centre
 
 
@@ -305,7 +305,7 @@ def build_phantom(
     lab2d[in_ellipse(x, y, bx, by, 82.0, 58.0)] = LABELS["fat"]
     lab2d[in_ellipse(x, y, bx, by, 70.0, 46.0)] = LABELS["muscle"]
     if p.phantom:
-        block = (np.abs(x - bx) <= 44.0) & (np.abs(y - (by + ROD_Y_MM)) <= 10.0)
+        block = (np.abs(x - bx) <= 44.0) & (np.abs(y - (by + ROD_Y_MM)) <= 12.0)
         lab2d[block] = LABELS["phantom-block"]
         for name, (_, _, dx) in RODS.items():
             rod = in_ellipse(x, y, bx + dx, by + ROD_Y_MM, ROD_RADIUS_MM, ROD_RADIUS_MM)
@@ -588,7 +588,7 @@ def target_shape(
     c = [round(cx + jx, 2), round(cy + jy, 2), z]
     kind = TARGET_SHAPE.get((p.patient_id, tp, level), "ellipse")
     if kind == "circle":
-        return {"type": "circle", "center_mm": c, "radius_mm": round(0.55 * cry, 1)}
+        return {"type": "circle", "center_mm": c, "radius_mm": round(0.65 * cry, 1)}
     if kind == "sphere":
         return {"type": "sphere", "center_mm": c, "radius_mm": 5.0}
     if kind == "polygon":
@@ -623,7 +623,7 @@ def reference_rois(p: PatientSpec, tp: str, grid: Grid) -> list[tuple[str, str, 
             {
                 "type": "ellipse",
                 "center_mm": [round(bx - 76.0, 2), round(by, 2), z],
-                "radii_mm": [3.5, 8.0],
+                "radii_mm": [4.0, 12.0],
                 "angle_deg": 0.0,
             },
         ),
@@ -646,7 +646,7 @@ def reference_rois(p: PatientSpec, tp: str, grid: Grid) -> list[tuple[str, str, 
                     {
                         "type": "circle",
                         "center_mm": [round(bx + dx, 2), round(by + ROD_Y_MM, 2), z],
-                        "radius_mm": 4.0,
+                        "radius_mm": 6.0,
                     },
                 )
             )
@@ -848,7 +848,7 @@ def generate(out: Path) -> dict[str, Any]:
                 roi_id = f"{pid}-{tp}-{structure}"
                 mask, k = roi_mask(shape, grid)
                 region = LABELS[f"core-{structure}"] if kind == "target" else LABELS[structure]
-                if not np.all(labels[mask] == region) or mask.sum() < 9:
+                if not np.all(labels[mask] == region) or mask.sum() < 20:
                     raise RuntimeError(f"ROI {roi_id} leaves its region {structure}")
                 vals = hu[mask].astype(np.float64)
                 roi: dict[str, Any] = {
