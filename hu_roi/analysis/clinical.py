@@ -356,13 +356,17 @@ def vertebral_compression_fracture(clinical: pd.DataFrame, timepoint: str) -> pd
 def fracture_status(clinical: pd.DataFrame, timepoint: str) -> pd.Series:
     """Pathologic fracture present at ``timepoint``: ``fracture_Tk`` or a VCF from heights.
 
-    At T0 only ``fracture_T0`` counts.  NA when neither is known.
+    At T0 only ``fracture_T0`` counts.  True when either source says so; False when the
+    known source(s) say no; NA when neither is known.
     """
     flag = clinical[f"fracture_{timepoint}"].astype("boolean")
     if timepoint == "T0":
         return flag
     vcf = vertebral_compression_fracture(clinical, timepoint)
-    return flag | vcf  # Kleene logic: True if either is True, NA if unknown and not True
+    # a known flag counts even when heights are missing, and vice versa; NA only if both unknown
+    yes = flag.fillna(False).astype(bool) | vcf.fillna(False).astype(bool)
+    known = flag.notna() | vcf.notna()
+    return pd.Series(np.where(known, yes, pd.NA), index=clinical.index, dtype="boolean")
 
 
 def survival_months(clinical: pd.DataFrame) -> pd.DataFrame:
