@@ -469,12 +469,14 @@ def rank_sum(
         Exact p-value and interval; None means "when both samples have < 50 values";
         never exact with ties (R falls back to the normal branch and warns).
     correct : bool
-        Continuity correction in the normal approximation.
+        Continuity correction in the normal approximation (SAS mode: ``CORRECT=YES``).
     conf_level : float
-        Requested confidence level of the interval, in (0, 1).
+        Requested confidence level of the interval, in (0, 1) (SAS: 1 − ALPHA).
     alternative : {"two.sided", "less", "greater"}
         R mode only; SAS mode is two-sided.
     method : {"R", "SAS"}
+        SAS mode is two-sided and asymptotic only (SAS's exact Moses interval is not
+        implemented).  When C < 1 (tiny samples) the limits are the extreme differences.
 
     Returns
     -------
@@ -483,7 +485,8 @@ def rank_sum(
     Raises
     ------
     StatsInputError
-        Empty sample, infinite values, bad option values.
+        Empty sample, infinite values, bad option values; in R mode also when all
+        observations are tied (R's ``wilcox.test`` stops with an error there).
     """
     _check_common(alternative, conf_level)
     xa = _as_sample(x, "x")
@@ -495,7 +498,12 @@ def rank_sum(
     if ya.size < 1:
         raise StatsInputError("not enough (non-missing) 'y' observations: need at least 1")
     if method == "SAS":
-        return _rank_sum_sas(xa, ya, conf_level)
+        if alternative != "two.sided" or exact:
+            raise StatsInputError(
+                "SAS mode gives the two-sided asymptotic test and Moses interval only; "
+                f"received alternative={alternative!r}, exact={exact!r} (use method='R')"
+            )
+        return _rank_sum_sas(xa, ya, conf_level, correct)
     if method != "R":
         raise StatsInputError(f"method must be 'R' or 'SAS'; received {method!r}")
     return _rank_sum_r(xa, ya, exact, correct, conf_level, alternative)
@@ -571,6 +579,11 @@ def _rank_sum_r(
         )
 
     # normal approximation
+    if np.all(r == r[0]):
+        raise StatsInputError(
+            f"all {r.size} observations are tied (value {x[0]!r}); there is no rank "
+            "information, so no p-value, estimate or interval (R's wilcox.test stops too)"
+        )
     z = statistic - n_x * n_y / 2
     sigma = math.sqrt(
         (n_x * n_y / 12) * ((n_x + n_y + 1) - _tie_sum(r) / ((n_x + n_y) * (n_x + n_y - 1)))
@@ -658,7 +671,7 @@ def _normal_p(z: float, alternative: str) -> float:
     return 2 * min(_pnorm(z), _pnorm(z, lower_tail=False))
 
 
-def _rank_sum_sas(x: np.ndarray, y: np.ndarray, conf_level: float) -> RankSumResult:
+def _rank_sum_sas(x: np.ndarray, y: np.ndarray, conf_level: float, correct: bool) -> RankSumResult:
     """SAS PROC NPAR1WAY WILCOXON + HL (asymptotic Moses limits)."""
     if y.size < x.size:
         ref, other, estimate_of = y, x, "y - x"
@@ -672,12 +685,10 @@ def _rank_sum_sas(x: np.ndarray, y: np.ndarray, conf_level: float) -> RankSumRes
     var = m * n / (big_n * (big_n - 1)) * (float(np.sum(r**2)) - big_n * (big_n + 1) ** 2 / 4)
     sd = math.sqrt(var)
     diff = s - expected
-    if diff > 0:
-        zc = (diff - 0.5) / sd
-    elif diff < 0:
-        zc = (diff + 0.5) / sd
-    else:
-        zc = 0.0
+    cc = 0.5 if correct else 0.0
+    # SAS: 0.5 towards the expected value (rank sums are multiples of 0.5, so the
+    # corrected difference never changes sign)
+    zc = 0.0 if diff == 0 else (diff - math.copysign(cc, diff)) / sd
     p_value = 2 * _pnorm(-abs(zc))
     diffs = np.sort(np.subtract.outer(ref, other).ravel())
     mn = m * n
