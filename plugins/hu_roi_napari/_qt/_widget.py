@@ -1,0 +1,830 @@
+"""The hu-roi dock widget: study browser, ROI tools with live statistics, calibration.
+
+All Qt code of the plugin lives in this package.  The widget only wires controls to a
+:class:`~hu_roi_napari._session.Session`, which calls the core for every number.
+
+Keyboard (active while the viewer window has focus):
+
+* ``Alt+Right`` / ``Alt+Left`` — next / previous series of the reading list
+* ``Alt+Down`` / ``Alt+Up`` — next / previous vertebral level for the next ROI
+* ``Ctrl+S`` — save the ROI file
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtGui import QKeySequence, QShortcut
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from hu_roi.roi import LESION_TYPES, LEVELS, REFERENCE_KINDS, TIMEPOINTS
+
+from .._series import handle_of_layer
+from .._session import Session, next_level
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HuRoiWidget", "TABLE_COLUMNS"]
+
+#: Columns of the live statistics table.
+TABLE_COLUMNS = (
+    "ROI",
+    "level",
+    "kind",
+    "shape",
+    "slice",
+    "n",
+    "mean HU",
+    "SD",
+    "median",
+    "area mm²",
+    "QC",
+)
+KINDS = ("target", *REFERENCE_KINDS, "phantom-water")
+DEBOUNCE_MS = 150
+
+
+def _num(v: Any, fmt: str = "{:.1f}") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    return fmt.format(v)
+
+
+class _CloseGuard(QObject):
+    """Event filter on the main window: ask before closing with unsaved ROI edits."""
+
+    def __init__(self, widget: HuRoiWidget) -> None:
+        super().__init__(widget)
+        self._w = widget
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt API
+        if event.type() == QEvent.Type.Close and not self._w.confirm_close():
+            event.ignore()
+            return True
+        return False
+
+
+class HuRoiWidget(QWidget):
+    """Dock widget of hu-roi (see the module docstring).
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+    """
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = Session(napari_viewer)
+        self.session.listeners.append(self._on_session)
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(DEBOUNCE_MS)
+        self._timer.timeout.connect(self._sync_now)
+        self.session.on_change = self._timer.start
+        self.last_message = ""
+
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self._build_study_tab(), "Study")
+        self.tabs.addTab(self._build_roi_tab(), "ROIs")
+        self.tabs.addTab(self._build_calibration_tab(), "Calibration")
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(2, 2, 2, 2)
+        lay.addWidget(self.tabs)
+        self.status = QLabel("Open a DICOM folder (Study tab).")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+
+        self._shortcuts: list[QShortcut] = []
+        for keys, fn in (
+            ("Alt+Right", lambda: self.next_series(1)),
+            ("Alt+Left", lambda: self.next_series(-1)),
+            ("Alt+Down", lambda: self.step_level(1)),
+            ("Alt+Up", lambda: self.step_level(-1)),
+            ("Ctrl+S", self.save),
+        ):
+            sc = QShortcut(QKeySequence(keys), self)
+            sc.setContext(Qt.ShortcutContext.ApplicationShortcut)
+            sc.activated.connect(fn)
+            self._shortcuts.append(sc)
+
+        self._guard = _CloseGuard(self)
+        qt_window = getattr(getattr(napari_viewer, "window", None), "_qt_window", None)
+        if qt_window is not None:
+            qt_window.installEventFilter(self._guard)
+        napari_viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        QTimer.singleShot(0, self._adopt_existing)
+
+    # ------------------------------------------------------------------ building the UI
+    def _build_study_tab(self) -> QWidget:
+        w = QWidget()
+        g = QGridLayout(w)
+        self.folder_edit = QLineEdit()
+        self.folder_edit.setPlaceholderText("DICOM folder")
+        b_browse = QPushButton("Browse…")
+        b_browse.clicked.connect(self._browse_folder)
+        b_index = QPushButton("Index")
+        b_index.setToolTip("Scan the folder (headers only) and list patients × timepoints × series")
+        b_index.clicked.connect(lambda: self.open_folder(self.folder_edit.text()))
+        g.addWidget(QLabel("Folder"), 0, 0)
+        g.addWidget(self.folder_edit, 0, 1)
+        g.addWidget(b_browse, 0, 2)
+        g.addWidget(b_index, 0, 3)
+
+        self.roi_file_label = QLabel("ROI file: –")
+        self.roi_file_label.setWordWrap(True)
+        b_load = QPushButton("ROI file…")
+        b_load.setToolTip("Choose the *.rois.json file to read and save")
+        b_load.clicked.connect(self._choose_roi_file)
+        g.addWidget(self.roi_file_label, 1, 0, 1, 3)
+        g.addWidget(b_load, 1, 3)
+
+        self.blind_check = QCheckBox("Blinded reading")
+        self.blind_check.setToolTip(
+            "Hide patient id, dates and clinical fields; show series as 'Case NN' in a "
+            "shuffled order (reproducible with the seed)"
+        )
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, 999_999)
+        self.seed_spin.setPrefix("seed ")
+        self.blind_check.toggled.connect(lambda on: self.set_blinded(on, self.seed_spin.value()))
+        g.addWidget(self.blind_check, 2, 0, 1, 2)
+        g.addWidget(self.seed_spin, 2, 2, 1, 2)
+
+        self.tree = QTreeWidget()
+        self.tree.setHeaderLabels(["Series", "Timepoint", "ROIs", "Problems"])
+        self.tree.itemActivated.connect(self._open_item)
+        self.tree.itemDoubleClicked.connect(self._open_item)
+        self.tree.header().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        g.addWidget(self.tree, 3, 0, 1, 4)
+
+        b_prev = QPushButton("◀ Previous")
+        b_prev.setToolTip("Previous series of the reading list (Alt+Left)")
+        b_prev.clicked.connect(lambda: self.next_series(-1))
+        b_next = QPushButton("Next ▶")
+        b_next.setToolTip("Next series of the reading list (Alt+Right)")
+        b_next.clicked.connect(lambda: self.next_series(1))
+        g.addWidget(b_prev, 4, 0, 1, 2)
+        g.addWidget(b_next, 4, 2, 1, 2)
+        return w
+
+    def _build_roi_tab(self) -> QWidget:
+        w = QWidget()
+        v = QVBoxLayout(w)
+        form = QFormLayout()
+        self.timepoint_combo = QComboBox()
+        self.timepoint_combo.addItems(["", *TIMEPOINTS])
+        self.timepoint_combo.currentTextChanged.connect(self._timepoint_changed)
+        self.timepoint_label = QLabel("Timepoint")
+        form.addRow(self.timepoint_label, self.timepoint_combo)
+        lev = QHBoxLayout()
+        self.level_combo = QComboBox()
+        self.level_combo.addItems(["", *LEVELS])
+        self.level_combo.setCurrentText("L1")
+        b_next_level = QPushButton("Next level ↓")
+        b_next_level.setToolTip("Next vertebral level for the next ROI (Alt+Down; Alt+Up goes up)")
+        b_next_level.clicked.connect(lambda: self.step_level(1))
+        lev.addWidget(self.level_combo)
+        lev.addWidget(b_next_level)
+        form.addRow("Level", lev)
+        self.irradiated_combo = QComboBox()
+        self.irradiated_combo.addItems(["", "yes", "no"])
+        self.irradiated_label = QLabel("Irradiated")
+        form.addRow(self.irradiated_label, self.irradiated_combo)
+        self.lesion_combo = QComboBox()
+        self.lesion_combo.addItems(["", *LESION_TYPES])
+        form.addRow("Lesion type", self.lesion_combo)
+        self.kind_combo = QComboBox()
+        self.kind_combo.setEditable(True)
+        self.kind_combo.addItems(list(KINDS))
+        self.kind_combo.setToolTip("target, reference-air/fat/muscle/water, or phantom-<name>")
+        form.addRow("Kind", self.kind_combo)
+        for c in (self.level_combo, self.irradiated_combo, self.lesion_combo, self.kind_combo):
+            c.currentTextChanged.connect(self._push_defaults)
+        v.addLayout(form)
+
+        tools = QGridLayout()
+        self._tool_buttons = {}
+        for i, (label, mode, tip) in enumerate(
+            (
+                ("Ellipse/circle", "add_ellipse", "Drag on the slice; hold Shift for a circle"),
+                ("Polygon", "add_polygon", "Click vertices; double-click or Esc to finish"),
+                ("Rectangle", "add_rectangle", "Stored as a 4-point polygon"),
+                ("Select/move", "select", "Move, resize or rotate ROIs; Delete removes"),
+            )
+        ):
+            b = QPushButton(label)
+            b.setToolTip(tip)
+            b.clicked.connect(lambda _=False, m=mode: self.set_mode(m))
+            tools.addWidget(b, i // 2, i % 2)
+            self._tool_buttons[mode] = b
+        self.sphere_radius = QDoubleSpinBox()
+        self.sphere_radius.setRange(0.5, 100.0)
+        self.sphere_radius.setValue(8.0)
+        self.sphere_radius.setSuffix(" mm")
+        b_sphere = QPushButton("Sphere at centre")
+        b_sphere.setToolTip("Add a sphere ROI at the centre of the current view (move it after)")
+        b_sphere.clicked.connect(self.add_sphere_at_view_centre)
+        tools.addWidget(b_sphere, 2, 0)
+        tools.addWidget(self.sphere_radius, 2, 1)
+        b_apply = QPushButton("Apply to selected")
+        b_apply.setToolTip("Set level/irradiated/lesion/kind of the selected ROIs")
+        b_apply.clicked.connect(self.apply_to_selected)
+        b_delete = QPushButton("Delete selected")
+        b_delete.clicked.connect(self.delete_selected)
+        tools.addWidget(b_apply, 3, 0)
+        tools.addWidget(b_delete, 3, 1)
+        v.addLayout(tools)
+
+        self.table = QTableWidget(0, len(TABLE_COLUMNS))
+        self.table.setHorizontalHeaderLabels(list(TABLE_COLUMNS))
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.itemSelectionChanged.connect(self._table_selection)
+        v.addWidget(self.table, stretch=1)
+
+        files = QGridLayout()
+        for i, (label, fn, tip) in enumerate(
+            (
+                ("Save ROIs", self.save, "Save the ROI file (atomic; Ctrl+S)"),
+                ("Save ROIs as…", self.save_as, "Save under another name"),
+                (
+                    "Export CSV…",
+                    self.export_csv,
+                    "Measurement CSV of this series (hu-roi measure columns)",
+                ),
+                (
+                    "Measure all…",
+                    self.measure_all,
+                    "Measure every stored ROI of the folder (hu-roi measure)",
+                ),
+            )
+        ):
+            b = QPushButton(label)
+            b.setToolTip(tip)
+            b.clicked.connect(lambda _=False, f=fn: f())
+            files.addWidget(b, i // 2, i % 2)
+        v.addLayout(files)
+        return w
+
+    def _build_calibration_tab(self) -> QWidget:
+        w = QWidget()
+        v = QVBoxLayout(w)
+        self.cal_summary = QLabel("No series shown.")
+        self.cal_summary.setWordWrap(True)
+        v.addWidget(self.cal_summary)
+        self.cal_table = QTableWidget(0, 3)
+        self.cal_table.setHorizontalHeaderLabels(["Header", "This scan", "Baseline"])
+        self.cal_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.cal_table.verticalHeader().setVisible(False)
+        self.cal_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        v.addWidget(self.cal_table, stretch=1)
+        b = QPushButton("Refresh")
+        b.clicked.connect(self.refresh_calibration)
+        v.addWidget(b)
+        return w
+
+    # ------------------------------------------------------------------ dialogs (overridable)
+    def ask(self, title: str, question: str, buttons: tuple[str, ...]) -> str:
+        """Ask the user; returns the button text.  Tests replace this method."""
+        box = QMessageBox(self)
+        box.setWindowTitle(title)
+        box.setText(question)
+        btns = {box.addButton(b, QMessageBox.ButtonRole.ActionRole): b for b in buttons}
+        box.exec()
+        return btns.get(box.clickedButton(), buttons[-1])
+
+    def choose_path(self, title: str, *, save: bool, filter: str = "", directory: str = "") -> str:
+        """File dialog; returns "" when cancelled.  Tests replace this method."""
+        if save:
+            return QFileDialog.getSaveFileName(self, title, directory, filter)[0]
+        if filter == "folder":
+            return QFileDialog.getExistingDirectory(self, title, directory)
+        return QFileDialog.getOpenFileName(self, title, directory, filter)[0]
+
+    def message(self, text: str, *, warning: bool = False) -> None:
+        """Show a one-line message in the status bar of the widget (and log it)."""
+        self.last_message = text
+        self.status.setText(text)
+        (log.warning if warning else log.info)(text)
+        if warning:
+            try:
+                from napari.utils.notifications import show_warning
+
+                show_warning(text)
+            except Exception:  # noqa: BLE001
+                pass
+
+    # ------------------------------------------------------------------ actions
+    def _browse_folder(self) -> None:
+        p = self.choose_path("DICOM folder", save=False, filter="folder")
+        if p:
+            self.folder_edit.setText(p)
+            self.open_folder(p)
+
+    def open_folder(self, path: str | Path, *, roi_file: str | Path | None = None) -> None:
+        """Index a DICOM folder and list it; loads its ROI file (see Session.open_folder)."""
+        path = str(path).strip()
+        if not path:
+            self.message("Type or browse a DICOM folder first.", warning=True)
+            return
+        if not self.confirm_discard():
+            return
+        self.folder_edit.setText(path)
+        try:
+            res = self.session.open_folder(path, roi_file=roi_file)
+        except FileNotFoundError as exc:
+            self.message(str(exc), warning=True)
+            return
+        n_ok = len(self.session.reading_list)
+        self.message(
+            f"{len(res.series)} series ({n_ok} measurable), {len(res.skipped)} files skipped. "
+            "Double-click a series or press Next."
+        )
+        self._offer_autosave()
+
+    def _choose_roi_file(self) -> None:
+        p = self.choose_path("ROI file", save=False, filter="ROI sets (*.rois.json)")
+        if p:
+            self.load_rois(p)
+
+    def load_rois(self, path: str | Path) -> None:
+        """Use another ROI file (asks first when there are unsaved edits)."""
+        if not self.confirm_discard():
+            return
+        try:
+            self.session.load_rois(path)
+        except Exception as exc:  # noqa: BLE001 - bad file: say why, keep going
+            self.message(f"Cannot read ROI file: {exc}", warning=True)
+            return
+        self._offer_autosave()
+
+    def _offer_autosave(self) -> None:
+        if self.session.autosave_available():
+            ans = self.ask(
+                "Unsaved ROI edits found",
+                "An autosave with ROI edits that were never saved exists for this ROI file "
+                "(e.g. after a crash). Restore them?",
+                ("Restore", "Ignore"),
+            )
+            if ans == "Restore":
+                self.session.restore_autosave()
+                self.message("Restored the autosaved ROI edits (not yet saved).")
+
+    def set_blinded(self, on: bool, seed: int = 0) -> None:
+        """Blinded reading on/off (see Session.set_blinded)."""
+        if self.blind_check.isChecked() != on:
+            self.blind_check.blockSignals(True)
+            self.blind_check.setChecked(on)
+            self.blind_check.blockSignals(False)
+        self.seed_spin.setValue(seed)
+        self.session.set_blinded(on, seed)
+        self._apply_blinding_ui()
+
+    def _apply_blinding_ui(self) -> None:
+        b = self.session.blinded
+        for wdg in (
+            self.timepoint_combo,
+            self.timepoint_label,
+            self.irradiated_combo,
+            self.irradiated_label,
+        ):
+            wdg.setVisible(not b)
+        self.folder_edit.setEchoMode(
+            QLineEdit.EchoMode.Password if b else QLineEdit.EchoMode.Normal
+        )
+        self._update_roi_file_label()
+        self.refresh_tree()
+        self.refresh_table()
+        self.refresh_calibration()
+
+    def _open_item(self, item: QTreeWidgetItem, column: int = 0) -> None:
+        key = item.data(0, Qt.ItemDataRole.UserRole)
+        if not key:
+            return
+        if not item.data(1, Qt.ItemDataRole.UserRole):
+            self.message(f"Not measurable: {item.text(3)}", warning=True)
+            return
+        self.open_series(key)
+
+    def open_series(self, key: str) -> None:
+        """Show one series of the folder with its ROIs."""
+        try:
+            self.session.open_series(key)
+        except Exception as exc:  # noqa: BLE001 - e.g. unreadable pixel data
+            self.message(f"Cannot open the series: {exc}", warning=True)
+
+    def next_series(self, step: int = 1) -> None:
+        """Next/previous series of the reading list."""
+        if not self.session.reading_list:
+            self.message("Index a folder first.", warning=True)
+            return
+        self.session.next_series(step)
+
+    def step_level(self, step: int = 1) -> None:
+        """Move the level picker to the next (or previous) vertebral level."""
+        self.level_combo.setCurrentText(next_level(self.level_combo.currentText() or None, step))
+
+    def _timepoint_changed(self, tp: str) -> None:
+        self.session.timepoint = tp or None
+
+    def _attrs(self) -> dict[str, Any]:
+        irr = self.irradiated_combo.currentText()
+        return {
+            "level": self.level_combo.currentText() or None,
+            "irradiated": None if not irr else irr == "yes",
+            "lesion_type": self.lesion_combo.currentText() or None,
+            "kind": self.kind_combo.currentText().strip() or "target",
+        }
+
+    def _push_defaults(self, *_: Any) -> None:
+        attrs = self._attrs()
+        if self.session.blinded:
+            attrs.pop("irradiated")
+        self.session.set_defaults(**attrs)
+
+    def set_mode(self, mode: str) -> None:
+        """Shapes layer mode (add_ellipse, add_polygon, add_rectangle, select)."""
+        lay = self.session.shapes_layer
+        if lay is None:
+            self.message("Open a series first.", warning=True)
+            return
+        self._push_defaults()
+        self.viewer.layers.selection.active = lay
+        lay.mode = mode
+
+    def add_sphere_at_view_centre(self) -> None:
+        """Add a sphere ROI at the centre of the view on the current slice."""
+        s = self.session
+        if s.image_layer is None:
+            self.message("Open a series first.", warning=True)
+            return
+        centre = list(self.viewer.camera.center)
+        world = [self.viewer.dims.point[0], *centre[-2:]]
+        idx = s.image_layer.world_to_data(world)
+        attrs = self._attrs()
+        s.add_sphere(idx, float(self.sphere_radius.value()), **attrs)
+
+    def apply_to_selected(self) -> None:
+        """Give the selected ROIs the picker's attributes."""
+        lay = self.session.shapes_layer
+        if lay is None or not lay.selected_data:
+            self.message("Select ROIs first (Select/move, click a shape or a table row).")
+            return
+        attrs = self._attrs()
+        if self.session.blinded:
+            attrs.pop("irradiated")
+        self.session.set_attributes(sorted(lay.selected_data), **attrs)
+
+    def delete_selected(self) -> None:
+        """Remove the selected ROIs."""
+        lay = self.session.shapes_layer
+        if lay is None or not lay.selected_data:
+            return
+        lay.remove_selected()
+        self._sync_now()
+
+    def save(self) -> None:
+        """Save the ROI file (the core refuses to overwrite a file changed on disk)."""
+        if self.session.roi_path is None:
+            self.save_as()
+            return
+        try:
+            p = self.session.save()
+        except Exception as exc:  # noqa: BLE001 - conflict, permissions: say why
+            self.message(f"Not saved: {exc}", warning=True)
+            return
+        self.message(f"Saved {len(self.session.roiset.rois)} ROIs to {p.name}.")
+
+    def save_as(self) -> None:
+        p = self.choose_path("Save ROI file", save=True, filter="ROI sets (*.rois.json)")
+        if not p:
+            return
+        if not p.endswith(".rois.json"):
+            p += ".rois.json"
+        try:
+            self.session.save(p)
+        except Exception as exc:  # noqa: BLE001
+            self.message(f"Not saved: {exc}", warning=True)
+            return
+        self._update_roi_file_label()
+        self.message(f"Saved to {Path(p).name}.")
+
+    def export_csv(self, path: str | Path | None = None) -> Path | None:
+        """Measurement CSV of the series shown (core export)."""
+        if self.session.current is None:
+            self.message("Open a series first.", warning=True)
+            return None
+        path = path or self.choose_path("Export measurements", save=True, filter="CSV (*.csv)")
+        if not path:
+            return None
+        try:
+            out = self.session.export_csv(path)
+        except Exception as exc:  # noqa: BLE001
+            self.message(f"Export failed: {exc}", warning=True)
+            return None
+        self.message(f"Wrote {len(self.session.measurements)} rows to {Path(out).name}.")
+        return out
+
+    def measure_all(self, path: str | Path | None = None) -> Path | None:
+        """Measure every stored ROI of the folder with the core batch; write a CSV."""
+        if self.session.root is None:
+            self.message("Index a folder first.", warning=True)
+            return None
+        path = path or self.choose_path("Measure all stored ROIs", save=True, filter="CSV (*.csv)")
+        if not path:
+            return None
+        try:
+            out = self.session.measure_all(path)
+        except Exception as exc:  # noqa: BLE001
+            self.message(f"Measure all failed: {exc}", warning=True)
+            return None
+        self.message(f"Measured all stored ROIs into {Path(out).name}.")
+        return out
+
+    def confirm_discard(self) -> bool:
+        """True when there are no unsaved edits, or the user chose to save/discard them."""
+        if not self.session.dirty:
+            return True
+        ans = self.ask(
+            "Unsaved ROI edits",
+            "The ROI file has unsaved edits (they are autosaved next to it). Save them now?",
+            ("Save", "Discard", "Cancel"),
+        )
+        if ans == "Save":
+            self.save()
+            return not self.session.dirty
+        if ans == "Discard":
+            self.session.dirty = False
+            return True
+        return False
+
+    def confirm_close(self) -> bool:
+        """Called when the viewer window closes: warn about unsaved ROI edits."""
+        self._sync_now()
+        return self.confirm_discard()
+
+    # ------------------------------------------------------------------ layer adoption
+    def _adopt_existing(self) -> None:
+        if self.session.current is not None:
+            return
+        shapes = [lay for lay in self.viewer.layers if "hu_roi_rois" in (lay.metadata or {})]
+        images = [lay for lay in self.viewer.layers if handle_of_layer(lay) is not None]
+        if images:
+            self._adopt(images[-1], shapes)
+
+    def _on_layer_inserted(self, event: Any) -> None:
+        lay = event.value
+        if lay is self.session.shapes_layer or lay is self.session.image_layer:
+            return
+        if handle_of_layer(lay) is None and "hu_roi_rois" not in (lay.metadata or {}):
+            return
+        QTimer.singleShot(0, self._adopt_existing_new)
+
+    def _adopt_existing_new(self) -> None:
+        mine = {id(self.session.shapes_layer), id(self.session.image_layer)}
+        shapes = [
+            lay
+            for lay in self.viewer.layers
+            if "hu_roi_rois" in (lay.metadata or {}) and id(lay) not in mine
+        ]
+        images = [
+            lay
+            for lay in self.viewer.layers
+            if handle_of_layer(lay) is not None and id(lay) not in mine
+        ]
+        if images:
+            self._adopt(images[-1], shapes)
+
+    def _adopt(self, image: Any, shapes: list[Any]) -> None:
+        h = handle_of_layer(image)
+        match = [s for s in shapes if s.metadata["hu_roi_rois"].get("token") == h.token]
+        shp = match[-1] if match else None
+        roi_file = shp.metadata["hu_roi_rois"].get("roi_file") if shp is not None else None
+        s = self.session
+        if s.root is None and h.root:
+            try:
+                s.open_folder(h.root, roi_file=roi_file)
+            except Exception as exc:  # noqa: BLE001
+                self.message(f"Cannot index {h.root}: {exc}", warning=True)
+        elif roi_file and s.roi_path is None:
+            s.load_rois(roi_file)
+        s.adopt(image, shp)
+
+    # ------------------------------------------------------------------ refresh
+    def _sync_now(self) -> None:
+        self._timer.stop()
+        try:
+            self.session.sync()
+        except Exception as exc:  # noqa: BLE001 - never break the event loop
+            log.exception("sync failed")
+            self.message(f"ROI update failed: {exc}", warning=True)
+
+    def _on_session(self, what: str) -> None:
+        if what in ("folder", "blinded"):
+            self.refresh_tree()
+        if what in ("folder", "roifile", "saved", "blinded"):
+            self._update_roi_file_label()
+        if what == "series":
+            tp = self.session.timepoint or ""
+            self.timepoint_combo.blockSignals(True)
+            self.timepoint_combo.setCurrentText(tp)
+            self.timepoint_combo.blockSignals(False)
+            self._push_defaults()
+            cur = self.session.current
+            if cur is not None:
+                n = len(self.session.measurements)
+                self.message(
+                    f"{self.session.label(cur.info)}: {n} ROI(s). Draw with the ROI tools."
+                )
+                self.tabs.setCurrentIndex(1)
+            self.refresh_tree()
+        if what in ("series", "rois", "saved", "roifile"):
+            self.refresh_table()
+            self.refresh_calibration()
+            if self.session.problems:
+                self.message("; ".join(self.session.problems), warning=True)
+
+    def _update_roi_file_label(self) -> None:
+        p = self.session.roi_path
+        star = " (unsaved edits)" if self.session.dirty else ""
+        self.roi_file_label.setText(f"ROI file: {p.name if p else '–'}{star}")
+        self.roi_file_label.setToolTip("" if self.session.blinded or p is None else str(p))
+
+    def refresh_tree(self) -> None:
+        """Rebuild the study browser list."""
+        self.tree.clear()
+        cur = self.session.current.info.series_key if self.session.current else None
+        parents: dict[str, QTreeWidgetItem] = {}
+        for row in self.session.series_rows():
+            if self.session.blinded:
+                parent = self.tree.invisibleRootItem()
+            else:
+                pid = row["patient"] or "(no patient id)"
+                if pid not in parents:
+                    parents[pid] = QTreeWidgetItem(self.tree, [pid])
+                    parents[pid].setExpanded(True)
+                parent = parents[pid]
+            it = QTreeWidgetItem(
+                parent, [row["label"], row["timepoint"], str(row["n_rois"]), row["problems"]]
+            )
+            it.setData(0, Qt.ItemDataRole.UserRole, row["key"])
+            it.setData(1, Qt.ItemDataRole.UserRole, row["measurable"])
+            if not row["measurable"]:
+                for c in range(4):
+                    it.setForeground(c, Qt.GlobalColor.gray)
+            if row["key"] == cur:
+                f = it.font(0)
+                f.setBold(True)
+                it.setFont(0, f)
+                self.tree.setCurrentItem(it)
+
+    def table_rows(self) -> list[list[str]]:
+        """The statistics table as text (what the table shows)."""
+        rows = []
+        ms = self.session.calibrated_measurements()
+        for i, m in enumerate(ms):
+            name = f"ROI {i + 1}" if self.session.blinded else m.roi_id
+            rows.append(
+                [
+                    name,
+                    m.level or "",
+                    m.kind,
+                    m.shape,
+                    "" if m.slice_index is None else str(m.slice_index),
+                    str(m.n_voxels),
+                    _num(m.mean_hu),
+                    _num(m.sd_hu),
+                    _num(m.median_hu),
+                    _num(m.area_mm2 if m.area_mm2 is not None else m.volume_mm3),
+                    (m.qc_status + (": " + ", ".join(m.qc_flags) if m.qc_flags else "")),
+                ]
+            )
+        return rows
+
+    def refresh_table(self) -> None:
+        """Refill the statistics table from the session's measurements."""
+        rows = self.table_rows()
+        self.table.blockSignals(True)
+        self.table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, text in enumerate(row):
+                item = QTableWidgetItem(text)
+                if c >= 5 and c <= 9:
+                    item.setTextAlignment(
+                        Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+                    )
+                self.table.setItem(r, c, item)
+        self.table.blockSignals(False)
+        self._update_roi_file_label()
+
+    def _table_selection(self) -> None:
+        lay = self.session.shapes_layer
+        if lay is None:
+            return
+        rows = sorted({i.row() for i in self.table.selectedIndexes()})
+        if not rows:
+            return
+        lay.selected_data = set(rows)
+        k = float(lay.data[rows[0]][0, 0])
+        world = self.session.image_layer.data_to_world([k, 0, 0])
+        self.viewer.dims.set_point(0, world[0])
+        lay.refresh()
+
+    def refresh_calibration(self) -> None:
+        """Recompute the calibration panel (core calibration functions)."""
+        try:
+            rep = self.session.calibration_report()
+        except Exception as exc:  # noqa: BLE001
+            self.cal_summary.setText(f"Calibration checks failed: {exc}")
+            return
+        if self.session.current is None:
+            self.cal_summary.setText("No series shown.")
+            self.cal_table.setRowCount(0)
+            return
+        lines = []
+        flags = rep.header_flags + rep.consistency_flags
+        lines.append("Header checks: " + (", ".join(flags) if flags else "pass"))
+        if rep.baseline:
+            lines.append(
+                f"Baseline: {'this scan' if rep.baseline == 'this scan' else rep.baseline}"
+            )
+        else:
+            lines.append("Baseline: none found in the folder")
+        for kind, mean, flag in rep.references:
+            lines.append(f"{kind}: {_num(mean)} HU {'⚠ ' + flag if flag else 'ok'}")
+        if rep.air is not None:
+            mean, n, flag = rep.air
+            lines.append(
+                f"Automatic air check: {_num(mean)} HU over {n} voxels "
+                f"{'⚠ ' + flag if flag else 'ok'}"
+            )
+        if rep.phantom:
+            lines.append(f"Phantom: {rep.phantom}")
+        self.cal_summary.setText("\n".join(lines))
+        self.cal_table.setRowCount(len(rep.rows))
+        for r, (name, a, b) in enumerate(rep.rows):
+            for c, text in enumerate((name, a, b)):
+                self.cal_table.setItem(r, c, QTableWidgetItem(text))
+
+    # ------------------------------------------------------------------ teardown
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
+        self._timer.stop()
+        super().closeEvent(event)
+
+    def all_texts(self) -> list[str]:
+        """Every text this widget shows (labels, fields, lists, tables) — for blinding tests."""
+        out: list[str] = []
+        for wdg in self.findChildren(QWidget):
+            if not wdg.isVisibleTo(self):
+                continue
+            if isinstance(wdg, QLabel | QPushButton | QCheckBox):
+                out.append(wdg.text())
+            elif isinstance(wdg, QLineEdit) and wdg.echoMode() == QLineEdit.EchoMode.Normal:
+                out.append(wdg.text())
+            elif isinstance(wdg, QComboBox):
+                out.extend(wdg.itemText(i) for i in range(wdg.count()))
+            elif isinstance(wdg, QTableWidget):
+                for r in range(wdg.rowCount()):
+                    for c in range(wdg.columnCount()):
+                        it = wdg.item(r, c)
+                        if it is not None:
+                            out.append(it.text())
+            elif isinstance(wdg, QTreeWidget):
+                stack = [wdg.invisibleRootItem()]
+                while stack:
+                    it = stack.pop()
+                    for i in range(it.childCount()):
+                        ch = it.child(i)
+                        out.extend(ch.text(c) for c in range(wdg.columnCount()))
+                        stack.append(ch)
+            out.append(wdg.toolTip())
+        return [t for t in out if t]

@@ -1,0 +1,245 @@
+"""One open series: its header, a per-slice HU cache, the lazy napari array and layer data.
+
+Pixels are read only through :func:`hu_roi.io.load_series` (``slices=[k]``), one slice at a
+time, so opening a large series shows its first slice without loading the volume.  The
+same cache feeds the display and the live measurement (which builds a partial
+:class:`hu_roi.volume.Volume` of exactly the slices an ROI needs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hu_roi.io import load_series
+from hu_roi.series import SeriesInfo
+from hu_roi.volume import Volume
+
+from ._geometry import layer_transform
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BONE_WINDOW",
+    "SeriesHandle",
+    "register",
+    "handle_for_token",
+    "handle_of_layer",
+    "series_label",
+    "header_metadata",
+    "timepoint_from_path",
+    "PLUGIN_STATE",
+]
+
+#: Default display window: bone (contrast limits, HU) = W1400/L500.
+BONE_WINDOW: tuple[float, float] = (-200.0, 1200.0)
+#: Slices kept in memory per series (512×512 int16 ≈ 0.5 MB each).
+CACHE_SLICES = 256
+_TIMEPOINTS = ("T0", "T1", "T2", "T3")
+
+
+@dataclass
+class PluginState:
+    """Process-wide settings the reader and the widgets share.
+
+    Attributes
+    ----------
+    blinded : bool
+        Blinded reading: layer names and metadata carry no identifier.
+    labels : dict
+        series_key → neutral label (e.g. ``"Case 07"``) assigned by the blinded reading list.
+    """
+
+    blinded: bool = False
+    labels: dict[str, str] | None = None
+
+
+PLUGIN_STATE = PluginState()
+
+
+class SeriesHandle:
+    """A series opened in the viewer: header facts + cached HU slices.
+
+    Parameters
+    ----------
+    info : SeriesInfo
+    accept : iterable of str
+        Problem codes accepted when loading (passed to :func:`hu_roi.io.load_series`).
+    root : str or Path, optional
+        Folder the series was indexed from (for timepoint inference).
+    """
+
+    def __init__(
+        self, info: SeriesInfo, *, accept: Iterable[str] = (), root: str | Path = ""
+    ) -> None:
+        self.info = info
+        self.accept = tuple(accept)
+        self.root = str(root)
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._padding: dict[int, float | None] = {}
+        self._lock = threading.Lock()
+        self.n_loads = 0  #: number of load_series calls (tests check laziness)
+
+    @property
+    def token(self) -> str:
+        """Opaque, non-identifying id of the series (hash of its series key)."""
+        return "s" + hashlib.sha1(self.info.series_key.encode()).hexdigest()[:12]
+
+    # -- pixels --------------------------------------------------------------------------
+    def _load(self, idx: Sequence[int]) -> None:
+        missing = [int(i) for i in idx if int(i) not in self._cache]
+        if not missing:
+            return
+        vol = load_series(self.info, slices=missing, accept=self.accept)
+        self.n_loads += 1
+        with self._lock:
+            for j, s in enumerate(vol.slice_indices):
+                self._cache[int(s)] = vol.hu[j]
+                self._padding[int(s)] = vol.padding_hu
+            while len(self._cache) > CACHE_SLICES:
+                old, _ = self._cache.popitem(last=False)
+                self._padding.pop(old, None)
+
+    def slice_hu(self, k: int) -> np.ndarray:
+        """HU of slice ``k`` (index into ``info.slices``), shape (rows, columns)."""
+        self._load([k])
+        with self._lock:
+            self._cache.move_to_end(int(k))
+            return self._cache[int(k)]
+
+    def slice_float32(self, k: int) -> np.ndarray:
+        """HU of slice ``k`` as float32 (the display dtype)."""
+        return np.asarray(self.slice_hu(k), dtype=np.float32)
+
+    def volume(self, slices: Sequence[int]) -> Volume:
+        """Partial :class:`Volume` holding exactly ``slices`` (sorted, unique), with ``info``.
+
+        Same voxels as ``load_series(info, slices=slices)``; cached slices are not re-read.
+        """
+        idx = sorted({int(s) for s in slices})
+        self._load(idx)
+        with self._lock:
+            arrays = [self._cache[i] for i in idx]
+            pads = {self._padding.get(i) for i in idx} - {None}
+        hu = np.stack(arrays) if arrays else np.empty((0, self.info.rows, self.info.columns))
+        origins = np.array([self.info.slices[i].position_lps_mm for i in idx], dtype=float)
+        return Volume(
+            hu=hu,
+            orientation=np.asarray(self.info.orientation, dtype=float).reshape(2, 3),
+            pixel_spacing_mm=self.info.pixel_spacing_mm,
+            slice_origins_lps_mm=origins.reshape(-1, 3),
+            slice_indices=np.asarray(idx, dtype=int),
+            info=self.info,
+            padding_hu=pads.pop() if len(pads) == 1 else None,
+        )
+
+    def lazy_array(self) -> Any:
+        """Dask array (slices, rows, columns) float32, one delayed slice load per chunk."""
+        import dask
+        import dask.array as da
+
+        rows, cols = self.info.rows, self.info.columns
+        load = dask.delayed(self.slice_float32, pure=True)
+        planes = [
+            da.from_delayed(load(k), shape=(rows, cols), dtype=np.float32)
+            for k in range(self.info.n_slices)
+        ]
+        return da.stack(planes)
+
+    # -- napari layer ------------------------------------------------------------------
+    def layer_data(self, *, blinded: bool = False, label: str | None = None) -> tuple:
+        """napari LayerData tuple ``(data, kwargs, "image")`` of this series."""
+        tr = layer_transform(self.info)
+        meta: dict[str, Any] = {"hu_roi": {"token": self.token}}
+        if not blinded:
+            meta["hu_roi"].update(header_metadata(self.info))
+        name = label if (blinded and label) else series_label(self.info)
+        kwargs: dict[str, Any] = {
+            "name": name,
+            "contrast_limits": list(BONE_WINDOW),
+            "colormap": "gray",
+            "interpolation2d": "nearest",
+            "metadata": meta,
+            **tr.kwargs(),
+        }
+        return (self.lazy_array(), kwargs, "image")
+
+
+# -- registry: layers carry only an opaque token; the handle lives here -------------------
+_REGISTRY: dict[str, SeriesHandle] = {}
+
+
+def register(handle: SeriesHandle) -> SeriesHandle:
+    """Remember a handle (the same series opened twice shares one cache)."""
+    old = _REGISTRY.get(handle.token)
+    if old is not None and old.info == handle.info:
+        return old
+    _REGISTRY[handle.token] = handle
+    return handle
+
+
+def handle_for_token(token: str) -> SeriesHandle | None:
+    """The handle registered under ``token``, if any."""
+    return _REGISTRY.get(token)
+
+
+def handle_of_layer(layer: Any) -> SeriesHandle | None:
+    """The series handle of a napari layer made by this plugin (None for other layers)."""
+    meta = getattr(layer, "metadata", None) or {}
+    tok = (meta.get("hu_roi") or {}).get("token")
+    return _REGISTRY.get(tok) if tok else None
+
+
+# -- labels and metadata -------------------------------------------------------------------
+def _date(d: str) -> str:
+    return f"{d[:4]}-{d[4:6]}-{d[6:8]}" if len(d) == 8 and d.isdigit() else d
+
+
+def series_label(info: SeriesInfo) -> str:
+    """Layer name: patient, date and series description, e.g. ``P01 2019-03-04 Bone B60s``."""
+    parts = [info.patient_id, _date(info.study_date), info.series_description or "CT"]
+    return " ".join(p for p in parts if p)
+
+
+def header_metadata(info: SeriesInfo) -> dict[str, Any]:
+    """Header facts for layer metadata (no patient name or birth date, ever)."""
+    return {
+        "patient_id": info.patient_id,
+        "study_date": info.study_date,
+        "series_instance_uid": info.series_instance_uid,
+        "series_key": info.series_key,
+        "series_description": info.series_description,
+        "modality": info.modality,
+        "manufacturer": info.manufacturer,
+        "model": info.model,
+        "kvp": info.kvp,
+        "kernel": info.kernel,
+        "slice_thickness_mm": info.slice_thickness_mm,
+        "slice_spacing_mm": info.slice_spacing_mm,
+        "pixel_spacing_mm": info.pixel_spacing_mm,
+        "orientation": info.orientation,
+        "n_slices": info.n_slices,
+        "problems": list(info.problems),
+        "contrast_agent": info.contrast_agent,
+    }
+
+
+def timepoint_from_path(info: SeriesInfo, root: str | Path = "") -> str | None:
+    """``T0``..``T3`` when a folder of the series' path (below ``root``) is named so."""
+    folder = Path(info.folder or (info.slices[0].path if info.slices else ""))
+    try:
+        parts = folder.resolve().relative_to(Path(root).resolve()).parts if root else folder.parts
+    except ValueError:
+        parts = folder.parts
+    for p in reversed(parts):
+        if p.upper() in _TIMEPOINTS:
+            return p.upper()
+    return None

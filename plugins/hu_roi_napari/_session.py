@@ -1,0 +1,721 @@
+"""The reading session behind the widget (no Qt): folder, reading list, ROI set, numbers.
+
+A :class:`Session` holds one indexed DICOM folder, one ROI set file (all patients), the
+series currently shown (an image layer and a Shapes layer of its ROIs) and the blinded
+reading state.  Every number comes from the core: :func:`hu_roi.measure.measure_roi` on a
+partial :class:`~hu_roi.volume.Volume` of exactly the slices the ROI needs (as the batch
+command does), calibration flags from :mod:`hu_roi.calibration`, CSV from
+:mod:`hu_roi.export`, ROI files from :mod:`hu_roi.roi` (atomic save with conflict check).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hu_roi.io import IndexResult, index_folder
+from hu_roi.io.load import NEVER_LOADABLE
+from hu_roi.measure import Measurement, failed_measurement, measure_roi
+from hu_roi.rasterize import RoiPlacementError, slices_needed
+from hu_roi.roi import LEVELS, Roi, RoiSet, load_roiset, match_series, save_roiset
+from hu_roi.series import SeriesInfo
+from hu_roi.util import atomic_write_text
+
+from ._rois_layer import ROI_KEYS, rois_from_layer, rois_layer_data
+from ._series import PLUGIN_STATE, SeriesHandle, register, series_label, timepoint_from_path
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Session", "CalibrationReport", "autosave_path", "next_level"]
+
+AUTOSAVE_SUFFIX = ".autosave"
+
+
+def autosave_path(roi_path: str | Path) -> Path:
+    """Sidecar autosave file of an ROI file: ``<name>.rois.json.autosave``."""
+    p = Path(roi_path)
+    return p.with_name(p.name + AUTOSAVE_SUFFIX)
+
+
+def next_level(level: str | None, step: int = 1) -> str:
+    """The next vertebral level (C1 … S5), clamped at the ends; L1 when unset."""
+    if level not in LEVELS:
+        return "L1"
+    i = min(max(LEVELS.index(level) + step, 0), len(LEVELS) - 1)  # type: ignore[arg-type]
+    return LEVELS[i]
+
+
+def is_measurable(info: SeriesInfo) -> bool:
+    """A CT series the core measures: no refusing problem beyond those batch accepts.
+
+    ``hu-roi measure`` accepts ``missing-slices`` and ``gantry-tilt``
+    (:data:`hu_roi.batch.ACCEPTED_PROBLEMS`: the voxel rule uses each slice's own
+    position), so the viewer opens those series too, with a warning.
+    """
+    return accepted_problems(info) is not None
+
+
+def accepted_problems(info: SeriesInfo) -> tuple[str, ...] | None:
+    """Problems to accept when loading like the batch does; None when batch refuses."""
+    from hu_roi.batch import ACCEPTED_PROBLEMS
+
+    if set(info.problems) & NEVER_LOADABLE:
+        return None
+    refusing = set(info.refusing_problems)
+    if refusing - set(ACCEPTED_PROBLEMS):
+        return None
+    return tuple(p for p in info.problems if p in ACCEPTED_PROBLEMS)
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    """Calibration checks of the scan shown (all from :mod:`hu_roi.calibration`).
+
+    Attributes
+    ----------
+    header_flags : list of str
+        Rescale type/slope/intercept sanity, contrast agent.
+    consistency_flags : list of str
+        Differences from the patient's baseline scan.
+    baseline : str
+        Label of the baseline scan compared with ("" when none / this is it).
+    references : list of (kind, mean_hu, flag or "")
+        Reference ROIs measured on this scan.
+    air : tuple (mean_hu, n_voxels, flag or "") or None
+        Automatic air check on the loaded slices (when no reference-air ROI).
+    phantom : str
+        Phantom fit summary, "" when no phantom ROIs.
+    rows : list of (fact, this scan, baseline)
+        Header facts side by side.
+    """
+
+    header_flags: list[str] = field(default_factory=list)
+    consistency_flags: list[str] = field(default_factory=list)
+    baseline: str = ""
+    references: list[tuple[str, float, str]] = field(default_factory=list)
+    air: tuple[float, int, str] | None = None
+    phantom: str = ""
+    rows: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+class Session:
+    """State of one reading session (see the module docstring).
+
+    Parameters
+    ----------
+    viewer : napari.Viewer or None
+        Layers are added to it; ``None`` for headless use (layer data only).
+    reader : str
+        Reader id written into new ROI sets (e.g. ``"R1"``).
+    """
+
+    def __init__(self, viewer: Any = None, *, reader: str = "R1") -> None:
+        self.viewer = viewer
+        self.reader = reader
+        self.root: Path | None = None
+        self.index: IndexResult | None = None
+        self.roiset = RoiSet(reader=reader)
+        self.roi_path: Path | None = None
+        self.dirty = False
+        self.blinded = False
+        self.seed = 0
+        self.reading_list: list[SeriesInfo] = []
+        self.labels: dict[str, str] = {}
+        self.position = -1
+        self.current: SeriesHandle | None = None
+        self.image_layer: Any = None
+        self.shapes_layer: Any = None
+        self.timepoint: str | None = None
+        self.measurements: list[Measurement] = []
+        self.problems: list[str] = []
+        self.listeners: list[Callable[[str], None]] = []
+        self._syncing = False
+
+    # -- notifications to the UI ---------------------------------------------------------
+    def _emit(self, what: str) -> None:
+        for cb in list(self.listeners):
+            try:
+                cb(what)
+            except Exception:  # noqa: BLE001 - a broken listener must not break the session
+                log.exception("listener failed on %s", what)
+
+    # -- folder and reading list ---------------------------------------------------------
+    def open_folder(self, root: str | Path, *, roi_file: str | Path | None = None) -> IndexResult:
+        """Index ``root`` with the core and build the reading list.
+
+        The ROI file is ``roi_file`` when given; else the only ``*.rois.json`` in
+        ``root/../rois`` or ``root`` if there is exactly one; else ``<root>.rois.json``
+        next to the folder (created on first save).
+        """
+        self.root = Path(root)
+        self.index = index_folder(self.root)
+        self._build_reading_list()
+        if roi_file is None:
+            roi_file = self._default_roi_file()
+        if roi_file is not None and (self.roi_path is None or Path(roi_file) != self.roi_path):
+            self.load_rois(roi_file)
+        self._emit("folder")
+        return self.index
+
+    def _default_roi_file(self) -> Path:
+        assert self.root is not None
+        cands: list[Path] = []
+        for d in (self.root.parent / "rois", self.root):
+            if d.is_dir():
+                cands = sorted(d.glob("*.rois.json"))
+                if cands:
+                    break
+        if len(cands) == 1:
+            return cands[0]
+        return self.root.parent / f"{self.root.name}.rois.json"
+
+    def _build_reading_list(self) -> None:
+        series = [s for s in (self.index.series if self.index else []) if is_measurable(s)]
+        if self.blinded:
+            rng = np.random.default_rng(self.seed)
+            order = rng.permutation(len(series))
+            series = [series[i] for i in order]
+            self.labels = {s.series_key: f"Case {i + 1:02d}" for i, s in enumerate(series)}
+        else:
+            self.labels = {}
+        PLUGIN_STATE.blinded = self.blinded
+        PLUGIN_STATE.labels = dict(self.labels)
+        self.reading_list = series
+        self.position = -1
+
+    def set_blinded(self, on: bool, seed: int | None = None) -> None:
+        """Switch blinded reading on/off (reshuffles the reading list with ``seed``)."""
+        cur = self.current.info.series_key if self.current else None
+        self.blinded = bool(on)
+        if seed is not None:
+            self.seed = int(seed)
+        self._build_reading_list()
+        if cur is not None:
+            self.open_series(cur)
+        self._emit("blinded")
+
+    def label(self, info: SeriesInfo) -> str:
+        """Display label of a series (neutral ``Case NN`` when blinded)."""
+        if self.blinded:
+            return self.labels.get(info.series_key, "Case ?")
+        return series_label(info)
+
+    def series_rows(self) -> list[dict[str, Any]]:
+        """Rows for the study browser: patient, timepoint, label, problems, measurable.
+
+        Blinded: only the reading list, as ``Case NN``, no patient/date/timepoint.
+        """
+        if self.index is None:
+            return []
+        if self.blinded:
+            return [
+                {
+                    "patient": "",
+                    "timepoint": "",
+                    "label": self.labels[s.series_key],
+                    "problems": ", ".join(s.problems),
+                    "key": s.series_key,
+                    "measurable": True,
+                    "n_rois": len(self.rois_of(s)),
+                }
+                for s in self.reading_list
+            ]
+        rows = []
+        for s in self.index.series:
+            rows.append(
+                {
+                    "patient": s.patient_id,
+                    "timepoint": self.timepoint_of(s) or s.study_date,
+                    "label": series_label(s),
+                    "problems": ", ".join(s.problems),
+                    "key": s.series_key,
+                    "measurable": is_measurable(s),
+                    "n_rois": len(self.rois_of(s)),
+                }
+            )
+        return rows
+
+    def timepoint_of(self, info: SeriesInfo) -> str | None:
+        """Timepoint of a series: from its stored ROIs, else a ``T0``–``T3`` folder name."""
+        tps = Counter(r.timepoint for r in self.rois_of(info) if r.timepoint)
+        if tps:
+            return tps.most_common(1)[0][0]
+        return timepoint_from_path(info, self.root or "")
+
+    def rois_of(self, info: SeriesInfo) -> list[Roi]:
+        """Stored ROIs whose series (core matching rule) is ``info``."""
+        series = self.index.series if self.index else [info]
+        out = []
+        for r in self.roiset.rois:
+            m = match_series(r, series)
+            if m.info is not None and m.info.series_key == info.series_key:
+                out.append(r)
+        return out
+
+    def find_series(self, key: str) -> SeriesInfo:
+        """The indexed series with this series_key (KeyError when absent)."""
+        for s in self.index.series if self.index else []:
+            if s.series_key == key:
+                return s
+        raise KeyError(key)
+
+    # -- showing a series ----------------------------------------------------------------
+    def open_series(self, key: str | SeriesInfo) -> SeriesHandle:
+        """Show a series (image + its ROIs), replacing the one shown before."""
+        info = key if isinstance(key, SeriesInfo) else self.find_series(key)
+        if self.shapes_layer is not None:
+            self.sync()
+        self._remove_layers()
+        handle = register(
+            SeriesHandle(info, root=self.root or "", accept=accepted_problems(info) or ())
+        )
+        self.current = handle
+        self.timepoint = self.timepoint_of(info)
+        keys = [s.series_key for s in self.reading_list]
+        if info.series_key in keys:
+            self.position = keys.index(info.series_key)
+        rois = self.rois_of(info)
+        if self.viewer is not None:
+            data, kw, _ = handle.layer_data(blinded=self.blinded, label=self.label(info))
+            self.image_layer = self.viewer.add_image(data, **kw)
+            sdata, skw, _ = rois_layer_data(handle, rois, name=self._rois_name())
+            self.shapes_layer = self.viewer.add_shapes(sdata, **skw)
+            self._connect_shapes()
+            self._goto_first_roi(rois)
+        self.measure()
+        self._emit("series")
+        return handle
+
+    def _rois_name(self) -> str:
+        return (
+            "ROIs"
+            if self.blinded or self.current is None
+            else f"ROIs {self.label(self.current.info)}"
+        )
+
+    def adopt(self, image_layer: Any, shapes_layer: Any = None) -> None:
+        """Take over layers made elsewhere (reader, sample data) as the current series."""
+        from ._series import handle_of_layer
+
+        h = handle_of_layer(image_layer)
+        if h is None:
+            return
+        if self.shapes_layer is not None and self.shapes_layer is not shapes_layer:
+            self.sync()
+        self.current = h
+        self.image_layer = image_layer
+        self.timepoint = self.timepoint_of(h.info)
+        if shapes_layer is None and self.viewer is not None:
+            sdata, skw, _ = rois_layer_data(h, self.rois_of(h.info), name=self._rois_name())
+            shapes_layer = self.viewer.add_shapes(sdata, **skw)
+        self.shapes_layer = shapes_layer
+        self._connect_shapes()
+        self.measure()
+        self._emit("series")
+
+    def _goto_first_roi(self, rois: Sequence[Roi]) -> None:
+        if self.viewer is None or self.shapes_layer is None or not len(self.shapes_layer.data):
+            return
+        k = float(self.shapes_layer.data[0][0, 0])
+        world = self.image_layer.data_to_world([k, 0, 0])
+        self.viewer.dims.set_point(0, world[0])
+
+    def _remove_layers(self) -> None:
+        if self.viewer is None:
+            return
+        for lay in (self.shapes_layer, self.image_layer):
+            if lay is not None and lay in self.viewer.layers:
+                self.viewer.layers.remove(lay)
+        self.shapes_layer = self.image_layer = None
+
+    def _connect_shapes(self) -> None:
+        if self.shapes_layer is None:
+            return
+        self.shapes_layer.events.data.connect(self._on_data)
+        self.shapes_layer.events.features.connect(self._on_data)
+
+    on_change: Callable[[], None] | None = None  #: set by the widget (debounced sync)
+
+    def _on_data(self, event: Any = None) -> None:
+        action = getattr(event, "action", None)
+        if action is not None and str(getattr(action, "value", action)).endswith("ing"):
+            return  # "adding"/"changing"/"removing": wait for the finished event
+        if self.on_change is not None:
+            self.on_change()
+        else:
+            self.sync()
+
+    def next_series(self, step: int = 1) -> SeriesHandle | None:
+        """Open the next (or previous, ``step=-1``) series of the reading list."""
+        if not self.reading_list:
+            return None
+        pos = min(max(self.position + step, 0), len(self.reading_list) - 1)
+        if self.position < 0:
+            pos = 0 if step > 0 else len(self.reading_list) - 1
+        return self.open_series(self.reading_list[pos])
+
+    # -- ROIs ----------------------------------------------------------------------------
+    def _make_id(self, level: str | None, kind: str) -> str:
+        info = self.current.info  # type: ignore[union-attr]
+        base = "-".join(
+            x
+            for x in (
+                info.patient_id or "P",
+                self.timepoint or "TX",
+                level if kind == "target" and level else kind,
+            )
+            if x
+        )
+        used = {r.roi_id for r in self.roiset.rois} | {e.roi_id for e in ROI_KEYS.values()}
+        rid, n = base, 2
+        while rid in used:
+            rid, n = f"{base}-{n}", n + 1
+        return rid
+
+    def current_rois(self) -> list[Roi]:
+        """ROIs of the series shown, in shape order (from the Shapes layer)."""
+        if self.current is None:
+            return []
+        if self.shapes_layer is None:
+            return self.rois_of(self.current.info)
+        rois, self.problems = rois_from_layer(
+            self.current,
+            self.shapes_layer,
+            make_id=self._make_id,
+            patient_id=self.current.info.patient_id,
+            timepoint=self.timepoint,
+            study_date=self.current.info.study_date,
+        )
+        return rois
+
+    def sync(self) -> bool:
+        """Read the Shapes layer back into the ROI set; autosave when it changed.
+
+        Returns True when the ROI set changed.
+        """
+        if self.current is None or self._syncing:
+            return False
+        self._syncing = True
+        try:
+            new = self.current_rois()
+            old = self.rois_of(self.current.info)
+            old_ids = {r.roi_id for r in old}
+            rs = self.roiset
+            for r in old:
+                if r.roi_id not in {n.roi_id for n in new}:
+                    rs = rs.without_roi(r.roi_id)
+            for r in new:
+                rs = rs.with_roi(r)
+            changed = [r.to_dict() for r in rs.rois] != [r.to_dict() for r in self.roiset.rois]
+            self.roiset = rs
+            if changed:
+                self.dirty = True
+                self.autosave()
+                log.debug(
+                    "ROI set changed (%d ROIs on this series, was %d)", len(new), len(old_ids)
+                )
+            self.measure(new)
+        finally:
+            self._syncing = False
+        self._emit("rois")
+        return changed
+
+    def set_attributes(self, indices: Sequence[int], **values: Any) -> None:
+        """Set ROI attributes (level, irradiated, lesion_type, kind) of shapes by index."""
+        if self.shapes_layer is None:
+            return
+        feats = self.shapes_layer.features
+        for i in indices:
+            for k, v in values.items():
+                if k == "irradiated":
+                    v = "" if v is None else ("yes" if v else "no")
+                feats.loc[feats.index[i], k] = "" if v is None else v
+        self.shapes_layer.features = feats
+        self.sync()
+
+    def set_defaults(self, **values: Any) -> None:
+        """Attributes given to the next shape drawn."""
+        if self.shapes_layer is None:
+            return
+        for k, v in values.items():
+            if k == "irradiated":
+                v = "" if v is None else ("yes" if v else "no")
+            self.shapes_layer.feature_defaults[k] = "" if v is None else v
+
+    def add_roi(self, roi_shape_type: str, vertices: np.ndarray, **attrs: Any) -> None:
+        """Add a shape programmatically (napari type and data-index vertices) and sync."""
+        self.set_defaults(**attrs)
+        self.shapes_layer.add(np.asarray(vertices, dtype=float), shape_type=roi_shape_type)
+        self.sync()
+
+    def add_sphere(self, center_index: Sequence[float], radius_mm: float, **attrs: Any) -> None:
+        """Add a sphere ROI centred at data index ``(k, r, c)`` with ``radius_mm``."""
+        from hu_roi.roi import Shape
+
+        from ._geometry import shape_to_napari, vertex_to_lps
+
+        info = self.current.info  # type: ignore[union-attr]
+        c = vertex_to_lps(info, np.asarray([center_index], dtype=float))[0]
+        k = int(round(center_index[0]))
+        _, verts = shape_to_napari(
+            info, Shape(type="sphere", center_mm=tuple(c), radius_mm=radius_mm), k
+        )  # type: ignore[arg-type]
+        self.add_roi("ellipse", verts, geometry="sphere", **attrs)
+        self.set_defaults(geometry="")
+
+    # -- numbers -------------------------------------------------------------------------
+    def measure(self, rois: Sequence[Roi] | None = None) -> list[Measurement]:
+        """Measure the shown series' ROIs with the core (same voxels as ``hu-roi measure``)."""
+        if self.current is None:
+            self.measurements = []
+            return []
+        rois = self.current_rois() if rois is None else rois
+        self.measurements = [self.measure_one(r) for r in rois]
+        return self.measurements
+
+    def measure_one(self, roi: Roi) -> Measurement:
+        """One ROI on the shown series: partial volume of the slices it needs, measure_roi."""
+        h = self.current
+        assert h is not None
+        reader = self.roiset.reader or self.reader
+        roi_file = str(self.roi_path) if self.roi_path else ""
+        try:
+            idx = slices_needed(roi, h.info)
+        except RoiPlacementError as exc:
+            return failed_measurement(
+                roi, [exc.code], info=h.info, detail=str(exc), reader=reader, roi_file=roi_file
+            )
+        try:
+            vol = h.volume(idx)
+        except Exception as exc:  # noqa: BLE001 - shown as a failed row, like batch
+            return failed_measurement(
+                roi,
+                ["series-load-failed"],
+                info=h.info,
+                detail=str(exc),
+                reader=reader,
+                roi_file=roi_file,
+            )
+        return measure_roi(vol, roi, reader=reader, roi_file=roi_file)
+
+    def air_check(self) -> Any:
+        """The core's automatic air check on the slices the shown ROIs touch (as batch)."""
+        from hu_roi.calibration import auto_air_check
+
+        if self.current is None:
+            return None
+        idx = sorted({s for m in self.measurements for s in m.slice_indices})
+        if not idx:
+            idx = [self.current.info.n_slices // 2]
+        return auto_air_check(self.current.volume(idx))
+
+    def calibrated_measurements(self) -> list[Measurement]:
+        """Measurements of the shown series with the core's calibration flags added.
+
+        As in ``hu-roi measure``: :func:`hu_roi.calibration.apply_calibration` with the
+        automatic air check on the loaded slices, plus the header consistency flags
+        against the patient's baseline scan found in the folder.
+        """
+        from hu_roi.calibration import apply_calibration
+
+        if self.current is None or not self.measurements:
+            return list(self.measurements)
+        key = self.current.info.series_key
+        air = {}
+        if not any(m.kind == "reference-air" and m.n_voxels > 0 for m in self.measurements):
+            ac = self.air_check()
+            if ac is not None:
+                air[key] = ac
+        rows, _ = apply_calibration(self.measurements, {key: self.current.info}, air)
+        base = self.baseline_of(self.current.info)
+        if base is not None:
+            from hu_roi.calibration import consistency_flags
+            from hu_roi.measure import add_flags
+
+            extra = consistency_flags(self.current.info, base)
+            rows = [add_flags(m, *extra) for m in rows]
+        return rows
+
+    def baseline_of(self, info: SeriesInfo) -> SeriesInfo | None:
+        """The patient's baseline (T0) series in the index, else the earliest measurable one."""
+        if self.index is None:
+            return None
+        same = [
+            s for s in self.index.series if s.patient_id == info.patient_id and is_measurable(s)
+        ]
+        t0 = [s for s in same if self.timepoint_of(s) == "T0"]
+        if t0:
+            with_rois = [s for s in t0 if self.rois_of(s)]
+            return (with_rois or t0)[0]
+        same.sort(key=lambda s: (s.study_date, s.study_time))
+        return same[0] if same else None
+
+    def calibration_report(self) -> CalibrationReport:
+        """Calibration checks of the shown scan (core functions, see CalibrationReport)."""
+        from hu_roi.calibration import (
+            consistency_flags,
+            header_flags,
+            phantom_fit,
+            reference_flag,
+        )
+
+        if self.current is None:
+            return CalibrationReport()
+        info = self.current.info
+        base = self.baseline_of(info)
+        refs = [
+            (m.kind, m.mean_hu, reference_flag(m) or "")
+            for m in self.measurements
+            if m.kind.startswith("reference-")
+        ]
+        air = None
+        if not any(m.kind == "reference-air" for m in self.measurements):
+            ac = self.air_check()
+            air = (ac.mean_hu, ac.n_voxels, ac.flag or "")
+        ph = [m for m in self.measurements if m.kind.startswith("phantom-")]
+        phantom = ""
+        if ph:
+            dens = {r.roi_id: r.density_mg_cm3 for r in self.roiset.rois}
+            pairs = [(m.mean_hu, dens.get(m.roi_id)) for m in ph if dens.get(m.roi_id) is not None]
+            fit = phantom_fit([a for a, _ in pairs], [b for _, b in pairs])
+            phantom = (
+                f"{len(pairs)} inserts: mg/cm³ = {fit.intercept:.1f} + {fit.slope:.3f}·HU, R² = {fit.r2:.4f}"
+                if fit
+                else f"{len(ph)} phantom ROIs, fewer than 2 with a density: no fit"
+            )
+        facts = [
+            ("kVp", "kvp"),
+            ("kernel", "kernel"),
+            ("slice thickness (mm)", "slice_thickness_mm"),
+            ("manufacturer", "manufacturer"),
+            ("model", "model"),
+            ("contrast agent", "contrast_agent"),
+            ("rescale slope", "rescale_slope"),
+            ("rescale intercept", "rescale_intercept"),
+            ("rescale type", "rescale_type"),
+        ]
+        rows = [
+            (name, _fmt(getattr(info, a)), _fmt(getattr(base, a)) if base is not None else "")
+            for name, a in facts
+        ]
+        same = base is not None and base.series_key == info.series_key
+        return CalibrationReport(
+            header_flags=header_flags(info),
+            consistency_flags=consistency_flags(info, base) if base is not None else [],
+            baseline="this scan" if same else ("" if base is None else self.label(base)),
+            references=refs,
+            air=air,
+            phantom=phantom,
+            rows=rows,
+        )
+
+    # -- files ---------------------------------------------------------------------------
+    def load_rois(self, path: str | Path) -> bool:
+        """Use the ROI file at ``path`` (a new, empty set when it does not exist yet).
+
+        Returns True when a newer autosave exists (call :meth:`restore_autosave`).
+        """
+        p = Path(path)
+        if p.exists():
+            self.roiset = load_roiset(p)
+        else:
+            self.roiset = RoiSet(reader=self.reader, path=str(p))
+        self.roi_path = p
+        self.dirty = False
+        if self.current is not None:
+            self.open_series(self.current.info)
+        self._emit("roifile")
+        return self.autosave_available()
+
+    def autosave_available(self) -> bool:
+        """True when ``<roi file>.autosave`` exists and differs from the ROI file."""
+        if self.roi_path is None:
+            return False
+        a = autosave_path(self.roi_path)
+        if not a.exists():
+            return False
+        try:
+            saved = json.loads(a.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return saved.get("rois") != [r.to_dict() for r in self.roiset.rois]
+
+    def restore_autosave(self) -> None:
+        """Replace the ROIs by the autosaved ones (kept unsaved: save to make them final)."""
+        a = autosave_path(self.roi_path)  # type: ignore[arg-type]
+        data = json.loads(a.read_text(encoding="utf-8"))
+        rs = RoiSet.from_dict(data)
+        self.roiset = replace(self.roiset, rois=rs.rois)
+        self.dirty = True
+        if self.current is not None:
+            self.open_series(self.current.info)
+        self._emit("rois")
+
+    def autosave(self) -> Path | None:
+        """Write the ROI set (unsaved edits included) to the autosave sidecar, atomically."""
+        if self.roi_path is None:
+            return None
+        a = autosave_path(self.roi_path)
+        a.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(a, json.dumps(self.roiset.to_dict(), indent=1, ensure_ascii=False) + "\n")
+        return a
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Save the ROI set with the core (atomic, refuses to overwrite a changed file)."""
+        self.sync()
+        target = Path(path) if path is not None else self.roi_path
+        if target is None:
+            raise ValueError("no ROI file chosen: use save(path)")
+        same = self.roiset.path is not None and Path(self.roiset.path).resolve() == target.resolve()
+        self.roiset = save_roiset(self.roiset, target, overwrite=not same and not target.exists())
+        old_auto = autosave_path(self.roi_path) if self.roi_path else None
+        self.roi_path = target
+        self.dirty = False
+        for a in {old_auto, autosave_path(target)} - {None}:
+            try:
+                os.unlink(a)  # type: ignore[arg-type]
+            except OSError:
+                pass
+        self._emit("saved")
+        return target
+
+    def export_csv(self, path: str | Path) -> Path:
+        """Measurement CSV of the shown series (core export; same columns as hu-roi measure)."""
+        from hu_roi.export import write_measurements_csv
+
+        self.sync()
+        return write_measurements_csv(
+            self.calibrated_measurements(),
+            path,
+            meta={"source": "hu-roi napari plugin", "roi_file": str(self.roi_path or "")},
+        )
+
+    def measure_all(self, out: str | Path) -> Path:
+        """Measure every stored ROI of the indexed folder with the core batch; write CSV."""
+        from hu_roi.batch import measure_batch
+        from hu_roi.export import write_measurements_csv
+
+        if self.root is None:
+            raise ValueError("open a DICOM folder first")
+        if self.dirty or self.roi_path is None or not self.roi_path.exists():
+            self.save()
+        res = measure_batch(self.root, self.roi_path)  # type: ignore[arg-type]
+        meta = dict(res.meta)
+        meta["source"] = "hu-roi napari plugin (measure all stored ROIs)"
+        return write_measurements_csv(res.measurements, out, meta=meta)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
