@@ -519,6 +519,11 @@ def _rank_sum_r(
 ) -> RankSumResult:
     requested = conf_level
     method = "Wilcoxon rank sum test"
+    if exact and math.comb(x.size + y.size, y.size) > 1e300:
+        raise StatsInputError(
+            f"exact=True with n_x={x.size}, n_y={y.size}: the exact distribution is too "
+            "large to count; use exact=None (normal approximation for n >= 50)"
+        )
     r = _rank(np.concatenate([x, y]))
     n_x = float(x.size)
     n_y = float(y.size)
@@ -1102,6 +1107,10 @@ def fisher_exact(table: Any) -> ContingencyResult:
     if np.any(t != np.round(t)):
         raise StatsInputError("Fisher's exact test needs whole-number counts; round them first")
     ti = t.astype(np.int64)
+    # Permuting rows/columns leaves every probability unchanged; putting the largest row
+    # and column last (they are determined by the others) keeps the enumeration small.
+    ti = ti[np.argsort(ti.sum(axis=1), kind="stable")]
+    ti = ti[:, np.argsort(ti.sum(axis=0), kind="stable")]
     rows = ti.sum(axis=1)
     cols = ti.sum(axis=0)
     n_total = int(ti.sum())
