@@ -396,9 +396,8 @@ MEASUREMENT_SCHEMA = TableSchema(
             "timepoint",
             "category",
             "",
-            "T0 baseline, T1 end of RT, T2 3 months, T3 6 months.",
+            "T0 baseline, T1 end of RT, T2 3 months, T3 6 months (rows without one are ignored).",
             allowed=TIMEPOINTS,
-            nullable=False,
         ),
         Column("study_date", "date", "", "StudyDate of the CT.", required=False),
         Column("series_instance_uid", "str", "", "SeriesInstanceUID measured.", required=False),
@@ -508,7 +507,7 @@ def _longitudinal_columns() -> tuple[Column, ...]:
                 f"pct_delta_{tp}",
                 "float",
                 "%",
-                f"100 * (hu_{tp} - hu_T0) / hu_T0; empty when |hu_T0| < 1 HU.",
+                f"100 * (hu_{tp} - hu_T0) / hu_T0; empty when abs(hu_T0) < 1 HU.",
                 required=req,
             )
         )
@@ -518,7 +517,7 @@ def _longitudinal_columns() -> tuple[Column, ...]:
             "str",
             "",
             "';'-separated codes: no-baseline, qc-warn-Tk, qc-fail-Tk, lesion-type-changed, "
-            "irradiated-changed, baseline-near-zero, duplicate-Tk.",
+            "irradiated-changed, baseline-near-zero (hu-roi longitudinal adds more, see hu_roi.longitudinal).",
             required=False,
         )
     )
@@ -576,7 +575,9 @@ def longitudinal_from_measurements(
         return LONGITUDINAL_SCHEMA.empty()
     m["reader"] = m["reader"].fillna("") if "reader" in m.columns else ""
     key = ["patient_id", "level", "kind", "reader"]
-    usable = (m["qc_status"].fillna("pass") != "fail") & m["mean_hu"].notna()
+    usable = (
+        (m["qc_status"].fillna("pass") != "fail") & m["mean_hu"].notna() & m["timepoint"].notna()
+    )
     dup = m.loc[usable].duplicated(subset=key + ["timepoint"], keep=False)
     if dup.any():
         d = m.loc[usable].loc[dup]
@@ -608,7 +609,7 @@ def longitudinal_from_measurements(
     warn = good.loc[good["qc_status"] == "warn"]
     for k, tp in zip(map(tuple, warn[key].to_numpy()), warn["timepoint"], strict=True):
         flags[k].append(f"qc-warn-{tp}")
-    failed = m.loc[~m["_usable"]]
+    failed = m.loc[~m["_usable"] & m["timepoint"].notna()]
     for k, tp in zip(map(tuple, failed[key].to_numpy()), failed["timepoint"], strict=True):
         if pd.isna(out.at[k, f"hu_{tp}"]) and f"qc-fail-{tp}" not in flags[k]:
             flags[k].append(f"qc-fail-{tp}")

@@ -1,0 +1,121 @@
+"""Declared CSV schemas: validation, empty typed tables, the longitudinal reshaping, docs.
+
+References: hand-made measurement rows with known HU (changes worked out below) and the
+column lists of DESIGN.md (measurement CSV) and docs/csv_schemas.md.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hu_roi.analysis.clinical import CLINICAL_SCHEMA
+from hu_roi.analysis.schemas import (
+    LONGITUDINAL_SCHEMA,
+    MEASUREMENT_SCHEMA,
+    longitudinal_from_measurements,
+)
+from hu_roi.errors import SchemaError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+DESIGN_MEASUREMENT_COLUMNS = (
+    "roi_id, patient_id, timepoint, study_date, series_instance_uid, level, irradiated, "
+    "lesion_type, kind, shape, slice_index, n_voxels, area_mm2, volume_mm3, mean_hu, sd_hu, "
+    "median_hu, min_hu, max_hu, kvp, kernel, slice_thickness_mm, manufacturer, model, "
+    "qc_status, qc_flags, reader"
+).split(", ")
+
+
+def test_measurement_schema_matches_design_order() -> None:
+    assert list(MEASUREMENT_SCHEMA.names) == DESIGN_MEASUREMENT_COLUMNS
+
+
+def test_empty_tables_are_typed() -> None:
+    e = LONGITUDINAL_SCHEMA.empty()
+    assert list(e.columns) == list(LONGITUDINAL_SCHEMA.names)
+    assert str(e["hu_T0"].dtype) == "float64"
+    assert str(e["irradiated"].dtype) == "boolean"
+    v = MEASUREMENT_SCHEMA.validate(pd.DataFrame(columns=DESIGN_MEASUREMENT_COLUMNS))
+    assert len(v) == 0 and str(v["mean_hu"].dtype) == "float64"
+    assert len(longitudinal_from_measurements(v)) == 0
+
+
+def _m(roi_id: str, tp: str, level: str, hu: object, **kw: object) -> dict[str, object]:
+    r: dict[str, object] = {
+        "roi_id": roi_id,
+        "patient_id": "P01",
+        "timepoint": tp,
+        "level": level,
+        "irradiated": "true",
+        "lesion_type": "osteolytic",
+        "kind": "target",
+        "mean_hu": hu,
+        "qc_status": "pass",
+        "qc_flags": "",
+        "reader": "R1",
+    }
+    r.update(kw)
+    return r
+
+
+def test_longitudinal_changes_and_flags() -> None:
+    rows = [
+        _m("a0", "T0", "L3", "200"),
+        _m("a2", "T2", "L3", "250", qc_status="warn"),
+        _m("a3", "T3", "L3", "", qc_status="fail", qc_flags="roi-outside-image"),
+        _m("b0", "T0", "L1", "0.5", irradiated="false", lesion_type="none"),
+        _m("b2", "T2", "L1", "10", irradiated="false", lesion_type="none"),
+        _m("c2", "T2", "T8", "300", lesion_type="mixed"),
+        _m("ref", "T0", "", "-1000", kind="reference-air"),
+        _m("nott", "", "L3", "100", kind="reference-fat"),
+    ]
+    meas = MEASUREMENT_SCHEMA.validate(pd.DataFrame(rows))
+    full = longitudinal_from_measurements(meas)
+    assert list(full.columns) == list(LONGITUDINAL_SCHEMA.names)
+    lg = full.set_index("level")
+    assert set(lg.index) == {"L3", "L1", "T8"}
+    l3 = lg.loc["L3"]
+    assert l3["hu_T0"] == 200 and l3["hu_T2"] == 250 and np.isnan(l3["hu_T3"])
+    assert l3["delta_hu_T2"] == 50 and l3["pct_delta_T2"] == pytest.approx(25.0)
+    assert l3["flags"] == "qc-warn-T2;qc-fail-T3"
+    assert "baseline-near-zero" in lg.loc["L1", "flags"] and np.isnan(lg.loc["L1", "pct_delta_T2"])
+    assert lg.loc["L1", "delta_hu_T2"] == pytest.approx(9.5)
+    assert bool(lg.loc["L1", "irradiated"]) is False
+    assert lg.loc["T8", "flags"] == "no-baseline"
+
+
+def test_duplicate_usable_rois_are_an_error() -> None:
+    rows = [_m("x", "T0", "L3", "200"), _m("y", "T0", "L3", "210")]
+    meas = MEASUREMENT_SCHEMA.validate(pd.DataFrame(rows))
+    with pytest.raises(SchemaError, match="x, y"):
+        longitudinal_from_measurements(meas)
+
+
+def test_measurement_bad_value_names_roi_and_column() -> None:
+    with pytest.raises(SchemaError, match=r"roi_id=P01-T0-L3\), column 'mean_hu': got 'abc'"):
+        MEASUREMENT_SCHEMA.validate(pd.DataFrame([_m("P01-T0-L3", "T0", "L3", "abc")]))
+    with pytest.raises(SchemaError, match="column 'timepoint': got 'T9'"):
+        MEASUREMENT_SCHEMA.validate(pd.DataFrame([_m("r", "T9", "L3", "1")]))
+
+
+def _doc_columns(section: str) -> list[str]:
+    text = (ROOT / "docs" / "csv_schemas.md").read_text(encoding="utf-8")
+    part = text.split(f"<!-- schema:{section} -->")[1].split("<!-- /schema -->")[0]
+    return re.findall(r"^\| `([^`]+)` \|", part, flags=re.M)
+
+
+@pytest.mark.parametrize(
+    ("section", "schema"),
+    [
+        ("measurement", MEASUREMENT_SCHEMA),
+        ("longitudinal", LONGITUDINAL_SCHEMA),
+        ("clinical", CLINICAL_SCHEMA),
+    ],
+)
+def test_docs_list_the_declared_columns(section: str, schema: object) -> None:
+    assert _doc_columns(section) == list(schema.names)  # type: ignore[attr-defined]
