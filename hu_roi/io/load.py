@@ -480,7 +480,7 @@ def _fast_native(fh: object, h: PixelHeader, dest: np.ndarray, path: str) -> Non
     nbytes = h.rows * h.columns * 2
     if h.pixel_length < nbytes:
         raise DicomReadError(
-            f"{path}: Pixel Data holds {h.pixel_length} bytes, expected {nbytes} for "
+            f"{path}: cannot read pixel data: it holds {h.pixel_length} bytes, expected {nbytes} for "
             f"{h.rows}x{h.columns} 16-bit pixels; the file is damaged"
         )
     raw = dest if dest.dtype == np.int16 else np.empty(dest.shape, dtype=np.int16)
@@ -488,7 +488,8 @@ def _fast_native(fh: object, h: PixelHeader, dest: np.ndarray, path: str) -> Non
     got = fh.readinto(memoryview(raw).cast("B"))  # type: ignore[attr-defined]
     if got != nbytes:
         raise DicomReadError(
-            f"{path}: file ends after {got} of {nbytes} pixel bytes; the file is truncated"
+            f"{path}: cannot read pixel data: the file ends after {got} of {nbytes} "
+            "pixel bytes (truncated file)"
         )
     if h.transfer_syntax == _EXPLICIT_BE:
         raw.byteswap(inplace=True)
@@ -502,7 +503,16 @@ def _decode_pydicom(
 ) -> tuple[np.ndarray, float, float, int | None]:
     """Stored values of one single-frame image plus slope, intercept and padding value."""
     try:
-        ds = pydicom.dcmread(path)
+        try:
+            ds = pydicom.dcmread(path)
+        except pydicom.errors.InvalidDicomError:
+            # No preamble (old ACR-NEMA style); the index already checked it is a data set.
+            ds = pydicom.dcmread(path, force=True)
+            if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+                ds.file_meta = pydicom.dataset.FileMetaDataset()
+                ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+                if not ds.original_encoding[0]:
+                    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
     except Exception as exc:
         raise DicomReadError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
     if int(ds.get("Rows", 0)) != rows or int(ds.get("Columns", 0)) != cols:
