@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -380,7 +381,18 @@ def iter_files(root: str | os.PathLike[str], skipped: list[SkippedFile]) -> Iter
         seen.add(key)
         dirnames.sort()
         for name in sorted(filenames):
-            yield os.path.join(dirpath, name)
+            path = os.path.join(dirpath, name)
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:
+                yield path  # dangling link, vanished file: read_header reports the reason
+                continue
+            if not stat.S_ISREG(mode):  # a named pipe would block the read forever
+                skipped.append(
+                    SkippedFile(path, "not a regular file (named pipe, socket or device); not read")
+                )
+                continue
+            yield path
 
 
 def _fallback_key(h: ImageHeader) -> tuple[object, ...]:
