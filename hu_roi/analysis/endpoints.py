@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats as _scipy_stats  # Student t-test only (not part of the stats API)
 
 from hu_roi.analysis import stats
 from hu_roi.analysis.clinical import (
@@ -96,6 +95,28 @@ def _pct(k: float, n: float) -> float:
     return 100.0 * k / n if n else np.nan
 
 
+def _rank_sum_sas(a: np.ndarray, b: np.ndarray) -> stats.RankSumResult | None:
+    """SAS-mode rank-sum, or None when it cannot be computed (empty arm, all values tied)."""
+    if a.size == 0 or b.size == 0:
+        return None
+    try:
+        return stats.rank_sum(a, b, method="SAS")
+    except stats.StatsInputError as exc:
+        logger.info("rank-sum not computed: %s", exc)
+        return None
+
+
+def _signed_rank_p(x: np.ndarray) -> float:
+    """Signed-rank p of x against 0, NaN when not computable (no non-zero values)."""
+    if np.count_nonzero(x) == 0:
+        return np.nan
+    try:
+        return stats.signed_rank(x).p_value
+    except stats.StatsInputError as exc:
+        logger.info("signed-rank not computed: %s", exc)
+        return np.nan
+
+
 def _check_arms(clinical: pd.DataFrame) -> None:
     bad = sorted(set(clinical["arm"].dropna()) - set(ARMS))
     if bad:
@@ -140,13 +161,16 @@ def table1_baseline(clinical: pd.DataFrame) -> pd.DataFrame:
         stat = p = np.nan
         if a.size >= 2 and b.size >= 2:
             if test == "t":
-                # scipy: Student two-sample t-test, pooled variance (SAS PROC TTEST "Pooled").
+                # scipy: Student two-sample t-test, pooled variance (SAS PROC TTEST "Pooled");
+                # the stats API has no t-test. Imported here: scipy.stats is slow to import.
+                from scipy import stats as _scipy_stats
+
                 r = _scipy_stats.ttest_ind(a, b, equal_var=True)
                 stat, p = float(r.statistic), float(r.pvalue)
                 tname = "Student t-test (pooled)"
             else:
-                rs = stats.rank_sum(a, b, method="SAS")
-                stat, p = rs.statistic, rs.p_value
+                rs = _rank_sum_sas(a, b)
+                stat, p = (rs.statistic, rs.p_value) if rs else (np.nan, np.nan)
                 tname = "Wilcoxon rank-sum (SAS)"
         else:
             tname = "not computable"
@@ -321,13 +345,10 @@ def hu_table(hu: pd.DataFrame, *, subgroup: str = "All metastases") -> pd.DataFr
             rec[f"{p}_n"] = int(x.size)
             rec[f"{p}_median"] = float(np.median(x)) if x.size else np.nan
             rec[f"{p}_sd"] = _sd(x)
-            pw = np.nan
-            if col.startswith(("delta", "pct")) and np.count_nonzero(x) >= 1:
-                pw = stats.signed_rank(x).p_value
-            rec[f"{p}_p_within"] = pw
+            rec[f"{p}_p_within"] = _signed_rank_p(x) if col.startswith(("delta", "pct")) else np.nan
         a, b = v["IMRT"], v["3DCRT"]
-        if a.size >= 1 and b.size >= 1 and (a.size + b.size) >= 3:
-            r = stats.rank_sum(a, b, method="SAS")
+        r = _rank_sum_sas(a, b)
+        if r is not None:
             rec.update(
                 hl=r.estimate,
                 hl_of="IMRT - 3DCRT" if r.estimate_of == "x - y" else "3DCRT - IMRT",
@@ -546,9 +567,8 @@ def pain_over_time(clinical: pd.DataFrame) -> pd.DataFrame:
                 rec[f"{p}_q1"] = float(np.percentile(x, 25)) if x.size else np.nan
                 rec[f"{p}_q3"] = float(np.percentile(x, 75)) if x.size else np.nan
             a, b = v["IMRT"], v["3DCRT"]
-            rec["p_value"] = (
-                stats.rank_sum(a, b, method="SAS").p_value if a.size and b.size else np.nan
-            )
+            rs = _rank_sum_sas(a, b)
+            rec["p_value"] = rs.p_value if rs else np.nan
             rows.append(rec)
     return pd.DataFrame(rows)
 
