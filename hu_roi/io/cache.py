@@ -1,0 +1,301 @@
+"""Persistent header cache: a second index of an unchanged tree does not re-read headers.
+
+:class:`HeaderCache` stores the :class:`~hu_roi.io.dicom.ImageHeader` of every file that
+:func:`hu_roi.io.index_folder` read, keyed by the file's absolute path, size and
+modification time (``st_mtime_ns``).  A file whose size or mtime changed is read again.
+
+Storage is one SQLite database (``headers.sqlite3``) holding JSON text -- no pickle, so
+a cache file planted by someone else cannot run code.  The cache is an optimisation
+only: a missing, locked, unreadable or corrupt cache file is logged and rebuilt (or the
+cache is disabled for the run); it never makes an index fail.
+
+Location (:meth:`HeaderCache.default`): ``$HU_ROI_CACHE_DIR`` if set, else
+``$XDG_CACHE_HOME/hu-roi``, else ``~/.cache/hu-roi``.
+
+Limits: a file rewritten with the same size within the same nanosecond mtime is not
+noticed (file systems with coarse mtime, e.g. FAT's 2 s, make this more likely: use
+``hu-roi index --no-cache`` after rewriting files in place there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from types import TracebackType
+
+from hu_roi.io.dicom import ImageHeader
+
+log = logging.getLogger(__name__)
+
+#: Bumped when the stored format changes; the field names of ImageHeader are part of the
+#: version too, so a changed ImageHeader invalidates old caches automatically.
+SCHEMA_VERSION = 1
+_FIELDS = tuple(f.name for f in dataclasses.fields(ImageHeader))
+_TUPLE_FIELDS = frozenset(f.name for f in dataclasses.fields(ImageHeader) if "tuple" in str(f.type))
+_VERSION = f"{SCHEMA_VERSION}:{','.join(_FIELDS)}"
+#: Pending writes kept in memory before they are written in one transaction.
+FLUSH_EVERY = 2000
+FILE_NAME = "headers.sqlite3"
+
+
+def default_cache_dir() -> Path:
+    """Folder of the default cache: ``$HU_ROI_CACHE_DIR``, ``$XDG_CACHE_HOME/hu-roi``,
+    or ``~/.cache/hu-roi``."""
+    env = os.environ.get("HU_ROI_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "hu-roi"
+
+
+def _encode(h: ImageHeader) -> str:
+    d = dataclasses.asdict(h)
+    d.pop("path")
+    return json.dumps(d, separators=(",", ":"))
+
+
+def _decode(text: str, path: str) -> ImageHeader | None:
+    d = json.loads(text)
+    if not isinstance(d, dict) or set(d) != set(_FIELDS) - {"path"}:
+        return None
+    for k in _TUPLE_FIELDS:
+        if d[k] is not None:
+            d[k] = tuple(d[k])
+    d["path"] = path
+    return ImageHeader(**d)
+
+
+class HeaderCache:
+    """Header cache in one SQLite file (see the module docstring).
+
+    Parameters
+    ----------
+    path : path-like or None
+        Database file; ``None`` keeps the cache in memory (for one process only).
+
+    Notes
+    -----
+    The object has the interface :func:`hu_roi.io.index_folder` uses: ``get(path)``,
+    ``put(path, header)`` and ``flush()``; it is also a context manager (``close`` on exit).
+    Counters ``hits``, ``misses`` and ``stores`` tell what happened.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        self.path = None if path is None else Path(path)
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, int, int, str]] = []
+        self._db: sqlite3.Connection | None = None
+        self.hits = 0
+        self.misses = 0
+        self.stores = 0
+        self._open()
+
+    # -- construction ---------------------------------------------------------------
+    @classmethod
+    def default(cls) -> HeaderCache:
+        """The per-user cache in :func:`default_cache_dir` (created if missing)."""
+        folder = default_cache_dir()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("header cache disabled: cannot create %s (%s)", folder, exc)
+            return cls(None)
+        return cls(folder / FILE_NAME)
+
+    def _connect(self) -> sqlite3.Connection:
+        target = ":memory:" if self.path is None else str(self.path)
+        db = sqlite3.connect(target, timeout=10.0, check_same_thread=False)
+        db.execute(
+            "PRAGMA journal_mode=WAL" if self.path is not None else "PRAGMA cache_size=-8000"
+        )
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        row = db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+        if row is None or row[0] != _VERSION:
+            db.execute("DROP TABLE IF EXISTS headers")
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (_VERSION,))
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS headers (path TEXT PRIMARY KEY, size INTEGER, "
+            "mtime_ns INTEGER, header TEXT)"
+        )
+        db.commit()
+        return db
+
+    def _open(self) -> None:
+        try:
+            self._db = self._connect()
+            return
+        except (sqlite3.Error, OSError, ValueError) as exc:
+            if self.path is None:
+                log.warning("header cache disabled: %s", exc)
+                return
+            log.warning("header cache %s unusable (%s); rebuilding it", self.path, exc)
+        self._remove_files()
+        try:
+            self._db = self._connect()
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("header cache disabled: cannot rebuild %s (%s)", self.path, exc)
+            self._db = None
+
+    def _remove_files(self) -> None:
+        if self.path is None:
+            return
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            try:
+                os.remove(str(self.path) + suffix)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot remove %s%s: %s", self.path, suffix, exc)
+
+    def _failed(self, exc: Exception) -> None:
+        """A database error during use: rebuild once, else disable."""
+        log.warning("header cache error (%s); rebuilding %s", exc, self.path)
+        self._pending.clear()
+        try:
+            if self._db is not None:
+                self._db.close()
+        except sqlite3.Error:
+            pass
+        self._db = None
+        self._remove_files()
+        try:
+            self._db = self._connect()
+        except (sqlite3.Error, OSError) as exc2:
+            log.warning("header cache disabled for this run (%s)", exc2)
+            self._db = None
+
+    # -- the index_folder interface -------------------------------------------------
+    @staticmethod
+    def _key(path: str | os.PathLike[str]) -> tuple[str, int, int]:
+        st = os.stat(path)
+        return os.path.abspath(path), st.st_size, st.st_mtime_ns
+
+    def get(self, path: str | os.PathLike[str]) -> ImageHeader | None:
+        """The cached header of ``path`` if the file is unchanged, else ``None``.
+
+        Raises
+        ------
+        OSError
+            When the file cannot be stat-ed (the index reports it as unreadable).
+        """
+        key, size, mtime = self._key(path)
+        if self._db is None:
+            self.misses += 1
+            return None
+        with self._lock:
+            try:
+                row = self._db.execute(
+                    "SELECT size, mtime_ns, header FROM headers WHERE path=?", (key,)
+                ).fetchone()
+            except sqlite3.Error as exc:
+                self._failed(exc)
+                row = None
+        h = None
+        if row is not None and row[0] == size and row[1] == mtime:
+            try:
+                h = _decode(row[2], str(path))
+            except (ValueError, TypeError, KeyError) as exc:
+                log.debug("bad cache entry for %s: %s", key, exc)
+        if h is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return h
+
+    def put(self, path: str | os.PathLike[str], header: ImageHeader) -> None:
+        """Remember ``header`` for the current size and mtime of ``path``."""
+        if self._db is None:
+            return
+        try:
+            key, size, mtime = self._key(path)
+        except OSError:
+            return
+        with self._lock:
+            self._pending.append((key, size, mtime, _encode(header)))
+            self.stores += 1
+            full = len(self._pending) >= FLUSH_EVERY
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write pending entries in one transaction (a locked database skips them)."""
+        with self._lock:
+            if self._db is None or not self._pending:
+                self._pending.clear()
+                return
+            rows, self._pending = self._pending, []
+            try:
+                with self._db:
+                    self._db.executemany("INSERT OR REPLACE INTO headers VALUES (?, ?, ?, ?)", rows)
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    log.info("header cache busy; %d entries not stored (%s)", len(rows), exc)
+                    return
+                self._failed(exc)
+            except sqlite3.Error as exc:
+                self._failed(exc)
+
+    # -- maintenance ----------------------------------------------------------------
+    def __len__(self) -> int:
+        if self._db is None:
+            return 0
+        with self._lock:
+            try:
+                return int(self._db.execute("SELECT COUNT(*) FROM headers").fetchone()[0])
+            except sqlite3.Error:
+                return 0
+
+    def prune(self) -> int:
+        """Forget entries whose file no longer exists; return how many were removed."""
+        if self._db is None:
+            return 0
+        self.flush()
+        with self._lock:
+            gone = [
+                (p,)
+                for (p,) in self._db.execute("SELECT path FROM headers")
+                if not os.path.exists(p)
+            ]
+            with self._db:
+                self._db.executemany("DELETE FROM headers WHERE path=?", gone)
+        return len(gone)
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        if self._db is None:
+            return
+        with self._lock:
+            self._pending.clear()
+            with self._db:
+                self._db.execute("DELETE FROM headers")
+
+    def close(self) -> None:
+        """Flush and close the database."""
+        self.flush()
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> HeaderCache:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = "memory" if self.path is None else str(self.path)
+        state = "disabled" if self._db is None else "open"
+        return f"HeaderCache({where}, {state}, hits={self.hits}, misses={self.misses})"
