@@ -498,6 +498,12 @@ def _fast_native(fh: object, h: PixelHeader, dest: np.ndarray, path: str) -> Non
     _rescale_into(v, h.rescale_slope, h.rescale_intercept, dest, inplace=raw is dest)
 
 
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` of an exception on one line (pydicom's decoder errors span several)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}{'…' if len(text) > 300 else ''}"
+
+
 def _decode_pydicom(
     path: str, rows: int, cols: int, plugin: str = ""
 ) -> tuple[np.ndarray, float, float, int | None]:
@@ -514,7 +520,7 @@ def _decode_pydicom(
                 if not ds.original_encoding[0]:
                     ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
     except Exception as exc:
-        raise DicomReadError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+        raise DicomReadError(f"{path}: cannot read ({_one_line(exc)})") from None
     if int(ds.get("Rows", 0)) != rows or int(ds.get("Columns", 0)) != cols:
         raise DicomReadError(
             f"{path}: image size {ds.get('Rows')}x{ds.get('Columns')} differs from the "
@@ -531,9 +537,7 @@ def _decode_pydicom(
             ds.pixel_array_options(decoding_plugin="")  # plugin missing: any decoder
             arr = ds.pixel_array
     except Exception as exc:  # short pixel data, missing decoder, corrupt stream
-        raise DicomReadError(
-            f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc})"
-        ) from None
+        raise DicomReadError(f"{path}: cannot decode pixel data ({_one_line(exc)})") from None
     if arr.shape != (rows, cols):
         raise DicomReadError(f"{path}: decoded shape {arr.shape}, expected {(rows, cols)}")
     slope = float(ds.get("RescaleSlope", 1) or 1)
