@@ -1,0 +1,226 @@
+"""Run independent tasks on local processes or on an existing dask.distributed cluster.
+
+:func:`map_tasks` is the one entry point.  Each item becomes one task ``fn(item)`` (or
+``fn(*item)`` with ``unpack=True``); results come back **in input order**, one
+:class:`TaskResult` per item holding either the value or the exception the task raised,
+so one bad series never loses the results of the others.
+
+Where tasks run
+---------------
+``scheduler=None`` and ``workers=1``
+    In this process, one after the other (no pickling; easiest to debug).
+``scheduler=None`` and ``workers=N > 1``
+    ``N`` local worker processes (:class:`concurrent.futures.ProcessPoolExecutor`).
+``scheduler="tcp://host:8786"`` (any dask scheduler address) or a ``distributed.Client``
+    On that dask.distributed cluster.  hu-roi does not start or manage clusters: start one
+    with ``dask scheduler`` / ``dask worker`` (or dask-jobqueue, dask-kubernetes ...), make
+    sure every worker has hu-roi installed and sees the DICOM files under the same paths,
+    and pass the scheduler address.  A client passed in is used and left open; an
+    address makes a client that is closed at the end.
+
+Tasks and their arguments must be picklable (module-level functions, dataclasses); on a
+cluster they are sent with cloudpickle, so the worker must be able to import hu_roi.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TaskResult(Generic[T]):
+    """Outcome of one task.
+
+    Attributes
+    ----------
+    index : int
+        Position of the item in the input.
+    value : object
+        What the task returned (``None`` when it failed).
+    error : BaseException or None
+        What the task raised, or ``None``.
+    """
+
+    index: int
+    value: T | None = None
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the task returned normally."""
+        return self.error is None
+
+    def unwrap(self) -> T:
+        """The value, or raise the task's exception."""
+        if self.error is not None:
+            raise self.error
+        return self.value  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class _Star:
+    """Picklable ``lambda args: fn(*args)``."""
+
+    fn: Callable[..., Any]
+
+    def __call__(self, args: Iterable[Any]) -> Any:
+        return self.fn(*args)
+
+
+class _Progress:
+    """A tqdm bar on stderr when asked for and stderr is a terminal; else nothing."""
+
+    def __init__(self, enabled: bool, total: int, desc: str) -> None:
+        self.bar = None
+        if enabled and total and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc or None, unit="task", leave=False)
+
+    def update(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _is_client(obj: object) -> bool:
+    return type(obj).__name__ == "Client" and hasattr(obj, "submit") and hasattr(obj, "map")
+
+
+def map_tasks(
+    fn: Callable[..., T],
+    items: Iterable[Any],
+    *,
+    workers: int = 1,
+    scheduler: str | object | None = None,
+    progress: bool = False,
+    desc: str = "",
+    unpack: bool = False,
+) -> list[TaskResult[T]]:
+    """Run ``fn`` on every item; return one :class:`TaskResult` per item, in input order.
+
+    Parameters
+    ----------
+    fn : callable
+        Picklable function (module level) of one item (or of ``*item`` with ``unpack``).
+    items : iterable
+        Task arguments (picklable).
+    workers : int
+        Local processes when ``scheduler`` is None (1 = run in this process).  Ignored on
+        a cluster, where the cluster's workers decide.
+    scheduler : str, distributed.Client or None
+        Address of a running dask scheduler (``"tcp://10.0.0.5:8786"``) or a client.
+    progress : bool
+        Show a tqdm bar on stderr (only if stderr is a terminal).
+    desc : str
+        Label of the progress bar.
+    unpack : bool
+        Call ``fn(*item)`` instead of ``fn(item)``.
+
+    Returns
+    -------
+    list of TaskResult
+        ``results[i]`` belongs to ``items[i]``; failed tasks carry their exception.
+
+    Raises
+    ------
+    ValueError
+        ``workers < 1``.
+    OSError
+        The scheduler cannot be reached (from ``distributed.Client``).
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1; got {workers}")
+    args = list(items)
+    call: Callable[[Any], T] = _Star(fn) if unpack else fn
+    if not args:
+        return []
+    bar = _Progress(progress, len(args), desc)
+    try:
+        if scheduler is not None:
+            return _run_dask(call, args, scheduler, bar)
+        if workers == 1 or len(args) == 1:
+            return _run_inline(call, args, bar)
+        return _run_processes(call, args, min(workers, len(args)), bar)
+    finally:
+        bar.close()
+
+
+def _run_inline(call: Callable[[Any], T], args: list[Any], bar: _Progress) -> list[TaskResult[T]]:
+    out: list[TaskResult[T]] = []
+    for i, a in enumerate(args):
+        try:
+            out.append(TaskResult(i, call(a)))
+        except Exception as exc:  # one failed task must not lose the others
+            log.debug("task %d failed: %r", i, exc)
+            out.append(TaskResult(i, error=exc))
+        bar.update()
+    return out
+
+
+def _run_processes(
+    call: Callable[[Any], T], args: list[Any], workers: int, bar: _Progress
+) -> list[TaskResult[T]]:
+    out: list[TaskResult[T] | None] = [None] * len(args)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(call, a): i for i, a in enumerate(args)}
+        try:
+            for fut in as_completed(futures):
+                i = futures[fut]
+                try:
+                    out[i] = TaskResult(i, fut.result())
+                except Exception as exc:  # includes BrokenProcessPool (a worker died)
+                    out[i] = TaskResult(i, error=exc)
+                bar.update()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    return out  # type: ignore[return-value]
+
+
+def _run_dask(
+    call: Callable[[Any], T], args: list[Any], scheduler: str | object, bar: _Progress
+) -> list[TaskResult[T]]:
+    try:
+        import distributed
+    except ImportError as exc:  # pragma: no cover - distributed is a dependency
+        raise RuntimeError(
+            "scheduler given but dask.distributed is not installed; "
+            "pip install distributed, or run without --scheduler"
+        ) from exc
+    own = not _is_client(scheduler)
+    client = distributed.Client(scheduler) if own else scheduler
+    try:
+        futures = client.map(call, args, pure=False)  # type: ignore[attr-defined]
+        index = {f.key: i for i, f in enumerate(futures)}
+        out: list[TaskResult[T] | None] = [None] * len(args)
+        try:
+            for fut in distributed.as_completed(futures):
+                i = index[fut.key]
+                if fut.status == "error":
+                    out[i] = TaskResult(i, error=fut.exception())
+                else:
+                    try:
+                        out[i] = TaskResult(i, fut.result())
+                    except Exception as exc:  # lost worker, cancelled, ...
+                        out[i] = TaskResult(i, error=exc)
+                bar.update()
+        except BaseException:
+            client.cancel(futures)  # type: ignore[attr-defined]
+            raise
+        return out  # type: ignore[return-value]
+    finally:
+        if own:
+            client.close()  # type: ignore[attr-defined]
