@@ -117,6 +117,34 @@ def _signed_rank_p(x: np.ndarray) -> float:
         return np.nan
 
 
+def student_t_test(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Two-sample Student t-test with pooled variance, two-sided.
+
+    Same as R ``t.test(x, y, var.equal=TRUE)`` and SAS PROC TTEST "Pooled" (the stats API
+    has no t-test; written here to avoid importing scipy.stats, which is slow to load).
+
+    Returns
+    -------
+    (t, p) : tuple of float
+        t = (mean(x) - mean(y)) / sqrt(s_p^2 (1/n_x + 1/n_y)), df = n_x + n_y - 2.
+    """
+    from scipy import special
+
+    nx, ny = x.size, y.size
+    df = nx + ny - 2
+    if nx < 1 or ny < 1 or df < 1:
+        return np.nan, np.nan
+    sp2 = (
+        (nx - 1) * np.var(x, ddof=1 if nx > 1 else 0)
+        + (ny - 1) * np.var(y, ddof=1 if ny > 1 else 0)
+    ) / df
+    se = np.sqrt(sp2 * (1.0 / nx + 1.0 / ny))
+    if se == 0:
+        return np.nan, np.nan
+    t = float((np.mean(x) - np.mean(y)) / se)
+    return t, float(2.0 * special.stdtr(df, -abs(t)))
+
+
 def _check_arms(clinical: pd.DataFrame) -> None:
     bad = sorted(set(clinical["arm"].dropna()) - set(ARMS))
     if bad:
@@ -161,12 +189,7 @@ def table1_baseline(clinical: pd.DataFrame) -> pd.DataFrame:
         stat = p = np.nan
         if a.size >= 2 and b.size >= 2:
             if test == "t":
-                # scipy: Student two-sample t-test, pooled variance (SAS PROC TTEST "Pooled");
-                # the stats API has no t-test. Imported here: scipy.stats is slow to import.
-                from scipy import stats as _scipy_stats
-
-                r = _scipy_stats.ttest_ind(a, b, equal_var=True)
-                stat, p = float(r.statistic), float(r.pvalue)
+                stat, p = student_t_test(a, b)
                 tname = "Student t-test (pooled)"
             else:
                 rs = _rank_sum_sas(a, b)

@@ -57,7 +57,7 @@ def _ci(lo: object, hi: object, digits: int = 1) -> str:
 
 def _png(fig: object) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")  # type: ignore[attr-defined]
+    fig.savefig(buf, format="png", dpi=100)  # type: ignore[attr-defined]
     import matplotlib.pyplot as plt
 
     plt.close(fig)  # type: ignore[arg-type]
@@ -82,7 +82,7 @@ def make_figures(ep: TrialEndpoints) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
 
     # Fig. 2: overall survival
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
     for arm, km in ep.survival.curves.items():
         t = np.concatenate([[0.0], km.time])
         s = np.concatenate([[1.0], km.survival])
@@ -99,7 +99,7 @@ def make_figures(ep: TrialEndpoints) -> dict[str, bytes]:
 
     # Fig. 3: VAS and OMED over time
     pot = ep.tables["pain_over_time"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), layout="constrained")
     for ax, measure, unit in zip(
         axes, ("VAS", "OMED"), ("VAS (0-10)", "OMED (mg/day)"), strict=True
     ):
@@ -123,7 +123,7 @@ def make_figures(ep: TrialEndpoints) -> dict[str, bytes]:
     out["fig3_vas_omed"] = _png(fig)
 
     # HU over time
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), layout="constrained")
     for ax, key, title in (
         (axes[0], "patient_hu_irradiated", "Irradiated (metastatic) vertebra"),
         (axes[1], "patient_hu_unirradiated", "Unirradiated vertebra"),
