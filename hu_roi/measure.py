@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -361,7 +362,7 @@ def add_flags(m: Measurement, *codes: str, detail: str = "") -> Measurement:
     return replace(m, qc_flags=tuple(flags), detail=d)
 
 
-def _series_fields(info: SeriesInfo | None) -> dict:
+def _series_fields(info: SeriesInfo | None) -> dict[str, Any]:
     if info is None:
         return {
             "study_date": "",
@@ -443,7 +444,7 @@ def failed_measurement(
     )
 
 
-def _stats(x: np.ndarray) -> dict[str, float]:
+def _stats(x: np.ndarray) -> dict[str, Any]:
     n = x.size
     if n == 0:
         nan = math.nan
