@@ -395,7 +395,7 @@ def render_html(
     body = [
         "<h1>hu-roi: trial endpoints (IMRT vs 3DCRT, NCT02832830 design)</h1>",
         f"<p>Generated {html.escape(_dt.datetime.now(_dt.UTC).strftime('%Y-%m-%d %H:%M UTC'))}"
-        + (f" in {elapsed_s:.1f} s" if elapsed_s is not None else "")
+        + (f" (tables computed in {elapsed_s:.1f} s)" if elapsed_s is not None else "")
         + f". Patients: IMRT {n['IMRT']}, 3DCRT {n['3DCRT']}.</p>",
     ]
     if inputs:
