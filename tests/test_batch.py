@@ -408,3 +408,62 @@ def test_real_siemens_vertebral_body_vs_simpleitk(tmp_path):
         assert "contrast-agent" in m.qc_flags  # ContrastBolusAgent APPLIED
         assert "cortical-contamination" not in m.qc_flags
     assert res.measurements[0].slice_index == 8
+
+
+# ------------------------------------------------------------------------ series problems
+def _one_roi_file(tmp_path, uid, z):
+    r = Roi.from_dict(
+        {
+            "roi_id": "r",
+            "patient_id": "X",
+            "kind": "target",
+            "series_instance_uid": uid,
+            "shape": {"type": "circle", "center_mm": [8.0, 8.0, z], "radius_mm": 5},
+        }
+    )
+    f = tmp_path / "r.rois.json"
+    save_roiset(RoiSet(rois=(r,), reader="R1"), f, overwrite=True)
+    return f
+
+
+def test_refused_series_and_accepted_problems(tmp_path):
+    hu = np.full((4, 16, 16), 100.0)
+    # duplicate positions: refused (series-refused + the problem code)
+    write_ct_series(tmp_path / "dup", hu, slice_positions=[0, 2, 2, 4], series_uid=UID + ".1")
+    m = measure_batch(tmp_path / "dup", _one_roi_file(tmp_path, UID + ".1", 0.0)).measurements[0]
+    assert m.qc_status == "fail"
+    assert {"series-refused", "series-duplicate-positions"} <= set(m.qc_flags)
+    # a gap (missing-slices) is accepted: measured, with a warning
+    write_ct_series(tmp_path / "gap", hu, slice_positions=[0, 2, 4, 10], series_uid=UID + ".2")
+    g = measure_batch(tmp_path / "gap", _one_roi_file(tmp_path, UID + ".2", 2.0)).measurements[0]
+    assert g.qc_status == "warn" and "series-missing-slices" in g.qc_flags
+    assert "series-refused" not in g.qc_flags and g.mean_hu == 100.0
+    # no problem: quiet
+    write_ct_series(tmp_path / "ok", hu, slice_positions=[0, 2, 4, 6], series_uid=UID + ".3")
+    ok = measure_batch(tmp_path / "ok", _one_roi_file(tmp_path, UID + ".3", 2.0)).measurements[0]
+    assert not any(f.startswith("series-") for f in ok.qc_flags) and ok.mean_hu == 100.0
+
+
+def test_unreadable_pixels_give_series_load_failed(tmp_path):
+    from hu_roi.batch import _Item, measure_series
+    from hu_roi.io import index_folder
+
+    hu = np.full((3, 16, 16), 100.0)
+    paths = write_ct_series(tmp_path / "d", hu, slice_positions=[0, 2, 4], series_uid=UID + ".4")
+    info = index_folder(tmp_path / "d").series[0]
+    r = Roi.from_dict(
+        {
+            "roi_id": "r",
+            "patient_id": "X",
+            "kind": "target",
+            "shape": {"type": "circle", "center_mm": [8.0, 8.0, 2.0], "radius_mm": 5},
+        }
+    )
+    rows, _ = measure_series(info, [_Item(0, r, "R1", "f")])
+    assert rows[0][1].qc_status == "pass"
+    # the file of the touched slice is truncated after indexing (a real broken file)
+    data = paths[1].read_bytes()
+    paths[1].write_bytes(data[: len(data) - 300])
+    rows, _ = measure_series(info, [_Item(0, r, "R1", "f")])
+    m = rows[0][1]
+    assert m.qc_status == "fail" and m.qc_flags[0] == "series-load-failed" and m.detail

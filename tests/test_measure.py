@@ -224,3 +224,23 @@ def test_docs_table_lists_every_code():
     assert not missing, f"codes not in docs/qc_flags.md: {sorted(missing)}"
     for p in PROBLEM_CODES:  # series-<problem> are explained by the generic row
         assert p in text
+
+
+def test_too_large_and_slice_not_loaded_are_fail_rows():
+    huge = measure_roi(flat_volume(), roi({**CENTRE, "radius_mm": 10000.0}))
+    assert huge.qc_status == "fail" and huge.qc_flags[0] == "roi-too-large"
+    assert "roi-too-large" not in measure_roi(flat_volume(), roi(CENTRE)).qc_flags
+    # a partial volume (with its series info) that lacks the ROI's slice
+    full = flat_volume(info=True)
+    part = Volume(
+        hu=full.hu[:1],
+        orientation=full.orientation,
+        pixel_spacing_mm=full.pixel_spacing_mm,
+        slice_origins_lps_mm=full.slice_origins_lps_mm[:1],
+        slice_indices=[0],
+        info=full.info,
+    )
+    m = measure_roi(part, roi(CENTRE))  # CENTRE lies on slice 2
+    assert m.qc_status == "fail" and m.qc_flags[0] == "slice-not-loaded"
+    on0 = measure_roi(part, roi({**CENTRE, "center_mm": [30.0, 30.0, 0.0]}))
+    assert on0.qc_status == "pass" and on0.slice_index == 0
