@@ -182,3 +182,16 @@ def test_cli_errors_are_one_line_exit_2(
         measurements=tmp_path / "missing.csv", clinical=bad, out=tmp_path / "o", quiet=True
     )
     assert run_analyze(ns) == 2
+
+
+def test_repeated_measures_option(trial: dict[str, object]) -> None:
+    from hu_roi.analysis.clinical import read_clinical
+    from hu_roi.analysis.endpoints import analyze
+    from hu_roi.analysis.schemas import longitudinal_from_measurements, read_measurements
+
+    data = Path(trial["data"])  # type: ignore[arg-type]
+    lg = longitudinal_from_measurements(read_measurements(data / "measurements.csv"))
+    ep = analyze(lg, read_clinical(data / "clinical.csv"), repeated_measures=True)
+    rm = ep.tables["hu_repeated_measures"].set_index("term")
+    assert {"C(arm)[T.IMRT]", "omed", "C(arm)[T.IMRT]:C(timepoint)[T.T3]"} <= set(rm.index)
+    assert ((rm["ci_low"] <= rm["estimate"]) & (rm["estimate"] <= rm["ci_high"])).all()

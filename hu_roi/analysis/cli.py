@@ -42,6 +42,11 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         help="OMED change (%% of baseline) still counted as stable analgesics for the Chow "
         "categories (default 0: any increase is an increase)",
     )
+    p.add_argument(
+        "--repeated-measures",
+        action="store_true",
+        help="also fit the paper's ANCOVA with repeated measurements (mixed model; slower)",
+    )
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(func=run_analyze)
     return p
@@ -59,7 +64,12 @@ def run_analyze(args: argparse.Namespace) -> int:
         meas = read_measurements(args.measurements)
         clin = read_clinical(args.clinical)
         long = longitudinal_from_measurements(meas)
-        ep = analyze(long, clin, tolerance_pct=getattr(args, "omed_tolerance", 0.0))
+        ep = analyze(
+            long,
+            clin,
+            tolerance_pct=getattr(args, "omed_tolerance", 0.0),
+            repeated_measures=getattr(args, "repeated_measures", False),
+        )
         written = write_outputs(
             ep,
             args.out,

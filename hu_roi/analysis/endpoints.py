@@ -650,6 +650,51 @@ def overall_survival(clinical: pd.DataFrame) -> SurvivalResult:
     return SurvivalResult(table=table, curves=curves, logrank=lr)
 
 
+# --------------------------------------------------------------------------- ANCOVA
+
+
+def hu_repeated_measures(hu: pd.DataFrame, clinical: pd.DataFrame) -> pd.DataFrame:
+    """The paper's "ANCOVA with repeated measurements" of HU (optional, needs statsmodels).
+
+    Linear mixed model ``hu ~ arm * timepoint + omed`` with a random intercept per patient
+    (:func:`hu_roi.analysis.stats.repeated_measures`; SAS PROC MIXED analogue) on the index
+    vertebra's HU at T0, T2, T3 with the OMED (mg/day) at the same timepoint as covariate
+    ("pain medication as covariate").  Reference levels: arm 3DCRT, timepoint T0.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``term, estimate, se, z, p_value, ci_low, ci_high``; empty when it cannot be fitted.
+    """
+    cols = ["patient_id", "arm"]
+    rows = []
+    omed = clinical.set_index("patient_id")
+    for _, r in hu[cols + ["hu_T0", "hu_T2", "hu_T3"]].iterrows():
+        for tp in ("T0", "T2", "T3"):
+            o = omed.at[r["patient_id"], f"omed_{tp}"] if r["patient_id"] in omed.index else np.nan
+            if pd.notna(r[f"hu_{tp}"]) and pd.notna(o):
+                rows.append(
+                    {"patient_id": r["patient_id"], "arm": r["arm"], "timepoint": tp,
+                     "hu": float(r[f"hu_{tp}"]), "omed": float(o)}
+                )  # fmt: skip
+    empty = pd.DataFrame(columns=["term", "estimate", "se", "z", "p_value", "ci_low", "ci_high"])
+    df = pd.DataFrame(rows)
+    if df.empty or df["arm"].nunique() < 2:
+        return empty
+    try:
+        return stats.repeated_measures(
+            df,
+            value="hu",
+            time="timepoint",
+            group="arm",
+            subject="patient_id",
+            covariates=("omed",),
+        )
+    except (stats.StatsInputError, ValueError, np.linalg.LinAlgError) as exc:
+        logger.warning("repeated-measures model not fitted: %s", exc)
+        return empty
+
+
 # --------------------------------------------------------------------------- everything
 
 
@@ -664,7 +709,8 @@ class TrialEndpoints:
         ``consort``, ``table2_hu_irradiated``, ``table3_hu_by_lesion``,
         ``hu_unirradiated``, ``table4_fractures``, ``table5_pain_response``,
         ``pain_over_time``, ``survival``, ``patient_hu_irradiated``,
-        ``patient_hu_unirradiated``, ``patient_pain_response``.
+        ``patient_hu_unirradiated``, ``patient_pain_response`` and, when asked,
+        ``hu_repeated_measures``.
     survival : SurvivalResult
     notes : list of str
         Data remarks found during the analysis (shown in the report).
@@ -680,6 +726,7 @@ def analyze(
     clinical: pd.DataFrame,
     *,
     tolerance_pct: float = 0.0,
+    repeated_measures: bool = False,
 ) -> TrialEndpoints:
     """Compute every endpoint table.
 
@@ -692,6 +739,9 @@ def analyze(
         Validated clinical table (:func:`hu_roi.analysis.clinical.validate_clinical`).
     tolerance_pct : float
         OMED tolerance for "stable" analgesics in the Chow categories (default 0 %).
+    repeated_measures : bool
+        Also fit :func:`hu_repeated_measures` (table ``hu_repeated_measures``; imports
+        statsmodels, which takes a few seconds).
 
     Returns
     -------
@@ -741,6 +791,8 @@ def analyze(
         "patient_hu_unirradiated": unirr.reset_index(drop=True),
         "patient_pain_response": response,
     }
+    if repeated_measures:
+        tables["hu_repeated_measures"] = hu_repeated_measures(irr, clinical)
     for n in notes:
         logger.info("analysis note: %s", n)
     return TrialEndpoints(tables=tables, survival=surv, notes=notes)

@@ -427,6 +427,18 @@ def render_html(
         "<h2>Unirradiated vertebrae</h2>",
         _hu_html(t["hu_unirradiated"], "Bone density (HU) in unirradiated vertebrae"),
         img("fig_hu_over_time", "HU per arm at T0, T2, T3 (box plots)"),
+        *(
+            [
+                "<h3>ANCOVA with repeated measurements</h3>",
+                _simple_html(
+                    t["hu_repeated_measures"],
+                    "HU of the irradiated vertebra: mixed model hu ~ arm * timepoint + OMED, "
+                    "random intercept per patient (reference 3DCRT, T0)",
+                ),
+            ]
+            if "hu_repeated_measures" in t
+            else []
+        ),
         "<h2>Table 4</h2>",
         _table4_html(t["table4_fractures"]),
         "<h2>Table 5</h2>",
