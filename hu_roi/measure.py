@@ -301,6 +301,13 @@ class Measurement:
     - ``area_mm2`` = n · ΔR · ΔC for 2D shapes (None for spheres)
     - ``volume_mm3`` = n · ΔR · ΔC · slice spacing for spheres (None for 2D shapes)
 
+    ``slice_index`` is the index (in the full series, sorted by position) of the slice a 2D
+    shape lies on; for a sphere, of the touched slice nearest to its centre (all touched
+    slices are in ``slice_indices``).  ``slice_position_mm`` is that slice's position along
+    the slice normal.  ``cortical_fraction`` is the fraction of voxels above
+    :data:`CORTICAL_HU`; ``n_outside`` the shape's voxel centres outside the image;
+    ``n_padding`` the padding voxels included.
+
     ``qc_flags`` are short codes (see :data:`QC_FLAGS`); ``qc_status`` is derived from them.
     """
 
