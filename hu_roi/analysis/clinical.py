@@ -22,12 +22,13 @@ A patient is *alive at Tk* when there is no ``date_death`` or it is later than
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from hu_roi.analysis.pain import OMED_TABLE, omed_from_analgesics
+from hu_roi.analysis.pain import OMED_TABLE, OmedFactor, omed_from_analgesics
 from hu_roi.analysis.schemas import TIMEPOINTS, Column, TableSchema
 from hu_roi.errors import SchemaError
 
@@ -226,7 +227,10 @@ def read_clinical(path: str | Path) -> pd.DataFrame:
 
 
 def validate_clinical(
-    df: pd.DataFrame, *, source: str | None = None, omed_table=OMED_TABLE
+    df: pd.DataFrame,
+    *,
+    source: str | None = None,
+    omed_table: Mapping[str, OmedFactor] = OMED_TABLE,
 ) -> pd.DataFrame:
     """Validate and type a clinical table; fill ``omed_Tk`` from ``analgesics_Tk``.
 
