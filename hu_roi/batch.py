@@ -5,7 +5,9 @@ Steps of :func:`measure_batch`:
 1. load every ROI file (``*.rois.json``; a folder is searched recursively);
 2. index the DICOM folder (headers only);
 3. match every ROI to its series (:func:`hu_roi.roi.match_series`); unmatched ROIs become
-   ``fail`` rows with the reason;
+   ``fail`` rows with the reason.  An ROI without UID, series_key and study_date but with a
+   timepoint is matched within the study date of the other ROIs of the same patient and
+   timepoint that do name their series (when they agree on one date);
 4. per series (one task each; ``workers > 1`` runs tasks in local processes): work out from
    the header which slices the ROIs touch (:func:`hu_roi.rasterize.slices_needed`), load
    only those (``load_series(info, slices=...)``), measure every ROI with
@@ -27,7 +29,7 @@ import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -248,11 +250,28 @@ def measure_batch(
     results: dict[int, Measurement] = {}
     groups: dict[str, list[_Item]] = defaultdict(list)
     infos: dict[str, SeriesInfo] = {}
+    # study date of each (patient, timepoint), learnt from ROIs that name their series: an
+    # ROI without UID/series_key/study_date is then matched within that date only
+    date_hint: dict[tuple[str, str | None], set[str]] = defaultdict(set)
+    for _, rs in roisets:
+        for roi in rs.rois:
+            if roi.series_instance_uid or roi.series_key:
+                mt = match_series(roi, idx.series)
+                if mt.info is not None and mt.info.study_date:
+                    date_hint[(roi.patient_id, roi.timepoint)].add(mt.info.study_date)
     for f, rs in roisets:
         for roi in rs.rois:
             it = _Item(len(items), roi, rs.reader, str(f))
             items.append(it)
-            mt = match_series(roi, idx.series)
+            probe = roi
+            hint = date_hint.get((roi.patient_id, roi.timepoint), set())
+            if (
+                not (roi.series_instance_uid or roi.series_key or roi.study_date)
+                and roi.timepoint
+                and len(hint) == 1
+            ):
+                probe = replace(roi, study_date=next(iter(hint)))
+            mt = match_series(probe, idx.series)
             if mt.info is None:
                 results[it.order] = failed_measurement(
                     roi, [mt.reason], detail=mt.detail, reader=rs.reader, roi_file=str(f)

@@ -238,6 +238,24 @@ def test_failed_rois_are_rows(tmp_path):
             }
         ),
     ]
+    # P02 has one CT series per visit: an ROI without UID is placed by the study date
+    # of the other P02-T2 ROI that names its series; without that ROI it is ambiguous
+    g2 = gt["P02-T2-L1"]
+    c2 = [float(g2["center_x_mm"]), float(g2["center_y_mm"]), float(g2["center_z_mm"])]
+    p02 = {**base, "patient_id": "P02", "timepoint": "T2", "level": "L1"}
+    shape2 = {"type": "circle", "center_mm": c2, "radius_mm": 5}
+    rois += [
+        Roi.from_dict(
+            {
+                **p02,
+                "roi_id": "p02-uid",
+                "series_instance_uid": g2["series_instance_uid"],
+                "shape": shape2,
+            }
+        ),
+        Roi.from_dict({**p02, "roi_id": "p02-by-date", "shape": shape2}),
+        Roi.from_dict({**p02, "roi_id": "p02-T3-alone", "timepoint": "T3", "shape": shape2}),
+    ]
     f = tmp_path / "t.rois.json"
     save_roiset(RoiSet(rois=tuple(rois), reader="R2"), f)
     out = tmp_path / "t.csv"
@@ -263,6 +281,9 @@ def test_failed_rois_are_rows(tmp_path):
     assert rows["outside"]["qc_flags"].split(";")[0] == "roi-outside-image"
     assert rows["tie"]["qc_flags"].split(";")[0] == "roi-slice-tie"
     assert rows["ambiguous"]["qc_flags"].split(";")[0] == "series-ambiguous"
+    assert rows["p02-by-date"]["series_instance_uid"] == g2["series_instance_uid"]
+    assert rows["p02-by-date"]["mean_hu"] == rows["p02-uid"]["mean_hu"] != ""
+    assert rows["p02-T3-alone"]["qc_flags"].split(";")[0] == "series-ambiguous"
     for k in ("no-series", "outside", "tie", "ambiguous"):
         assert rows[k]["mean_hu"] == "" and rows[k]["n_voxels"] == "0" and rows[k]["detail"]
 
