@@ -308,3 +308,29 @@ def test_walker_refuses_what_it_does_not_know(tmp_path: Path) -> None:
         16,
         "1.2.840.10008.1.2.1",
     )
+
+
+def test_jpeg_lossless_from_gdcm_matches(tmp_path: Path) -> None:
+    """JPEG lossless (process 14 SV1) stream encoded by GDCM (SimpleITK), decoded by hu-roi."""
+    sitk = pytest.importorskip("SimpleITK")
+    from pydicom.uid import JPEGLosslessSV1
+
+    hu = _hu(n=3, rows=32, cols=40)
+    paths = write_ct_series(tmp_path / "s", hu, intercept=-1024, unsigned=True)
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        w = sitk.ImageFileWriter()
+        w.SetFileName(str(tmp_path / "enc.dcm"))
+        w.SetUseCompression(True)
+        w.SetCompressor("JPEG")
+        w.Execute(sitk.GetImageFromArray(ds.pixel_array))
+        enc = pydicom.dcmread(tmp_path / "enc.dcm")
+        assert enc.file_meta.TransferSyntaxUID == JPEGLosslessSV1
+        ds.PixelData = enc.PixelData
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+        ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+        ds.save_as(p, enforce_file_format=True)
+    (tmp_path / "enc.dcm").unlink()
+    got = _check_against_pydicom(tmp_path / "s", np.int16)
+    assert np.array_equal(got, hu.astype(np.int16))

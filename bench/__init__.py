@@ -1,0 +1,1 @@
+"""hu-roi benchmarks (run with ``scripts/bench``; see docs/performance.md)."""

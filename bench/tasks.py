@@ -1,0 +1,284 @@
+"""One benchmark task per subprocess: ``python -m bench.tasks '{"task": ..., ...}'``.
+
+Prints one JSON line: ``seconds`` (wall time of the measured part only), ``base_mb``
+(resident memory after imports and untimed preparation), ``peak_mb`` (VmHWM, the peak
+resident memory of the task process; worker processes are not included) and task-specific fields.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _status_mb(key: str) -> float:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _rss_mb() -> float:
+    return _status_mb("VmRSS")
+
+
+def _peak_mb() -> float:
+    """Peak RSS of this process image.
+
+    VmHWM (Linux) rather than ru_maxrss: after a vfork+exec, ru_maxrss starts from the
+    parent's resident set size, which would hide the task's own peak.
+    """
+    hwm = _status_mb("VmHWM")
+    if hwm == hwm:
+        return hwm
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _files(folder: str) -> list[str]:
+    out = []
+    for d, _, names in os.walk(folder, followlinks=True):
+        out += [os.path.join(d, n) for n in sorted(names) if not n.startswith(".")]
+    return sorted(out)
+
+
+def _info(folder: str):  # type: ignore[no-untyped-def]
+    from hu_roi.io import index_folder
+
+    (info,) = index_folder(folder).series
+    return info
+
+
+# ---------------------------------------------------------------------------------------
+def raw_read(a: dict[str, Any]) -> dict[str, Any]:
+    """Floor: read every file's bytes (buffer memory reused)."""
+    files = _files(a["folder"])
+    base = _rss_mb()
+    t = time.perf_counter()
+    n = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            n += len(fh.read())
+    return {"seconds": time.perf_counter() - t, "base_mb": base, "bytes": n}
+
+
+def raw_into(a: dict[str, Any]) -> dict[str, Any]:
+    """Floor for producing a volume: read each file's pixel bytes into one fresh array."""
+    import numpy as np
+
+    files = _files(a["folder"])
+    rows = cols = a["size"]
+    nb = rows * cols * 2
+    base = _rss_mb()
+    t = time.perf_counter()
+    out = np.empty((len(files), rows, cols), dtype=np.int16)
+    for k, f in enumerate(files):
+        with open(f, "rb", buffering=0) as fh:
+            fh.seek(os.fstat(fh.fileno()).st_size - nb)
+            fh.readinto(memoryview(out[k]).cast("B"))
+    return {"seconds": time.perf_counter() - t, "base_mb": base}
+
+
+def hu_load(a: dict[str, Any]) -> dict[str, Any]:
+    """hu-roi: load_series of an indexed series (index untimed unless index=True)."""
+    from hu_roi.io import index_folder, load_series
+
+    base = _rss_mb()
+    t0 = time.perf_counter()
+    (info,) = index_folder(a["folder"]).series
+    t = time.perf_counter()
+    if not a.get("index"):
+        base = _rss_mb()
+        t0 = t
+    vol = load_series(info, workers=a.get("workers"), accept=("missing-slices",))
+    t1 = time.perf_counter()
+    return {
+        "seconds": t1 - t0,
+        "base_mb": base,
+        "dtype": str(vol.hu.dtype),
+        "checksum": int(vol.hu.astype("int64").sum()),
+    }
+
+
+def sitk_load(a: dict[str, Any]) -> dict[str, Any]:
+    """SimpleITK ImageSeriesReader (GDCM) on the files sorted by GDCM (sorting untimed)."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)
+    reader = sitk.ImageSeriesReader()
+    names = reader.GetGDCMSeriesFileNames(a["folder"])
+    reader.SetFileNames(names)
+    if a.get("int16"):
+        reader.SetOutputPixelType(sitk.sitkInt16)
+    base = _rss_mb()
+    t = time.perf_counter()
+    img = reader.Execute()
+    arr = sitk.GetArrayViewFromImage(img)
+    dt = time.perf_counter() - t
+    return {
+        "seconds": dt,
+        "base_mb": base,
+        "dtype": str(arr.dtype),
+        "checksum": int(arr.astype("int64").sum()),
+    }
+
+
+def pydicom_load(a: dict[str, Any]) -> dict[str, Any]:
+    """Plain pydicom: read all, sort by position, rescale each slice to int16, stack."""
+    import numpy as np
+    import pydicom
+
+    files = _files(a["folder"])
+    plugin = a.get("plugin", "")
+    base = _rss_mb()
+    t = time.perf_counter()
+    dss = [pydicom.dcmread(f) for f in files]
+    dss.sort(key=lambda d: float(d.ImagePositionPatient[2]))
+    slices = []
+    for d in dss:
+        if plugin:
+            d.pixel_array_options(decoding_plugin=plugin)
+        s, i = int(d.RescaleSlope), int(d.RescaleIntercept)
+        slices.append((d.pixel_array.astype(np.int32) * s + i).astype(np.int16))
+    vol = np.stack(slices)
+    dt = time.perf_counter() - t
+    return {"seconds": dt, "base_mb": base, "checksum": int(vol.astype("int64").sum())}
+
+
+def index(a: dict[str, Any]) -> dict[str, Any]:
+    """index_folder of a tree, with no cache, a fresh cache, or the existing cache."""
+    from hu_roi.io import index_folder
+    from hu_roi.io.cache import HeaderCache
+
+    db = a.get("cache")
+    if db and a.get("fresh"):
+        for suffix in ("", "-wal", "-shm"):
+            Path(db + suffix).unlink(missing_ok=True)
+    base = _rss_mb()
+    t = time.perf_counter()
+    cache = HeaderCache(db) if db else None
+    res = index_folder(a["folder"], cache=cache)
+    if cache is not None:
+        cache.close()
+    dt = time.perf_counter() - t
+    return {
+        "seconds": dt,
+        "base_mb": base,
+        "n_series": len(res.series),
+        "n_files": res.n_files,
+        "hits": getattr(cache, "hits", 0),
+    }
+
+
+def batch(a: dict[str, Any]) -> dict[str, Any]:
+    """hu-roi measure (hu_roi.batch.measure_batch), optionally with the header cache."""
+    import functools
+
+    import hu_roi.io
+    from hu_roi.batch import measure_batch
+
+    if a.get("cache"):
+        from hu_roi.io.cache import HeaderCache
+
+        cache = HeaderCache(a["cache"])
+        hu_roi.io.index_folder = functools.partial(hu_roi.io.index_folder, cache=cache)
+    base = _rss_mb()
+    t = time.perf_counter()
+    res = measure_batch(a["root"], a["rois"], workers=a.get("workers", 1))
+    dt = time.perf_counter() - t
+    status: dict[str, int] = {}
+    for m in res.measurements:
+        status[m.qc_status] = status.get(m.qc_status, 0) + 1
+    means = [round(float(m.mean_hu), 3) for m in res.measurements if m.qc_status != "fail"]
+    return {"seconds": dt, "base_mb": base, "status": status, "means": means[:3]}
+
+
+def _roi_docs(paths: list[str]) -> list[dict[str, Any]]:
+    return [json.loads(Path(p).read_text()) for p in paths]
+
+
+def batch_sitk(a: dict[str, Any]) -> dict[str, Any]:
+    """Baseline: per series, SimpleITK loads the whole series, then each ROI is masked."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)
+    docs = _roi_docs(a["rois"])
+    folders = sorted(str(p) for p in Path(a["root"]).iterdir() if not p.name.startswith("."))
+    base = _rss_mb()
+    t = time.perf_counter()
+    means = []
+    for folder, doc in zip(folders, docs, strict=True):
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(folder))
+        reader.SetOutputPixelType(sitk.sitkInt16)
+        img = reader.Execute()
+        arr = sitk.GetArrayViewFromImage(img)
+        sp = img.GetSpacing()
+        for roi in doc["rois"]:
+            sh = roi["shape"]
+            i, j, k = img.TransformPhysicalPointToIndex(sh["center_mm"])
+            rx, ry = sh.get("radii_mm", [sh.get("radius_mm")] * 2)
+            yy, xx = np.ogrid[: arr.shape[1], : arr.shape[2]]
+            mask = ((xx - i) * sp[0] / rx) ** 2 + ((yy - j) * sp[1] / ry) ** 2 <= 1
+            means.append(float(arr[k][mask].mean()))
+        del img, arr
+    return {"seconds": time.perf_counter() - t, "base_mb": base, "means": means[:3]}
+
+
+def batch_floor(a: dict[str, Any]) -> dict[str, Any]:
+    """Floor: read the bytes of only the slices the ROIs touch (found untimed)."""
+    from hu_roi.io import index_folder, slice_indices_at
+
+    docs = _roi_docs(a["rois"])
+    series = {s.series_instance_uid: s for s in index_folder(a["root"]).series}
+    paths = set()
+    for doc in docs:
+        for roi in doc["rois"]:
+            info = series[roi["series_instance_uid"]]
+            z = float(
+                sum(c * n for c, n in zip(roi["shape"]["center_mm"], info.normal, strict=True))
+            )
+            for i in slice_indices_at(info, [z]):
+                paths.add(info.slices[i].path)
+    base = _rss_mb()
+    t = time.perf_counter()
+    for p in sorted(paths):
+        with open(p, "rb") as fh:
+            fh.read()
+    return {"seconds": time.perf_counter() - t, "base_mb": base, "n_slices": len(paths)}
+
+
+TASKS = {
+    f.__name__: f
+    for f in (
+        raw_read,
+        raw_into,
+        hu_load,
+        sitk_load,
+        pydicom_load,
+        index,
+        batch,
+        batch_sitk,
+        batch_floor,
+    )
+}
+
+
+def main() -> None:
+    args = json.loads(sys.argv[1])
+    out = TASKS[args["task"]](args)
+    out["peak_mb"] = _peak_mb()
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
