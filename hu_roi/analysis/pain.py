@@ -25,7 +25,8 @@ OMED conversion
 :data:`OMED_TABLE` holds the conversion factors to oral morphine milligram equivalents of
 the CDC 2016 guideline (Dowell D, Haegerich TM, Chou R. CDC Guideline for Prescribing
 Opioids for Chronic Pain - United States, 2016. MMWR Recomm Rep 2016;65(RR-1):1-49, table
-"MME conversion factors"), plus non-opioid analgesics (factor 0).  The table is printed in
+"MME conversion factors"); tapentadol (0.4) and tramadol (0.1) from CDC's 2016 companion
+sheet / MME conversion file; non-opioid analgesics count 0.  The table is printed in
 the report (:func:`omed_table_frame`).
 """
 
@@ -48,6 +49,10 @@ RESPONDER_CATEGORIES = ("CR", "PR")
 CDC_2016 = (
     "CDC 2016 guideline, MMWR Recomm Rep 2016;65(RR-1), MME conversion factors "
     "(Dowell, Haegerich, Chou)"
+)
+CDC_2016_SHEET = (
+    "CDC 2016 'Calculating total daily dose of opioids for safer dosage' sheet and CDC MME "
+    "conversion file (not in the guideline's own table)"
 )
 
 
@@ -88,14 +93,15 @@ OMED_TABLE: dict[str, OmedFactor] = {
         _opioid("hydromorphone", 4.0),
         _opioid("oxycodone", 1.5),
         _opioid("oxymorphone", 3.0),
-        _opioid("tapentadol", 0.4),
-        _opioid("tramadol", 0.1),
+        _opioid("tapentadol", 0.4, source=CDC_2016_SHEET),
+        _opioid("tramadol", 0.1, source=CDC_2016_SHEET),
         _opioid("fentanyl_transdermal", 2.4, "ug/h"),
         _opioid(
             "methadone",
             math.nan,
             "mg/day",
-            CDC_2016 + "; dose-dependent: 1-20 mg/day x4, 21-40 x8, 41-60 x10, >60 x12",
+            CDC_2016 + "; dose-dependent: 1-20 mg/day x4, 21-40 x8, 41-60 x10, 61-80 x12 "
+            "(CDC gives no factor above 80 mg/day; 12 is used)",
         ),
         OmedFactor("ibuprofen", 0.0, "mg/day", _NON_OPIOID),
         OmedFactor("diclofenac", 0.0, "mg/day", _NON_OPIOID),
