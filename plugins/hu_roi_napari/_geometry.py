@@ -51,15 +51,39 @@ class LayerTransform:
     scale, translate : tuple of 3 float or None
         Set when the data-to-world map is a positive diagonal (axial, head or feet first).
     affine : numpy.ndarray of shape (4, 4) or None
-        Set otherwise: maps homogeneous ``(k, r, c, 1)`` to ``(z, y, x, 1)`` (LPS mm).
+        Set otherwise: maps homogeneous layer indices to ``(z, y, x, 1)`` (LPS mm).
     matrix : numpy.ndarray of shape (4, 4)
-        The full data-to-world matrix in every case (for tests and conversions).
+        The full layer-index-to-world matrix in every case.
+    perm : tuple of 3 int
+        Layer axis ``i`` is series axis ``perm[i]`` (0 = slice k, 1 = row r, 2 = column
+        c).  The HU array is transposed so that each layer axis runs along the world
+        axis it is closest to: napari can only display planes whose axes map onto the
+        displayed world axes (a coronal series stays displayable next to an axial one).
+        ``(0, 1, 2)`` for axial series.
     """
 
     scale: tuple[float, float, float] | None
     translate: tuple[float, float, float] | None
     affine: np.ndarray | None
     matrix: np.ndarray
+    perm: tuple[int, int, int] = (0, 1, 2)
+
+    @property
+    def slice_axis(self) -> int:
+        """Layer (and world) axis along which the series' slices are stacked."""
+        return self.perm.index(0)
+
+    def to_layer(self, vertices_krc: np.ndarray) -> np.ndarray:
+        """Series-order vertices ``(k, r, c)`` → layer-order vertices, shape (n, 3)."""
+        v = np.atleast_2d(np.asarray(vertices_krc, dtype=float))
+        return v[:, list(self.perm)]
+
+    def from_layer(self, vertices: np.ndarray) -> np.ndarray:
+        """Layer-order vertices → series-order ``(k, r, c)``, shape (n, 3)."""
+        v = np.atleast_2d(np.asarray(vertices, dtype=float))
+        out = np.empty_like(v)
+        out[:, list(self.perm)] = v
+        return out
 
     def kwargs(self) -> dict[str, object]:
         """Keyword arguments for a napari layer (``scale``/``translate`` or ``affine``)."""
@@ -98,8 +122,12 @@ def layer_transform(info: SeriesInfo) -> LayerTransform:
     lps[:3, 1] = y_dir * dr
     lps[:3, 2] = x_dir * dc
     lps[:3, 3] = origins[0]
-    perm = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
-    m = perm @ lps
+    xyz_to_zyx = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
+    m0 = xyz_to_zyx @ lps
+    # layer axis i = the series axis that runs closest to world axis i
+    perm = _closest_axes(np.abs(m0[:3, :3]) / np.linalg.norm(m0[:3, :3], axis=0))
+    m = m0.copy()
+    m[:, :3] = m0[:, list(perm)]
     lin = m[:3, :3]
     diag = np.diag(lin)
     if np.allclose(lin, np.diag(diag), atol=1e-9) and np.all(diag > 0):
@@ -108,8 +136,17 @@ def layer_transform(info: SeriesInfo) -> LayerTransform:
             translate=tuple(float(v) for v in m[:3, 3]),  # type: ignore[arg-type]
             affine=None,
             matrix=m,
+            perm=perm,
         )
-    return LayerTransform(scale=None, translate=None, affine=m, matrix=m)
+    return LayerTransform(scale=None, translate=None, affine=m, matrix=m, perm=perm)
+
+
+def _closest_axes(w: np.ndarray) -> tuple[int, int, int]:
+    """Permutation p maximising sum_i w[i, p[i]] (w: |cosines| world axis × series axis)."""
+    from itertools import permutations
+
+    best = max(permutations(range(3)), key=lambda p: sum(w[i, p[i]] for i in range(3)))
+    return tuple(int(v) for v in best)  # type: ignore[return-value]
 
 
 def vertex_to_lps(info: SeriesInfo, vertices: np.ndarray) -> np.ndarray:
@@ -214,6 +251,11 @@ def napari_to_shape(
         For napari shapes that are not areas (lines, paths).
     """
     v = np.asarray(vertices, dtype=float)
+    if np.ptp(v[:, 0]) > 0.5:
+        raise ValueError(
+            "the shape is not drawn on one slice of the series; view the series along its "
+            "slices (the plugin sets the viewer's axis order when it opens a series)"
+        )
     p = vertex_to_lps(info, v)
     if shape_type in ("polygon", "rectangle"):
         return Shape(type="polygon", points_mm=tuple(tuple(float(x) for x in q) for q in p))

@@ -94,11 +94,13 @@ def rois_layer_data(
     """napari LayerData ``(data, kwargs, "shapes")`` drawing ``rois`` on ``handle``'s grid."""
     from ._geometry import layer_transform
 
+    tr = layer_transform(handle.info)
     data, types, feats = [], [], {c: [] for c in FEATURE_COLUMNS}
     colors = []
     for roi in rois:
         k = display_slice(handle.info, roi)
-        st, verts = shape_to_napari(handle.info, roi.shape, k)
+        st, verts_krc = shape_to_napari(handle.info, roi.shape, k)
+        verts = tr.to_layer(verts_krc)
         key = new_key()
         ROI_KEYS[key] = RoiEntry(roi.roi_id, roi, verts.copy(), st)
         data.append(verts)
@@ -128,7 +130,7 @@ def rois_layer_data(
         "face_color": "transparent",
         "text": {"string": "{level}", "color": "yellow", "size": 10, "anchor": "upper_left"},
         "metadata": {"hu_roi_rois": {"token": handle.token, **(metadata or {})}},
-        **layer_transform(handle.info).kwargs(),
+        **tr.kwargs(),
     }
     return (data, kwargs, "shapes")
 
@@ -161,7 +163,10 @@ def rois_from_layer(
     problems : list of str
         Shapes that could not be turned into ROIs (lines, paths), one message each.
     """
+    from ._geometry import layer_transform
+
     info = handle.info
+    tr = layer_transform(info)
     feats: pd.DataFrame = layer.features
     out: list[Roi] = []
     problems: list[str] = []
@@ -189,8 +194,10 @@ def rois_from_layer(
         )
         try:
             shape = (
-                entry.roi.shape if unchanged else napari_to_shape(info, st, v, geometry=geometry)
-            )  # type: ignore[union-attr]
+                entry.roi.shape  # type: ignore[union-attr]
+                if unchanged
+                else napari_to_shape(info, st, tr.from_layer(v), geometry=geometry)
+            )
         except ValueError as exc:
             problems.append(f"shape {i + 1}: {exc}")
             continue

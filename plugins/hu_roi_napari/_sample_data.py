@@ -2,7 +2,9 @@
 
 The series is patient P01's baseline scan (bone kernel) of the synthetic cohort in
 ``sample_dicom/`` of the repository (``scripts/make_sample_dicom.py``), with the ROIs of
-``sample_dicom/rois/sample.rois.json`` that belong to it.
+``sample_dicom/rois/sample.rois.json`` that belong to it.  The ROI file is copied to
+``<tempdir>/hu-roi-sample/`` first, so edits, autosaves and saves never change the
+repository's sample.
 """
 
 from __future__ import annotations
@@ -17,6 +19,20 @@ __all__ = ["sample_dicom_dir", "make_sample_data"]
 def sample_dicom_dir() -> Path:
     """``sample_dicom/`` of the repository this hu_roi was imported from."""
     return Path(hu_roi.__file__).resolve().parents[1] / "sample_dicom"
+
+
+def working_copy(roi_file: Path) -> Path:
+    """A fresh copy of the sample ROI file in the temp folder (edits never touch the repo)."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.gettempdir()) / "hu-roi-sample"
+    d.mkdir(parents=True, exist_ok=True)
+    dst = d / roi_file.name
+    for p in (dst, dst.with_name(dst.name + ".autosave")):
+        p.unlink(missing_ok=True)
+    shutil.copyfile(roi_file, dst)
+    return dst
 
 
 def make_sample_data() -> list[tuple]:
@@ -40,7 +56,9 @@ def make_sample_data() -> list[tuple]:
         return []
     from hu_roi.io import index_folder
 
-    idx = index_folder(dicom)
+    # index only the folder of the sample scan (fast); the widget indexes the whole cohort
+    first = dicom / "P01" / "T0"
+    idx = index_folder(first if first.is_dir() else dicom)
     rs = load_roiset(roi_file) if roi_file.exists() else None
     series = [s for s in idx.series if is_measurable(s)]
     # the first measurable series that carries target ROIs (P01 baseline, bone kernel)
@@ -56,6 +74,8 @@ def make_sample_data() -> list[tuple]:
             _notify(f"hu-roi: no measurable CT series in {dicom}")
             return []
         chosen = series[0]
+    if rs is not None:
+        roi_file = working_copy(roi_file)
     h = register(SeriesHandle(chosen, root=dicom, accept=accepted_problems(chosen) or ()))
     label = (PLUGIN_STATE.labels or {}).get(chosen.series_key, "Case")
     image = h.layer_data(blinded=PLUGIN_STATE.blinded, label=label)

@@ -170,7 +170,10 @@ class SeriesHandle:
             "metadata": meta,
             **tr.kwargs(),
         }
-        return (self.lazy_array(), kwargs, "image")
+        data = self.lazy_array()
+        if tr.perm != (0, 1, 2):
+            data = data.transpose(tr.perm)
+        return (data, kwargs, "image")
 
 
 # -- registry: layers carry only an opaque token; the handle lives here -------------------

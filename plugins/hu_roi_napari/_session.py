@@ -200,7 +200,33 @@ class Session:
         self._build_reading_list()
         if cur is not None:
             self.open_series(cur)
+        self._relabel_other_layers()
         self._emit("blinded")
+
+    def _relabel_other_layers(self) -> None:
+        """Rename/strip plugin layers not shown by the session (reader, sample data)."""
+        from ._series import handle_of_layer, header_metadata
+
+        if self.viewer is None:
+            return
+        for lay in list(self.viewer.layers):
+            if lay is self.image_layer or lay is self.shapes_layer:
+                continue
+            h = handle_of_layer(lay)
+            meta = dict(lay.metadata or {})
+            if h is not None:
+                tok = {"token": h.token}
+                if self.blinded:
+                    lay.name = self.labels.get(h.info.series_key, "Case ?")
+                    meta["hu_roi"] = tok
+                else:
+                    lay.name = series_label(h.info)
+                    meta["hu_roi"] = {**tok, **header_metadata(h.info)}
+                lay.metadata = meta
+            elif "hu_roi_rois" in meta and self.blinded:
+                lay.name = "ROIs"
+                meta["hu_roi_rois"] = {"token": meta["hu_roi_rois"].get("token", "")}
+                lay.metadata = meta
 
     def label(self, info: SeriesInfo) -> str:
         """Display label of a series (neutral ``Case NN`` when blinded)."""
@@ -268,10 +294,14 @@ class Session:
         raise KeyError(key)
 
     # -- showing a series ----------------------------------------------------------------
-    def open_series(self, key: str | SeriesInfo) -> SeriesHandle:
-        """Show a series (image + its ROIs), replacing the one shown before."""
+    def open_series(self, key: str | SeriesInfo, *, keep_edits: bool = True) -> SeriesHandle:
+        """Show a series (image + its ROIs), replacing the one shown before.
+
+        ``keep_edits=False`` drops the shown Shapes layer without reading it back (used
+        after the ROI set was replaced from disk).
+        """
         info = key if isinstance(key, SeriesInfo) else self.find_series(key)
-        if self.shapes_layer is not None:
+        if self.shapes_layer is not None and keep_edits:
             self.sync()
         self._remove_layers()
         handle = register(
@@ -290,6 +320,7 @@ class Session:
             self.shapes_layer = self.viewer.add_shapes(sdata, **skw)
             self._connect_shapes()
             self._goto_first_roi(rois)
+            self.viewer.layers.selection.active = self.shapes_layer
         self.measure()
         self._emit("series")
         return handle
@@ -318,19 +349,45 @@ class Session:
             shapes_layer = self.viewer.add_shapes(sdata, **skw)
         self.shapes_layer = shapes_layer
         self._connect_shapes()
+        self._goto_first_roi([])
         self.measure()
         self._emit("series")
 
-    def _goto_first_roi(self, rois: Sequence[Roi]) -> None:
-        if self.viewer is None or self.shapes_layer is None or not len(self.shapes_layer.data):
+    @property
+    def transform(self) -> Any:
+        """:class:`LayerTransform` of the series shown (None when none)."""
+        from ._geometry import layer_transform
+
+        return None if self.current is None else layer_transform(self.current.info)
+
+    def show_slice(self, k: int) -> None:
+        """Move the viewer to slice ``k`` of the series shown, viewed along its slices."""
+        if self.viewer is None or self.image_layer is None or self.current is None:
             return
-        k = float(self.shapes_layer.data[0][0, 0])
-        world = self.image_layer.data_to_world([k, 0, 0])
-        self.viewer.dims.set_point(0, world[0])
+        tr = self.transform
+        ax = tr.slice_axis
+        if self.viewer.dims.ndim == 3 and tuple(self.viewer.dims.order)[0] != ax:
+            self.viewer.dims.order = (ax, *[a for a in range(3) if a != ax])
+        info = self.current.info
+        v = tr.to_layer([[k, info.rows / 2, info.columns / 2]])[0]
+        world = self.image_layer.data_to_world(v)
+        self.viewer.dims.set_point(ax, world[ax])
+
+    def _goto_first_roi(self, rois: Sequence[Roi]) -> None:
+        if self.viewer is None or self.current is None:
+            return
+        if self.shapes_layer is not None and len(self.shapes_layer.data):
+            k = int(round(self.transform.from_layer(self.shapes_layer.data[0])[0, 0]))
+        else:
+            k = self.current.info.n_slices // 2
+        self.show_slice(k)
 
     def _remove_layers(self) -> None:
         if self.viewer is None:
             return
+        if self.shapes_layer is not None:
+            self.shapes_layer.events.data.disconnect(self._on_data)
+            self.shapes_layer.events.features.disconnect(self._on_data)
         for lay in (self.shapes_layer, self.image_layer):
             if lay is not None and lay in self.viewer.layers:
                 self.viewer.layers.remove(lay)
@@ -451,9 +508,21 @@ class Session:
             self.shapes_layer.feature_defaults[k] = "" if v is None else v
 
     def add_roi(self, roi_shape_type: str, vertices: np.ndarray, **attrs: Any) -> None:
-        """Add a shape programmatically (napari type and data-index vertices) and sync."""
+        """Add a shape programmatically and sync.
+
+        Parameters
+        ----------
+        roi_shape_type : str
+            napari shape type (``ellipse``: 4 bounding-box corners, ``polygon``,
+            ``rectangle``).
+        vertices : array, shape (n, 3)
+            Series data indices ``(k, r, c)`` (slice, row, column; may be fractional).
+        **attrs
+            level, irradiated, lesion_type, kind, geometry for this ROI.
+        """
         self.set_defaults(**attrs)
-        self.shapes_layer.add(np.asarray(vertices, dtype=float), shape_type=roi_shape_type)
+        v = self.transform.to_layer(np.asarray(vertices, dtype=float))
+        self.shapes_layer.add(v, shape_type=roi_shape_type)
         self.sync()
 
     def add_sphere(self, center_index: Sequence[float], radius_mm: float, **attrs: Any) -> None:
@@ -631,7 +700,7 @@ class Session:
         self.roi_path = p
         self.dirty = False
         if self.current is not None:
-            self.open_series(self.current.info)
+            self.open_series(self.current.info, keep_edits=False)
         self._emit("roifile")
         return self.autosave_available()
 
@@ -656,8 +725,15 @@ class Session:
         self.roiset = replace(self.roiset, rois=rs.rois)
         self.dirty = True
         if self.current is not None:
-            self.open_series(self.current.info)
+            self.open_series(self.current.info, keep_edits=False)
         self._emit("rois")
+
+    def discard(self) -> None:
+        """Drop unsaved edits: delete the autosave and re-read the ROI file."""
+        if self.roi_path is not None:
+            autosave_path(self.roi_path).unlink(missing_ok=True)
+            self.load_rois(self.roi_path)
+        self.dirty = False
 
     def autosave(self) -> Path | None:
         """Write the ROI set (unsaved edits included) to the autosave sidecar, atomically."""

@@ -84,9 +84,11 @@ class _CloseGuard(QObject):
         self._w = widget
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt API
-        if event.type() == QEvent.Type.Close and not self._w.confirm_close():
-            event.ignore()
-            return True
+        if event.type() == QEvent.Type.Close:
+            if not self._w.confirm_close():
+                event.ignore()
+                return True
+            self._w.teardown()
         return False
 
 
@@ -487,9 +489,11 @@ class HuRoiWidget(QWidget):
         if s.image_layer is None:
             self.message("Open a series first.", warning=True)
             return
-        centre = list(self.viewer.camera.center)
-        world = [self.viewer.dims.point[0], *centre[-2:]]
-        idx = s.image_layer.world_to_data(world)
+        world = list(self.viewer.dims.point)
+        centre = list(self.viewer.camera.center)[-2:]
+        for ax, val in zip(self.viewer.dims.displayed, centre, strict=False):
+            world[ax] = val
+        idx = s.transform.from_layer(s.image_layer.world_to_data(world))[0]
         attrs = self._attrs()
         s.add_sphere(idx, float(self.sphere_radius.value()), **attrs)
 
@@ -583,7 +587,7 @@ class HuRoiWidget(QWidget):
             self.save()
             return not self.session.dirty
         if ans == "Discard":
-            self.session.dirty = False
+            self.session.discard()
             return True
         return False
 
@@ -754,9 +758,9 @@ class HuRoiWidget(QWidget):
         if not rows:
             return
         lay.selected_data = set(rows)
-        k = float(lay.data[rows[0]][0, 0])
-        world = self.session.image_layer.data_to_world([k, 0, 0])
-        self.viewer.dims.set_point(0, world[0])
+        if rows[0] < len(lay.data):
+            k = int(round(self.session.transform.from_layer(lay.data[rows[0]])[0, 0]))
+            self.session.show_slice(k)
         lay.refresh()
 
     def refresh_calibration(self) -> None:
@@ -796,6 +800,21 @@ class HuRoiWidget(QWidget):
                 self.cal_table.setItem(r, c, QTableWidgetItem(text))
 
     # ------------------------------------------------------------------ teardown
+    def teardown(self) -> None:
+        """Stop timers and drop references to the viewer (the window is closing)."""
+        self._timer.stop()
+        try:
+            self.viewer.layers.events.inserted.disconnect(self._on_layer_inserted)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        sess = self.session
+        if sess is not None:
+            sess.on_change = None
+            sess.listeners.clear()
+            if sess.shapes_layer is not None:
+                sess.shapes_layer.events.data.disconnect(sess._on_data)
+                sess.shapes_layer.events.features.disconnect(sess._on_data)
+
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
         self._timer.stop()
         super().closeEvent(event)

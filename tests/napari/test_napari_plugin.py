@@ -1,0 +1,375 @@
+"""The napari plugin against real DICOM series written with pydicom, in a real viewer.
+
+References: voxel positions from DESIGN.md's formula (``lps_of``), HU from the arrays
+written; ROI statistics from the core batch (``hu_roi.batch.measure_batch``, what
+``hu-roi measure`` runs) and from the sample cohort's independent ground truth.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import (  # tests/napari/conftest.py
+    A_ORIGIN,
+    A_SPACING,
+    A_STEP,
+    B_ORIENT,
+    B_ORIGIN,
+    B_SPACING,
+    B_STEP,
+    SECRET_STRINGS,
+    hu_a,
+    hu_b,
+    lps_of,
+    make_widget,
+)
+
+pytestmark = pytest.mark.napari
+
+PLUGIN_DIR = Path(__file__).resolve().parents[2] / "plugins" / "hu_roi_napari"
+SAMPLE = Path(__file__).resolve().parents[2] / "sample_dicom"
+
+
+def _wait_table(qtbot, w, pred, timeout=3000):
+    qtbot.waitUntil(lambda: pred(w.table_rows()), timeout=timeout)
+
+
+def _disc_ellipse(k: int, r0: float, c0: float, rr: float, rc: float) -> np.ndarray:
+    """napari ellipse corners (data index k, r, c) of an axis-aligned ellipse."""
+    return np.array(
+        [
+            [k, r0 - rr, c0 - rc],
+            [k, r0 - rr, c0 + rc],
+            [k, r0 + rr, c0 + rc],
+            [k, r0 + rr, c0 - rc],
+        ],
+        dtype=float,
+    )
+
+
+def test_manifest_valid():
+    """npe2 parses and validates the manifest, and every command imports."""
+    from npe2 import PluginManifest
+
+    pm = PluginManifest.from_file(PLUGIN_DIR / "napari.yaml")
+    assert pm.name == "hu-roi"
+    pm.validate_imports()
+    assert {c.id for c in pm.contributions.commands} >= {
+        "hu-roi.get_reader",
+        "hu-roi.widget",
+        "hu-roi.sample",
+    }
+    assert pm.contributions.readers[0].accepts_directories
+    # the installed entry point points at the same manifest
+    from npe2 import PluginManager
+
+    mgr = PluginManager()
+    mgr.discover(include_npe1=False)
+    assert mgr.get_manifest("hu-roi").contributions.readers[0].command == "hu-roi.get_reader"
+
+
+def test_open_folder_two_series_in_lps(make_napari_viewer, study, notes):
+    """Two CT series → two lazy image layers; HU at known LPS points; localizer refused."""
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(study), plugin="hu-roi")
+    images = [lay for lay in layers if lay._type_string == "image"]
+    assert len(images) == 2
+    assert any("localizer" in m for m in notes), notes
+    by_desc = {lay.metadata["hu_roi"]["series_description"]: lay for lay in images}
+    cases = [
+        (
+            by_desc["Spine A"],
+            hu_a(),
+            (A_ORIGIN, (1, 0, 0, 0, 1, 0), A_SPACING, A_STEP),
+            [(3, 7, 11), (0, 39, 47), (5, 0, 0)],
+        ),
+        (
+            by_desc["Spine B"],
+            hu_b(),
+            (B_ORIGIN, B_ORIENT, B_SPACING, B_STEP),
+            [(2, 9, 30), (4, 29, 0)],
+        ),
+    ]
+    for lay, hu, geo, voxels in cases:
+        assert tuple(lay.contrast_limits) == (-200.0, 1200.0)
+        assert "Spine" in lay.name and "2021" in lay.name
+        for k, r, c in voxels:
+            p = lps_of(*geo, k, r, c)
+            idx = np.rint(lay.world_to_data(p[::-1])).astype(int)
+            assert float(np.asarray(lay.data[tuple(idx)])) == hu[k, r, c]
+    # affine placement for the coronal series, scale/translate for the axial one
+    assert not np.allclose(by_desc["Spine B"].affine.affine_matrix, np.eye(4))
+    assert np.allclose(by_desc["Spine A"].scale, (A_STEP, *A_SPACING))
+    viewer.screenshot(canvas_only=True, flash=False)  # both layers render together
+
+
+def test_open_is_lazy(make_napari_viewer, study):
+    """Opening reads only the displayed slice(s), not the whole series."""
+    from hu_roi_napari._series import handle_of_layer
+
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(study / "T0"), plugin="hu-roi")
+    h = handle_of_layer(layers[0])
+    assert type(layers[0].data).__module__.startswith("dask")
+    assert len(h._cache) <= 2 < h.info.n_slices
+
+
+def test_reader_never_raises_on_non_dicom(make_napari_viewer, tmp_path, notes):
+    from hu_roi_napari._reader import napari_get_reader
+
+    (tmp_path / "junk").write_bytes(b"not dicom at all" * 10)
+    reader = napari_get_reader(str(tmp_path))
+    assert reader(str(tmp_path)) == [(None,)]
+    assert notes and "no DICOM image series" in notes[0]
+
+
+def test_live_table_matches_batch(widget, study, qtbot):
+    """An ROI drawn programmatically: the table shows what hu-roi measure (batch) gives."""
+    from hu_roi.batch import measure_batch
+
+    viewer, w = widget
+    roi_file = study.parent / "study.rois.json"
+    w.open_folder(study, roi_file=roi_file)
+    key = next(s.series_key for s in w.session.reading_list if s.series_description == "Spine A")
+    w.open_series(key)
+    s = w.session
+    s.add_roi("ellipse", _disc_ellipse(3, 20, 24, 8.5, 12.0), level="L2", kind="target")
+    s.add_roi(
+        "polygon",
+        np.array([[2, 2, 2], [2, 2, 14], [2, 12, 14], [2, 12, 2]], float),
+        level=None,
+        kind="reference-muscle",
+    )
+    _wait_table(qtbot, w, lambda rows: len(rows) == 2)
+    live = {m.roi_id: m for m in s.calibrated_measurements()}
+    w.save()
+    batch = {m.roi_id: m for m in measure_batch(study, roi_file).measurements}
+    assert set(live) == set(batch)
+    for rid, b in batch.items():
+        m = live[rid]
+        assert (m.n_voxels, m.slice_index) == (b.n_voxels, b.slice_index)
+        assert m.n_voxels > 20
+        for f in ("mean_hu", "sd_hu", "median_hu", "area_mm2"):
+            assert getattr(m, f) == getattr(b, f), (rid, f)
+        assert m.qc_flags == b.qc_flags
+    rows = {r[0]: r for r in w.table_rows()}
+    b = batch["PSECRET7-T0-L2"]
+    assert rows["PSECRET7-T0-L2"][5:9] == [
+        str(b.n_voxels),
+        f"{b.mean_hu:.1f}",
+        f"{b.sd_hu:.1f}",
+        f"{b.median_hu:.1f}",
+    ]
+    # independent check of the ellipse's voxels (DESIGN.md rule on the written array)
+    r, c = np.indices(hu_a().shape[1:])
+    inside = ((r - 20) / 8.5) ** 2 + ((c - 24) / 12.0) ** 2 <= 1
+    assert b.n_voxels == int(inside.sum())
+    assert b.mean_hu == pytest.approx(hu_a()[3][inside].mean(), abs=1e-9)
+    # moving the shape updates the table (debounced data event)
+    lay = s.shapes_layer
+    data = list(lay.data)
+    data[0] = data[0] + np.array([0.0, 0.0, 1.0])
+    lay.data = data
+    old = rows["PSECRET7-T0-L2"][6]
+    _wait_table(qtbot, w, lambda rows: rows[0][6] != old)
+    assert w.session.dirty
+
+
+def test_save_close_reopen_restores_rois(make_napari_viewer, study, qtbot, monkeypatch):
+    from hu_roi.roi import load_roiset
+
+    roi_file = study.parent / "reopen.rois.json"
+    v1 = make_napari_viewer()
+    w1 = make_widget(v1)
+    w1.open_folder(study, roi_file=roi_file)
+    key = next(s.series_key for s in w1.session.reading_list if s.series_description == "Spine A")
+    w1.open_series(key)
+    w1.session.add_roi("ellipse", _disc_ellipse(4, 20, 24, 6.0, 9.0), level="L3")
+    verts = np.array(w1.session.shapes_layer.data[0])
+    w1.save()
+    assert not w1.session.dirty
+    saved = load_roiset(roi_file)
+    assert [r.level for r in saved.rois] == ["L3"] and saved.rois[0].timepoint == "T0"
+    v1.close()
+
+    v2 = make_napari_viewer()
+    w2 = make_widget(v2)
+    w2.open_folder(study, roi_file=roi_file)
+    w2.open_series(key)
+    lay = w2.session.shapes_layer
+    assert len(lay.data) == 1 and lay.shape_type == ["ellipse"]
+    np.testing.assert_allclose(np.asarray(lay.data[0]), verts, atol=1e-6)  # same slice k=4
+    assert w2.table_rows()[0][1] == "L3"
+    assert list(lay.features["level"]) == ["L3"]
+
+
+CRASH_SCRIPT = """
+import os, sys
+import numpy as np
+from napari.components import ViewerModel   # the viewer's model: no Qt, no window
+from hu_roi_napari._session import Session
+
+s = Session(ViewerModel())
+s.open_folder(sys.argv[1], roi_file=sys.argv[2])
+s.open_series(s.reading_list[0])
+s.add_roi("ellipse", np.array([[1, 10, 10], [1, 10, 20], [1, 20, 20], [1, 20, 10]], float),
+          level="T12")
+os._exit(137)   # crash: no save, no cleanup, no atexit
+"""
+
+
+def test_autosave_survives_crash(make_napari_viewer, study, tmp_path):
+    """A process that drew an ROI and crashed: the next session restores it from the autosave."""
+    import subprocess
+    import sys
+
+    from hu_roi_napari._session import autosave_path
+
+    from hu_roi.roi import load_roiset
+
+    roi_file = study.parent / "crash.rois.json"
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH_SCRIPT, encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, str(script), str(study), str(roi_file)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 137, proc.stderr
+    assert autosave_path(roi_file).exists()
+    assert not roi_file.exists()  # nothing was saved
+
+    v2 = make_napari_viewer()
+    w2 = make_widget(v2)
+    asked = []
+    w2.ask = lambda title, q, b: asked.append(title) or "Restore"
+    w2.open_folder(study, roi_file=roi_file)
+    assert asked == ["Unsaved ROI edits found"]
+    assert [r.level for r in w2.session.roiset.rois] == ["T12"]
+    assert w2.session.dirty
+    w2.save()
+    assert [r.level for r in load_roiset(roi_file).rois] == ["T12"]
+    assert not autosave_path(roi_file).exists()
+
+
+def test_close_warns_about_unsaved_edits(widget, study):
+    viewer, w = widget
+    w.open_folder(study, roi_file=study.parent / "warn.rois.json")
+    w.open_series(w.session.reading_list[0])
+    w.session.add_roi("ellipse", _disc_ellipse(1, 15, 15, 5.0, 5.0), level="L1")
+    w.answers["Unsaved ROI edits"] = "Cancel"
+    assert not w.confirm_close()
+    w.answers["Unsaved ROI edits"] = "Save"
+    assert w.confirm_close() and (study.parent / "warn.rois.json").exists()
+
+
+def _all_layer_text(viewer) -> str:
+    parts = []
+    for lay in viewer.layers:
+        parts.append(lay.name)
+        parts.append(json.dumps(lay.metadata, default=str))
+        feats = getattr(lay, "features", None)
+        if feats is not None:
+            parts.append(feats.to_csv())
+    return "\n".join(parts)
+
+
+def test_blinded_mode_hides_identifiers(widget, study, qtbot):
+    from hu_roi.roi import load_roiset
+
+    viewer, w = widget
+    roi_file = study.parent / "blind.rois.json"
+    w.open_folder(study, roi_file=roi_file)
+    viewer.open(str(study / "T2"), plugin="hu-roi")  # a layer opened before blinding
+    w.set_blinded(True, seed=11)
+    order1 = [s.series_key for s in w.session.reading_list]
+    w.next_series(1)
+    w.session.add_roi("ellipse", _disc_ellipse(2, 12, 12, 5.0, 6.0), level="L4")
+    _wait_table(qtbot, w, lambda rows: len(rows) == 1)
+    w.tabs.setCurrentIndex(0)
+    texts = "\n".join(w.all_texts() + [w.status.text(), viewer.title])
+    layer_text = _all_layer_text(viewer)
+    for secret in SECRET_STRINGS:
+        assert secret not in texts, secret
+        assert secret not in layer_text, secret
+    shown = w.session.current.info
+    label = w.session.labels[shown.series_key]
+    assert label.startswith("Case ") and w.session.image_layer.name == label and label in texts
+    assert sorted(w.session.labels.values()) == ["Case 01", "Case 02"]
+    assert all(lay.name.startswith(("Case", "ROIs")) for lay in viewer.layers)
+    # reproducible shuffled order: same seed, same order; labels are neutral
+    w.set_blinded(False)
+    w.set_blinded(True, seed=11)
+    assert [s.series_key for s in w.session.reading_list] == order1
+    # the ROI is still stored for the right patient and timepoint
+    w.save()
+    (roi,) = load_roiset(roi_file).rois
+    info = shown
+    assert roi.patient_id == "PSECRET7"
+    assert roi.timepoint == ("T0" if info.series_description == "Spine A" else "T2")
+    assert roi.series_instance_uid == info.series_instance_uid
+
+
+def test_sample_data_command(make_napari_viewer, qtbot):
+    """File › Open Sample › hu-roi: P01 baseline with its 9 stored ROIs, numbers = ground truth."""
+    if not (SAMPLE / "dicom").is_dir():
+        pytest.skip("sample_dicom/ not generated")
+    viewer = make_napari_viewer()
+    layers = viewer.open_sample("hu-roi", "sample-ct")
+    kinds = sorted(lay._type_string for lay in layers)
+    assert kinds == ["image", "shapes"]
+    shapes = next(lay for lay in layers if lay._type_string == "shapes")
+    truth = list(csv.DictReader(open(SAMPLE / "ground_truth.csv", encoding="utf-8")))
+    t0 = [
+        t
+        for t in truth
+        if t["patient_id"] == "P01" and t["timepoint"] == "T0" and t["kernel"] == "B60s"
+    ]
+    assert len(shapes.data) == len(t0) == 9
+    # the widget adopts the layers and measures with the core
+    w = make_widget(viewer)
+    qtbot.waitUntil(lambda: len(w.session.measurements) == 9, timeout=15000)
+    got = {m.roi_id: m for m in w.session.measurements}
+    assert w.session.shapes_layer is shapes
+    for t in t0:
+        m = got[t["roi_id"]]
+        assert m.n_voxels == int(t["roi_n_voxels"])
+        assert m.mean_hu == pytest.approx(float(t["roi_mean_hu"]), abs=1e-3)
+    # the ROI file used is a working copy, never the repository's sample
+    assert SAMPLE not in Path(w.session.roi_path).parents
+
+
+def test_screenshot_with_roi_is_not_blank(make_napari_viewer, tmp_path):
+    """A real rendering (Xvfb): the CT and the yellow ROI outline are in the screenshot."""
+    from dicom_factory import write_ct_series
+
+    viewer = make_napari_viewer(show=True)
+    folder = tmp_path / "shot"
+    hu = hu_a()
+    write_ct_series(
+        folder,
+        hu,
+        pixel_spacing=A_SPACING,
+        origin=A_ORIGIN,
+        slice_positions=np.arange(hu.shape[0]) * A_STEP,
+    )
+
+    w = make_widget(viewer)
+    w.open_folder(folder, roi_file=tmp_path / "shot.rois.json")
+    w.next_series(1)
+    w.session.add_roi("ellipse", _disc_ellipse(3, 20, 24, 8.0, 11.0), level="L1")
+    viewer.dims.set_point(0, w.session.image_layer.data_to_world([3, 0, 0])[0])
+    img = viewer.screenshot(canvas_only=True, flash=False)
+    assert img.ndim == 3 and img.shape[0] > 100
+    rgb = img[..., :3].astype(int)
+    assert rgb.std() > 10  # not blank
+    yellow = (rgb[..., 0] - rgb[..., 2] > 100) & (rgb[..., 1] - rgb[..., 2] > 100)
+    assert yellow.sum() > 200  # the ROI outline is drawn (the CT itself is grey)
+    # the outline runs through the ellipse's boundary at the centre row of the screenshot
+    row = yellow[img.shape[0] // 2]
+    assert row[: img.shape[1] // 2].any() and row[img.shape[1] // 2 :].any()
