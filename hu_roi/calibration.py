@@ -25,7 +25,9 @@ that are not padding (padding value or ≤ −2000 HU) and that belong to a conn
 outside the body" — lungs and bowel gas are enclosed by tissue and so excluded.  The region
 is eroded by 2 pixels (partial-volume at the skin and table), and at least
 :data:`AUTO_AIR_MIN_VOXELS` voxels are required.  Their mean is checked against
-−1000 ± 50 HU.
+−1000 ± 50 HU.  Images whose field of view is smaller than :data:`AUTO_AIR_MIN_FOV_MM`
+in either direction are skipped: such tight (targeted) reconstructions cut through the body,
+so lung or fat touching the image border would be taken for air (e.g. an 85 mm spine FOV).
 
 Header checks per scan: RescaleType present and not ``HU`` → ``rescale-type-not-hu``;
 slope ≤ 0 or > 10, intercept outside −10000…1000 → ``rescale-unusual`` (missing
@@ -60,6 +62,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "EXPECTED",
     "AUTO_AIR_MIN_VOXELS",
+    "AUTO_AIR_MIN_FOV_MM",
     "PHANTOM_MIN_R2",
     "AirCheck",
     "PhantomFit",
@@ -85,6 +88,8 @@ AIR_TOLERANCE_HU = 50.0
 AUTO_AIR_BELOW_HU = -500.0
 #: Erosion (pixels) of the outside-air region before averaging.
 AUTO_AIR_EROSION_PX = 2
+#: Smallest field of view (mm, rows·ΔR and columns·ΔC) for the automatic air check.
+AUTO_AIR_MIN_FOV_MM = 150.0
 #: Minimal number of air voxels for the automatic check.
 AUTO_AIR_MIN_VOXELS = 200
 #: Minimal R² of the phantom line (project choice).
@@ -146,6 +151,10 @@ def auto_air_check(volume: Volume) -> AirCheck:
     total = 0.0
     count = 0
     struct = np.ones((3, 3), dtype=bool)
+    dr, dc = volume.pixel_spacing_mm
+    nr, nc = volume.hu.shape[1:]
+    if min(nr * dr, nc * dc) < AUTO_AIR_MIN_FOV_MM:
+        return AirCheck(float("nan"), 0, None)
     for k in range(volume.hu.shape[0]):
         img = volume.hu[k]
         pad = img <= PADDING_HU_LIMIT

@@ -112,13 +112,13 @@ def body_slice(air=-1000.0, lung=None, padding=-3024.0, n=128, noise=0.0, seed=1
     return img
 
 
-def vol_of(*slices, padding=-3024.0):
+def vol_of(*slices, padding=-3024.0, spacing=(1.5, 1.5)):
     hu = np.stack(slices).astype(np.float32)
     origins = np.array([[0.0, 0.0, 2.0 * k] for k in range(len(slices))])
     return Volume(
         hu=hu,
         orientation=np.array([[1, 0, 0], [0, 1, 0]], float),
-        pixel_spacing_mm=(1.0, 1.0),
+        pixel_spacing_mm=spacing,
         slice_origins_lps_mm=origins,
         padding_hu=padding,
     )
@@ -140,9 +140,33 @@ def test_auto_air_fires_when_air_is_off():
 
 
 def test_auto_air_unavailable_when_no_air():
-    img = np.full((64, 64), 40.0)
+    img = np.full((128, 128), 40.0)
     ac = auto_air_check(vol_of(img))
     assert ac.ok is None and ac.flag == "cal-air-auto-unavailable" and math.isnan(ac.mean_hu)
+    # a tight field of view (< 150 mm) is skipped even when "air" touches the border
+    off = body_slice(air=-800.0)
+    assert auto_air_check(vol_of(off, spacing=(1.1, 1.1))).ok is None  # 141 mm
+    assert auto_air_check(vol_of(off, spacing=(1.2, 1.2))).ok is False  # 154 mm
+
+
+@pytest.mark.realct
+def test_auto_air_on_real_scans():
+    # real air around a patient (Siemens, no padding value) and around a water phantom
+    # (GE, padding -3024): within -1000 ± 50; a tight 85 mm spine FOV (NEMA CT1 small,
+    # lung/fat at the border, no outside air): unavailable, not a false alarm
+    from hu_roi.io import index_folder, load_series
+
+    cases = {
+        "siemens_biograph_mct_thoracolumbar/dicom": True,
+        "ge_discovery_mi_water_phantom": True,
+        "robustness/nema_ct1_small_ge": None,
+    }
+    for sub, expected in cases.items():
+        if not (REAL / sub).exists():
+            pytest.skip("real_ct data not available")
+        s = index_folder(REAL / sub).series[0]
+        v = load_series(s, slices=[0], accept=s.problems)
+        assert auto_air_check(v).ok is expected, sub
 
 
 def test_auto_air_used_only_without_reference_air():
