@@ -1,0 +1,270 @@
+"""No lost work: atomic ROI saves, conflicting edits detected, an edit history in the file.
+
+* A process killed (SIGKILL) while it saves an ROI set leaves the previous file intact:
+  deterministically (killed while blocked between writing the temporary file and the
+  rename) and under stress (killed at random moments while saving a large set in a loop).
+  A control test shows that a plain ``open(..., "w")`` writer *does* lose the file in the
+  same situation, so the test can fail.
+* Two editors of one file: the second save is refused with
+  :class:`~hu_roi.errors.RoiConflictError` (mtime/size/content check) instead of
+  overwriting the first editor's work; a new set never silently replaces an existing file.
+* Every save appends ``{"when", "who", "tool", "changes"}`` to the file's ``history``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from hu_roi.errors import RoiConflictError
+from hu_roi.roi import Roi, RoiSet, Shape, find_roi_files, load_roiset, save_roiset
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="SIGKILL tests need POSIX")
+
+
+def _roi(i: int, radius: float = 5.0) -> Roi:
+    return Roi(
+        roi_id=f"P{i:04d}-T0-L3",
+        patient_id=f"P{i:04d}",
+        timepoint="T0",
+        series_instance_uid=f"1.2.3.{i}",
+        level="L3",
+        kind="target",
+        shape=Shape(type="circle", center_mm=(1.0 * i, 2.0, 3.0), radius_mm=radius),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# kill during save
+# ---------------------------------------------------------------------------------------
+CHILD = textwrap.dedent(
+    """
+    import os, sys, time
+    from dataclasses import replace
+    from hu_roi.roi import Roi, RoiSet, Shape, load_roiset, save_roiset
+
+    path, n, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+
+    def rois(radius):
+        return tuple(
+            Roi(roi_id=f"P{i:04d}-T0-L3", patient_id=f"P{i:04d}", kind="target",
+                shape=Shape(type="circle", center_mm=(1.0 * i, 2.0, 3.0), radius_mm=radius))
+            for i in range(n)
+        )
+
+    current = load_roiset(path)
+    if mode == "block-before-rename":
+        real_fsync = os.fsync
+        def fsync(fd):  # the temporary file is written: tell the parent, then hang
+            real_fsync(fd)
+            print("WRITTEN", flush=True)
+            time.sleep(600)
+        os.fsync = fsync
+        save_roiset(replace(current, rois=rois(9.0)))
+    elif mode == "loop":
+        print("READY", flush=True)
+        k = 0
+        while True:
+            k += 1
+            current = save_roiset(replace(current, rois=rois(5.0 + k % 2)))
+    elif mode == "naive-loop":  # what the atomic save protects against
+        import json
+        print("READY", flush=True)
+        k = 0
+        while True:
+            k += 1
+            d = replace(current, rois=rois(5.0 + k % 2)).to_dict()
+            with open(path, "w") as fh:
+                json.dump(d, fh, indent=1)
+    """
+)
+
+
+def _start(path: Path, n: int, mode: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path), str(n), mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+
+
+def _wait_line(proc: subprocess.Popen, expected: str, timeout: float = 60) -> None:
+    t0 = time.monotonic()
+    line = proc.stdout.readline()  # type: ignore[union-attr]
+    assert line.strip() == expected, (line, proc.stderr.read() if proc.poll() else "")  # type: ignore[union-attr]
+    assert time.monotonic() - t0 < timeout
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    proc.stdout.close()  # type: ignore[union-attr]
+    proc.stderr.close()  # type: ignore[union-attr]
+
+
+def _initial(tmp_path: Path, n: int) -> Path:
+    path = tmp_path / "big.rois.json"
+    save_roiset(RoiSet(rois=tuple(_roi(i) for i in range(n)), reader="R1"), path)
+    return path
+
+
+def test_kill_between_write_and_rename_keeps_previous_file(tmp_path: Path) -> None:
+    path = _initial(tmp_path, 200)
+    before = path.read_bytes()
+    proc = _start(path, 200, "block-before-rename")
+    _wait_line(proc, "WRITTEN")
+    leftovers = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert leftovers, "the new content was being written to a temporary file"
+    _kill(proc)
+    assert path.read_bytes() == before, "the previous file must be untouched"
+    assert load_roiset(path).rois[0].shape.radius_mm == 5.0
+    # a leftover temporary file is never taken for an ROI file
+    assert find_roi_files(tmp_path) == [path]
+
+
+def test_kill_at_random_moments_while_saving_large_set(tmp_path: Path) -> None:
+    """Stress: 2,000 ROIs (~0.5 MB) saved in a loop, SIGKILLed at random moments."""
+    n = 2000
+    path = _initial(tmp_path, n)
+    rng = random.Random(6)
+    for _ in range(4):
+        proc = _start(path, n, "loop")
+        _wait_line(proc, "READY")
+        time.sleep(rng.uniform(0.05, 0.6))
+        _kill(proc)
+        rs = load_roiset(path)  # parses: never half-written
+        assert len(rs.rois) == n
+        assert {r.shape.radius_mm for r in rs.rois} in ({5.0}, {6.0}), "one whole version"
+        assert find_roi_files(tmp_path) == [path]
+
+
+def test_control_naive_writer_loses_the_file(tmp_path: Path) -> None:
+    """Control: the same kill against open(path, 'w') leaves a broken file (sometimes)."""
+    n = 2000
+    path = _initial(tmp_path, n)
+    rng = random.Random(7)
+    broken = 0
+    for _ in range(5):
+        proc = _start(path, n, "naive-loop")
+        _wait_line(proc, "READY")
+        time.sleep(rng.uniform(0.05, 0.4))
+        _kill(proc)
+        try:
+            json.loads(path.read_text())
+        except ValueError:
+            broken += 1
+            save_roiset(RoiSet(rois=tuple(_roi(i) for i in range(n))), path, overwrite=True)
+    if broken == 0:
+        pytest.skip("no kill landed inside a naive write this time (timing); nothing shown")
+    assert broken > 0
+
+
+# ---------------------------------------------------------------------------------------
+# concurrent edits
+# ---------------------------------------------------------------------------------------
+def test_second_editor_is_refused_not_overwriting(tmp_path: Path) -> None:
+    path = tmp_path / "a.rois.json"
+    save_roiset(RoiSet(rois=(_roi(1),), reader="R1"), path)
+    alice = load_roiset(path)
+    bob = load_roiset(path)
+    save_roiset(alice.with_roi(_roi(2)), who="alice")
+    with pytest.raises(RoiConflictError, match="changed on disk since it was loaded"):
+        save_roiset(bob.with_roi(_roi(3)), who="bob")
+    on_disk = load_roiset(path)
+    assert [r.roi_id for r in on_disk.rois] == ["P0001-T0-L3", "P0002-T0-L3"]
+    assert on_disk.history[-1]["who"] == "alice"
+    # bob reloads and redoes his edit: both edits are kept
+    bob = load_roiset(path)
+    save_roiset(bob.with_roi(_roi(3)), who="bob")
+    assert len(load_roiset(path).rois) == 3
+
+
+def test_same_size_edit_by_another_program_is_detected(tmp_path: Path) -> None:
+    """A change that keeps the size (and possibly the mtime) is caught by the content hash."""
+    path = tmp_path / "a.rois.json"
+    save_roiset(RoiSet(rois=(_roi(1, 5.0),)), path)
+    mine = load_roiset(path)
+    text = path.read_text()
+    st = path.stat()
+    path.write_text(text.replace('"radius_mm": 5.0', '"radius_mm": 7.0'))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime
+    assert path.stat().st_size == st.st_size
+    with pytest.raises(RoiConflictError):
+        save_roiset(mine.with_roi(_roi(2)))
+    assert load_roiset(path).rois[0].shape.radius_mm == 7.0
+
+
+def test_new_set_never_replaces_existing_file(tmp_path: Path) -> None:
+    path = tmp_path / "a.rois.json"
+    save_roiset(RoiSet(rois=(_roi(1),)), path)
+    with pytest.raises(RoiConflictError, match="already exists"):
+        save_roiset(RoiSet(rois=(_roi(9),)), path)
+    assert load_roiset(path).rois[0].roi_id == "P0001-T0-L3"
+
+
+def test_deleted_file_is_a_conflict_or_recreated(tmp_path: Path) -> None:
+    """The file vanished since loading: saving writes it again (nothing to overwrite)."""
+    path = tmp_path / "a.rois.json"
+    save_roiset(RoiSet(rois=(_roi(1),)), path)
+    mine = load_roiset(path)
+    path.unlink()
+    save_roiset(mine.with_roi(_roi(2)))
+    assert len(load_roiset(path).rois) == 2
+
+
+# ---------------------------------------------------------------------------------------
+# edit history
+# ---------------------------------------------------------------------------------------
+def test_every_save_appends_who_when_what(tmp_path: Path) -> None:
+    path = tmp_path / "h.rois.json"
+    t0 = datetime.now().astimezone()
+    s = save_roiset(RoiSet(rois=(_roi(1), _roi(2)), reader="R1"), path, who="reader-1")
+    s = save_roiset(s.with_roi(_roi(2, radius=8.0)).with_roi(_roi(3)), who="reader-2")
+    s = save_roiset(s.without_roi("P0001-T0-L3"), who="reader-1")
+    hist = json.loads(path.read_text())["history"]
+    assert [h["who"] for h in hist] == ["reader-1", "reader-2", "reader-1"]
+    assert hist[0]["changes"] == ["added P0001-T0-L3", "added P0002-T0-L3"]
+    assert hist[1]["changes"] == ["added P0003-T0-L3", "modified P0002-T0-L3 (shape)"]
+    assert hist[2]["changes"] == ["removed P0001-T0-L3"]
+    for h in hist:
+        when = datetime.fromisoformat(h["when"])
+        assert when.tzinfo is not None and when >= t0.replace(microsecond=0)
+        assert h["tool"].startswith("hu-roi ")
+    assert s.history == tuple(hist)
+
+
+def test_unknown_fields_survive_saves(tmp_path: Path) -> None:
+    """Work stored by newer tools (unknown fields) is not lost by an older save."""
+    path = tmp_path / "u.rois.json"
+    d = {
+        "format": "hu-roi.roiset",
+        "version": 1,
+        "reader": "R1",
+        "site": "Basel",
+        "rois": [
+            dict(_roi(1).to_dict(), comment="check L3 endplate", shape=dict(
+                _roi(1).shape.to_dict(), smoothing=2))
+        ],
+    }  # fmt: skip
+    path.write_text(json.dumps(d))
+    rs = load_roiset(path)
+    save_roiset(replace(rs, reader="R2"))
+    back = json.loads(path.read_text())
+    assert back["site"] == "Basel"
+    assert back["rois"][0]["comment"] == "check L3 endplate"
+    assert back["rois"][0]["shape"]["smoothing"] == 2
