@@ -195,13 +195,13 @@ QC_FLAGS: dict[str, QcFlag] = dict(
         _f(
             "cal-air-auto-off",
             "warn",
-            "No reference-air ROI: air found automatically in the image corners (inside the field, outside the body) reads outside −1000 ± 50 HU",
+            "No reference-air ROI: air found automatically outside the body (below −500 HU, not padding, connected to the image border, eroded 2 px; ≥ 200 voxels) reads outside −1000 ± 50 HU",
             "hu_roi.calibration.auto_air_check heuristic",
         ),
         _f(
             "cal-air-auto-unavailable",
             "info",
-            "No reference-air ROI and too little air in the image corners for the automatic air check",
+            "No reference-air ROI, and the automatic air check could not run (fewer than 200 air voxels outside the body, or field of view < 150 mm)",
             "hu_roi.calibration.auto_air_check heuristic",
         ),
         _f(
