@@ -1,8 +1,16 @@
-"""``hu-roi demo``: the whole pipeline on the bundled sample data."""
+"""``hu-roi demo``: the whole pipeline on the bundled sample data.
+
+1. ``hu-roi index`` of the synthetic CT cohort in ``sample_dicom/dicom``;
+2. ``hu-roi measure`` of its stored ROI set (``sample_dicom/rois``), calibration checks included;
+3. ``hu-roi longitudinal`` of those measurements, printed as a short table;
+4. ``hu-roi analyze`` of a synthetic 60-patient trial (``hu_roi.analysis.synthetic``) into
+   the trial's tables, figures and HTML report.
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 import time
 from pathlib import Path
@@ -12,42 +20,106 @@ SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_dicom"
 
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the whole pipeline on the bundled sample data")
+    p = sub.add_parser(
+        "demo",
+        help="run the whole pipeline on the bundled sample data",
+        description="Index, measure and tabulate the bundled sample CT cohort, then analyse "
+        "a synthetic 60-patient trial; prints where the outputs are.",
+    )
     p.add_argument("--out", default="demo_out", metavar="DIR", help="output folder")
     p.add_argument("--sample", default=str(SAMPLE_DIR), metavar="DIR", help=argparse.SUPPRESS)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_demo)
 
 
+def _summary(longitudinal_csv: Path) -> list[str]:
+    """A few lines of the longitudinal table for the terminal."""
+    with open(longitudinal_csv, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("kind", "target") == "target"]
+
+    def num(v: str | None, fmt: str) -> str:
+        return format(float(v), fmt) if v not in (None, "") else "–"
+
+    lines = [
+        f"    {'patient':7} {'level':5} {'irr':3} {'lesion':12} {'HU T0':>7} {'HU T2':>7} "
+        f"{'HU T3':>7} {'%Δ T3':>7}  flags"
+    ]
+    for r in rows:
+        lines.append(
+            f"    {r['patient_id']:7} {r['level']:5} {'yes' if r['irradiated'] in ('True', 'true', '1') else 'no':3} "
+            f"{(r.get('lesion_type') or '')[:12]:12} {num(r.get('hu_T0'), '7.1f')} "
+            f"{num(r.get('hu_T2'), '7.1f')} {num(r.get('hu_T3'), '7.1f')} "
+            f"{num(r.get('pct_delta_T3'), '7.1f')}  {r.get('flags', '')}"
+        )
+    return lines
+
+
 def run_demo(args: argparse.Namespace) -> int:
-    from hu_roi.cli import INDEX_COLUMNS, CliError, index_rows, write_csv
-    from hu_roi.io import index_folder, load_series
+    from hu_roi.analysis.synthetic import write_trial
+    from hu_roi.cli import CliError, main
 
     sample = Path(args.sample)
-    dicom = sample / "dicom"
-    if not dicom.is_dir():
-        raise CliError(f"sample data not found at {dicom}; run scripts/make_sample_dicom.py first")
+    dicom, rois = sample / "dicom", sample / "rois"
+    if not dicom.is_dir() or not rois.is_dir():
+        raise CliError(f"sample data not found in {sample}; run scripts/make_sample_dicom.py")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    quiet = ["--quiet"] if args.quiet else []
     t0 = time.perf_counter()
-    res = index_folder(dicom, progress=not args.quiet)
-    write_csv(out / "index.csv", INDEX_COLUMNS, index_rows(res.series))
-    print(f"[1] index: {len(res.series)} series in {dicom} -> {out / 'index.csv'}")
-    for s in res.series:
-        flag = ";".join(s.problems) or "ok"
-        print(
-            f"    {s.patient_id:5} {s.study_date} {s.series_description[:28]:28} "
-            f"{s.n_slices:3d} slices  {flag}"
-        )
-    n = 0
-    for s in res.ct_series():
-        vol = load_series(s)
-        n += 1
-        if not args.quiet:
-            print(
-                f"    loaded {s.patient_id} {s.study_date}: {vol.shape} {vol.hu.dtype}",
-                file=sys.stderr,
-            )
-    print(f"[2] load: {n} measurable series loaded ({time.perf_counter() - t0:.1f} s)")
-    print(f"outputs in {out.resolve()}")
+
+    def step(argv: list[str]) -> None:
+        status = main(argv)
+        if status != 0:
+            raise CliError(f"step 'hu-roi {' '.join(argv)}' failed with status {status}")
+
+    print(f"[1/4] index {dicom}")
+    step(["index", str(dicom), "--out", str(out / "index.csv"), *quiet])
+    print(f"[2/4] measure the stored ROI set {rois}")
+    step(
+        [
+            "measure",
+            "--dicom",
+            str(dicom),
+            "--rois",
+            str(rois),
+            "--out",
+            str(out / "measurements.csv"),
+            *quiet,
+        ]
+    )
+    print("[3/4] longitudinal table (HU per timepoint, change vs T0)")
+    step(
+        [
+            "longitudinal",
+            str(out / "measurements.csv"),
+            "--out",
+            str(out / "longitudinal.csv"),
+            *quiet,
+        ]
+    )
+    print("\n".join(_summary(out / "longitudinal.csv")))
+    print("[4/4] trial analysis of a synthetic 60-patient trial (paper's counts)")
+    trial = out / "trial"
+    meas, clin = write_trial(trial / "data")
+    step(
+        [
+            "analyze",
+            "--measurements",
+            str(meas),
+            "--clinical",
+            str(clin),
+            "--out",
+            str(trial),
+            *quiet,
+        ]
+    )
+    print(f"\ndone in {time.perf_counter() - t0:.1f} s; outputs in {out.resolve()}:")
+    for name, what in [
+        ("index.csv", "series found, with their problems (index.skipped.csv: files skipped)"),
+        ("measurements.csv", "one row per ROI: HU statistics, calibration and QC flags"),
+        ("longitudinal.csv", "patient × level: HU at T0..T3, ΔHU and %Δ vs T0"),
+        ("trial/report.html", "the trial's Tables 1-5 and figures (open in a browser)"),
+    ]:
+        print(f"  {out / name}  — {what}")
+    sys.stdout.flush()
     return 0
