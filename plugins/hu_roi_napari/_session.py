@@ -303,7 +303,7 @@ class Session:
         info = key if isinstance(key, SeriesInfo) else self.find_series(key)
         if self.shapes_layer is not None and keep_edits:
             self.sync()
-        self._remove_layers()
+        reuse = self._detach_layers()
         handle = register(
             SeriesHandle(info, root=self.root or "", accept=accepted_problems(info) or ())
         )
@@ -315,9 +315,12 @@ class Session:
         rois = self.rois_of(info)
         if self.viewer is not None:
             data, kw, _ = handle.layer_data(blinded=self.blinded, label=self.label(info))
-            self.image_layer = self.viewer.add_image(data, **kw)
             sdata, skw, _ = rois_layer_data(handle, rois, name=self._rois_name())
-            self.shapes_layer = self.viewer.add_shapes(sdata, **skw)
+            if reuse is not None:
+                self._refill_layers(reuse, data, kw, sdata, skw)
+            else:
+                self.image_layer = self.viewer.add_image(data, **kw)
+                self.shapes_layer = self.viewer.add_shapes(sdata, **skw)
             self._connect_shapes()
             self._goto_first_roi(rois)
             self.viewer.layers.selection.active = self.shapes_layer
@@ -382,16 +385,50 @@ class Session:
             k = self.current.info.n_slices // 2
         self.show_slice(k)
 
-    def _remove_layers(self) -> None:
+    def _detach_layers(self) -> tuple[Any, Any] | None:
+        """Stop listening to the shown layers; return them for reuse when both still exist.
+
+        Reusing the two layers (new data, transform and shapes) is much faster than
+        removing and adding layers, which makes paging through a reading list smooth.
+        """
         if self.viewer is None:
-            return
+            return None
         if self.shapes_layer is not None:
             self.shapes_layer.events.data.disconnect(self._on_data)
             self.shapes_layer.events.features.disconnect(self._on_data)
-        for lay in (self.shapes_layer, self.image_layer):
+        pair = (self.image_layer, self.shapes_layer)
+        self.shapes_layer = self.image_layer = None
+        if all(lay is not None and lay in self.viewer.layers for lay in pair):
+            return pair
+        for lay in pair:
             if lay is not None and lay in self.viewer.layers:
                 self.viewer.layers.remove(lay)
-        self.shapes_layer = self.image_layer = None
+        return None
+
+    def _refill_layers(
+        self, pair: tuple[Any, Any], data: Any, kw: dict, sdata: list, skw: dict
+    ) -> None:
+        """Put another series (and its ROIs) into the existing image and Shapes layers."""
+        img, shp = pair
+        for lay, k in ((img, kw), (shp, skw)):
+            _set_transform(lay, k)
+            lay.name = k["name"]
+            lay.metadata = k["metadata"]
+        img.data = data
+        if len(shp.data):
+            shp.selected_data = set(range(len(shp.data)))
+            shp.remove_selected()
+        if sdata:
+            shp.add(
+                sdata,
+                shape_type=skw["shape_type"],
+                edge_color=skw["edge_color"],
+                edge_width=skw["edge_width"],
+                face_color=skw["face_color"],
+            )
+            shp.features = skw["features"]
+        shp.feature_defaults = skw["feature_defaults"]
+        self.image_layer, self.shapes_layer = img, shp
 
     def _connect_shapes(self) -> None:
         if self.shapes_layer is None:
@@ -787,6 +824,16 @@ class Session:
         meta = dict(res.meta)
         meta["source"] = "hu-roi napari plugin (measure all stored ROIs)"
         return write_measurements_csv(res.measurements, out, meta=meta)
+
+
+def _set_transform(layer: Any, kw: dict) -> None:
+    """Give a layer the scale/translate or affine of ``kw`` (resetting the other)."""
+    if kw.get("affine") is not None:
+        layer.scale, layer.translate = (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)
+        layer.affine = kw["affine"]
+    else:
+        layer.affine = np.eye(4)
+        layer.scale, layer.translate = kw["scale"], kw["translate"]
 
 
 def _fmt(v: Any) -> str:
