@@ -540,10 +540,22 @@ def _decode_pydicom(
         raise DicomReadError(f"{path}: cannot decode pixel data ({_one_line(exc)})") from None
     if arr.shape != (rows, cols):
         raise DicomReadError(f"{path}: decoded shape {arr.shape}, expected {(rows, cols)}")
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    pad = ds.get("PixelPaddingValue", None)
-    return arr, slope, intercept, (int(pad) if pad is not None else None)
+    try:
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        pad = ds.get("PixelPaddingValue", None)
+        pad_v = int(pad) if pad is not None else None
+    except (TypeError, ValueError, OverflowError) as exc:  # garbled header value
+        raise DicomReadError(
+            f"{path}: RescaleSlope/RescaleIntercept/PixelPaddingValue is not a number "
+            f"({_one_line(exc)}); the file is damaged"
+        ) from None
+    if not (np.isfinite(slope) and np.isfinite(intercept)) or slope == 0:
+        raise DicomReadError(
+            f"{path}: RescaleSlope {slope} / RescaleIntercept {intercept} cannot map stored "
+            "values to HU; the file is damaged"
+        )
+    return arr, slope, intercept, pad_v
 
 
 def load_slice_into(path: str, dest: np.ndarray) -> float | None:
