@@ -82,6 +82,7 @@ CASES: tuple[str, ...] = (
     "zero_pixel_spacing",
     "degenerate_orientation",
     "missing_rescale",
+    "garbled_rescale",
     "non_ct_modality",
     "localizer",
     "multiframe",
@@ -369,6 +370,19 @@ def make_corpus(dest: Path, *, include_fifo: bool = True) -> dict[str, Expectati
         problems=(("no-rescale",),),
         measure="warn",
         measure_flag=r"no-rescale",
+        series_uid=uid,
+    )
+
+    paths, uid = _series(dest / "garbled_rescale")
+    raw = paths[1].read_bytes()
+    assert raw.count(b"-1024.0") == 1
+    paths[1].write_bytes(raw.replace(b"-1024.0", b",1024.0"))  # one flipped bit
+    cases["garbled_rescale"] = Expectation(
+        "one slice's RescaleIntercept is ',1024.0' (not a number)",
+        problems=(("no-rescale",),),
+        load_error=r"DicomReadError:RescaleSlope/RescaleIntercept/PixelPaddingValue is not a number",
+        measure="fail",
+        measure_flag="series-load-failed",
         series_uid=uid,
     )
 
