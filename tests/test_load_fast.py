@@ -127,8 +127,9 @@ def test_native_variants_match_pydicom(
 
 
 @pytest.mark.parametrize("unsigned", [True, False])
+@pytest.mark.parametrize("rle", [False, True], ids=["native", "rle"])
 def test_garbage_in_unused_bits_is_masked_like_pydicom(
-    tmp_path: Path, fast_only: None, unsigned: bool
+    tmp_path: Path, fast_only: None, unsigned: bool, rle: bool
 ) -> None:
     """12 bits stored, random values in the 4 unused high bits (PS3.5 8.1.1)."""
     hu = _hu(lo=-1000, hi=1000)
@@ -138,6 +139,8 @@ def test_garbage_in_unused_bits_is_masked_like_pydicom(
         raw = np.frombuffer(ds.PixelData, dtype=np.uint16).copy()
         raw |= (RNG.integers(0, 16, size=raw.shape) << 12).astype(np.uint16)
         ds.PixelData = raw.tobytes()
+        if rle:
+            ds.compress(RLELossless, generate_instance_uid=False)
 
     _rewrite(paths, garbage)
     hu_loaded = _check_against_pydicom(tmp_path, np.int16)
@@ -227,8 +230,12 @@ def test_nested_sequences_private_un_and_trailing_elements(tmp_path: Path, fast_
     "ts", [RLELossless, JPEGLSLossless, JPEG2000Lossless], ids=["rle", "jls", "j2k"]
 )
 @pytest.mark.parametrize("unsigned", [True, False])
-def test_compressed_match_pydicom(tmp_path: Path, ts: str, unsigned: bool) -> None:
+def test_compressed_match_pydicom(
+    tmp_path: Path, ts: str, unsigned: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     hu = _hu(n=3, rows=32, cols=33)
+    if ts == RLELossless:  # decoded by pylibjpeg-rle directly, without pydicom's Dataset
+        monkeypatch.setattr(load_mod, "_decode_pydicom", None)
     write_ct_series(tmp_path, hu, transfer_syntax=ts, unsigned=unsigned, intercept=-1024)
     got = _check_against_pydicom(tmp_path, np.int16)
     assert np.array_equal(got, hu.astype(np.int16))

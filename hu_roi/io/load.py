@@ -11,7 +11,11 @@ dtype), the range of the slice is checked, and the rescale is applied in place w
 modular 16-bit arithmetic, which is exact whenever the HU values fit int16 (checked
 before).  No per-slice or whole-volume temporaries beyond the output.
 
-*Compressed path* (RLE, JPEG-LS, JPEG 2000, JPEG lossless ...): pydicom decodes each file
+*RLE fast path* (single-frame 16-bit RLE Lossless): the fragments are read with the same
+walker and decoded by pylibjpeg-rle directly, then finished like the native path (pydicom's
+Dataset machinery costs more than the RLE decoding itself).
+
+*Compressed path* (JPEG-LS, JPEG 2000, JPEG lossless ...): pydicom decodes each file
 with the plugin that is fastest for its transfer syntax (:data:`DECODING_PLUGINS`); the
 slices are decoded in parallel threads (the decoders release the GIL) and written into
 the output.
@@ -30,6 +34,7 @@ import logging
 import multiprocessing as mp
 import os
 import struct
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -65,6 +70,7 @@ _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _EXPLICIT_BE = "1.2.840.10008.1.2.2"
 _DEFLATED = "1.2.840.10008.1.2.1.99"
+_RLE = "1.2.840.10008.1.2.5"
 _NATIVE = frozenset({_IMPLICIT_LE, _EXPLICIT_LE, _EXPLICIT_BE})
 #: Compressed syntaxes whose decoders release the GIL (threads suffice); others are
 #: decoded in worker processes when a series is long enough to pay for them.
@@ -493,9 +499,73 @@ def _fast_native(fh: object, h: PixelHeader, dest: np.ndarray, path: str) -> Non
         )
     if h.transfer_syntax == _EXPLICIT_BE:
         raw.byteswap(inplace=True)
+    _finish16(raw, h, dest)
+
+
+def _finish16(raw: np.ndarray, h: PixelHeader, dest: np.ndarray) -> None:
+    """Stored 16-bit values in ``raw`` (native byte order) -> HU in ``dest``."""
     v = raw.view(np.int16 if h.pixel_representation == 1 else np.uint16)
     _correct_bits(v, 16, h.bits_stored)
     _rescale_into(v, h.rescale_slope, h.rescale_intercept, dest, inplace=raw is dest)
+
+
+def _single_frame_fragments(fh: object, h: PixelHeader, path: str) -> bytes:
+    """The compressed stream of a single-frame encapsulated Pixel Data (all fragments)."""
+    fh.seek(h.pixel_offset)  # type: ignore[attr-defined]
+    data = fh.read()  # type: ignore[attr-defined]
+    pos, frags = 0, []
+    first = True
+    while True:
+        if pos + 8 > len(data):
+            raise DicomReadError(
+                f"{path}: cannot read pixel data: encapsulated Pixel Data ends without a "
+                "sequence delimiter (truncated file)"
+            )
+        g, el, ln = struct.unpack_from("<HHI", data, pos)
+        pos += 8
+        if (g, el) == (0xFFFE, 0xE0DD):
+            break
+        if (g, el) != (0xFFFE, 0xE000) or ln == _UNDEFINED or pos + ln > len(data):
+            raise DicomReadError(
+                f"{path}: cannot read pixel data: bad item ({g:04X},{el:04X}) of length {ln} "
+                "in encapsulated Pixel Data (damaged file)"
+            )
+        if not first:  # the first item is the Basic Offset Table
+            frags.append(data[pos : pos + ln])
+        first = False
+        pos += ln
+    if not frags:
+        raise DicomReadError(f"{path}: cannot read pixel data: no compressed fragment")
+    return frags[0] if len(frags) == 1 else b"".join(frags)
+
+
+def _fast_rle(fh: object, h: PixelHeader, dest: np.ndarray, path: str) -> None:
+    """Decode a single-frame 16-bit RLE slice with pylibjpeg-rle directly (no Dataset)."""
+    from rle.utils import decode_frame
+
+    src = _single_frame_fragments(fh, h, path)
+    try:
+        frame = decode_frame(src, h.rows * h.columns, 16, "<")
+    except Exception as exc:
+        raise DicomReadError(f"{path}: cannot decode pixel data ({_one_line(exc)})") from None
+    if len(frame) != h.rows * h.columns * 2:
+        raise DicomReadError(
+            f"{path}: cannot decode pixel data: RLE gave {len(frame)} bytes, expected "
+            f"{h.rows * h.columns * 2}"
+        )
+    raw = dest if dest.dtype == np.int16 else np.empty(dest.shape, dtype=np.int16)
+    raw.reshape(-1).view(np.uint8)[:] = np.frombuffer(frame, dtype=np.uint8)
+    if sys.byteorder == "big":  # pragma: no cover - decode_frame gave little endian
+        raw.byteswap(inplace=True)
+    _finish16(raw, h, dest)
+
+
+def _rle_available() -> bool:
+    try:
+        import rle.utils  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _one_line(exc: BaseException) -> str:
@@ -606,6 +676,19 @@ def load_slice_into(path: str, dest: np.ndarray) -> float | None:
             and h.pixel_length != _UNDEFINED
         ):
             _fast_native(fh, h, dest, path)
+            pad = h.pixel_padding_value
+            return None if pad is None else pad * h.rescale_slope + h.rescale_intercept
+        if (
+            h is not None
+            and h.transfer_syntax == _RLE
+            and _RLE_AVAILABLE
+            and h.bits_allocated == 16
+            and h.samples_per_pixel == 1
+            and h.number_of_frames == 1
+            and not h.has_modality_lut
+            and h.pixel_length == _UNDEFINED
+        ):
+            _fast_rle(fh, h, dest, path)
             pad = h.pixel_padding_value
             return None if pad is None else pad * h.rescale_slope + h.rescale_intercept
     plugin = DECODING_PLUGINS.get(h.transfer_syntax, "") if h is not None else ""
@@ -767,3 +850,6 @@ def load_series(
         info=info,
         padding_hu=pads.pop() if len(pads) == 1 else None,
     )
+
+
+_RLE_AVAILABLE = _rle_available()
