@@ -241,15 +241,29 @@ def test_compressed_match_pydicom(
     assert np.array_equal(got, hu.astype(np.int16))
 
 
-@pytest.mark.parametrize("ts", [RLELossless, JPEGLSLossless], ids=["rle", "jls"])
-def test_process_pool_path(tmp_path: Path, ts: str) -> None:
-    """Long GIL-holding compressed series go to worker processes: same result."""
+@pytest.mark.parametrize("float_slice", [False, True], ids=["int16", "float32-restart"])
+def test_process_pool_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, float_slice: bool
+) -> None:
+    """Long JPEG-LS series go to worker processes: same result as one thread."""
     n = load_mod.MIN_SLICES_PER_PROCESS * 2
     hu = _hu(n=n, rows=16, cols=16)
-    write_ct_series(tmp_path, hu, transfer_syntax=ts, intercept=-1024)
+    if float_slice:  # one slice beyond int16: the workers' refusal restarts as float32
+        hu[5, 0, 0] = 40000
+    write_ct_series(tmp_path, hu, transfer_syntax=JPEGLSLossless, intercept=-1024)
+    calls: list[int] = []
+    real = load_mod._run_processes
+
+    def spy(paths, out, workers):  # type: ignore[no-untyped-def]
+        calls.append(workers)
+        return real(paths, out, workers)
+
+    monkeypatch.setattr(load_mod, "_run_processes", spy)
     info, vol2 = _load(tmp_path, workers=2)
+    assert calls and calls[0] == 2
     _, vol1 = _load(tmp_path, workers=1)
-    assert np.array_equal(vol2.hu, hu.astype(np.int16))
+    assert vol2.hu.dtype == (np.float32 if float_slice else np.int16)
+    assert np.array_equal(vol2.hu, hu.astype(vol2.hu.dtype))
     assert np.array_equal(vol1.hu, vol2.hu)
 
 

@@ -1,6 +1,6 @@
 """Loading HU volumes (all slices or only some) of an indexed series, fast.
 
-Three paths, chosen per file:
+Four paths, chosen per file:
 
 *Native fast path* (uncompressed little- or big-endian, explicit or implicit VR, 16 bits
 allocated, one sample per pixel): a small header walker (:func:`read_pixel_header`) finds
@@ -16,9 +16,10 @@ walker and decoded by pylibjpeg-rle directly, then finished like the native path
 Dataset machinery costs more than the RLE decoding itself).
 
 *Compressed path* (JPEG-LS, JPEG 2000, JPEG lossless ...): pydicom decodes each file
-with the plugin that is fastest for its transfer syntax (:data:`DECODING_PLUGINS`); the
-slices are decoded in parallel threads (the decoders release the GIL) and written into
-the output.
+with the plugin that is fastest for its transfer syntax (:data:`DECODING_PLUGINS`).  Slices
+are decoded in parallel threads when the decoder releases the GIL (JPEG 2000,
+:data:`GIL_FREE_DECODING`), else in worker processes for long series (JPEG-LS, JPEG lossless;
+:data:`PROCESS_DECODING`, :data:`MIN_SLICES_PER_PROCESS`), and written into the output.
 
 *Fallback* (anything unusual: 8/32-bit pixels, colour, deflate, Modality LUT sequence, a
 header the walker does not understand): pydicom's ``pixel_array``, one slice at a time.
@@ -72,9 +73,21 @@ _EXPLICIT_BE = "1.2.840.10008.1.2.2"
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _RLE = "1.2.840.10008.1.2.5"
 _NATIVE = frozenset({_IMPLICIT_LE, _EXPLICIT_LE, _EXPLICIT_BE})
-#: Compressed syntaxes whose decoders release the GIL (threads suffice); others are
-#: decoded in worker processes when a series is long enough to pay for them.
+#: Compressed syntaxes whose decoders release the GIL: decoded in threads.
 GIL_FREE_DECODING = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})
+#: Syntaxes whose decoders hold the GIL and are slow enough (~10 ms per 512² slice) that
+#: worker processes pay off for long series.  RLE is not here: its direct decoding costs
+#: ~2 ms per slice, less than shipping the slice back from a process.
+PROCESS_DECODING = frozenset(
+    {
+        "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+        "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
+        "1.2.840.10008.1.2.4.57",  # JPEG Lossless P14
+        "1.2.840.10008.1.2.4.70",  # JPEG Lossless P14 SV1
+        "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+        "1.2.840.10008.1.2.4.51",  # JPEG Extended
+    }
+)
 #: Fewest slices per worker process that justify starting processes.
 MIN_SLICES_PER_PROCESS = 8
 
@@ -741,10 +754,6 @@ def _run_processes(paths: list[str], out: np.ndarray, workers: int) -> list[floa
     return pads
 
 
-def _is_compressed(transfer_syntax: str) -> bool:
-    return transfer_syntax not in _NATIVE and transfer_syntax != _DEFLATED
-
-
 def load_series(
     info: SeriesInfo,
     *,
@@ -767,7 +776,7 @@ def load_series(
         ``duplicate-positions`` accepted, the first image (by path) at each position is kept.
     workers : int or None
         Reading/decoding threads, or processes for long compressed series whose decoder
-        holds the GIL (RLE, JPEG-LS, JPEG lossless); default: number of CPUs, at most 8.
+        holds the GIL (JPEG-LS, JPEG lossless); default: number of CPUs, at most 8.
     max_bytes : int
         Refuse before allocating when the HU array would be larger than this.
 
@@ -820,8 +829,7 @@ def load_series(
 
     use_processes = (
         n_workers > 1
-        and _is_compressed(info.transfer_syntax)
-        and info.transfer_syntax not in GIL_FREE_DECODING
+        and info.transfer_syntax in PROCESS_DECODING
         and len(idx) >= MIN_SLICES_PER_PROCESS * n_workers
     )
 
