@@ -158,7 +158,7 @@ def test_live_table_matches_batch(widget, study, qtbot):
         assert m.qc_flags == b.qc_flags
     rows = {r[0]: r for r in w.table_rows()}
     b = batch["PSECRET7-T0-L2"]
-    assert rows["PSECRET7-T0-L2"][5:9] == [
+    assert rows["PSECRET7-T0-L2"][1:5] == [
         str(b.n_voxels),
         f"{b.mean_hu:.1f}",
         f"{b.sd_hu:.1f}",
@@ -174,8 +174,8 @@ def test_live_table_matches_batch(widget, study, qtbot):
     data = list(lay.data)
     data[0] = data[0] + np.array([0.0, 0.0, 1.0])
     lay.data = data
-    old = rows["PSECRET7-T0-L2"][6]
-    _wait_table(qtbot, w, lambda rows: rows[0][6] != old)
+    old = rows["PSECRET7-T0-L2"][2]  # mean HU
+    _wait_table(qtbot, w, lambda rows: rows[0][2] != old)
     assert w.session.dirty
 
 
@@ -203,7 +203,7 @@ def test_save_close_reopen_restores_rois(make_napari_viewer, study, qtbot, monke
     lay = w2.session.shapes_layer
     assert len(lay.data) == 1 and lay.shape_type == ["ellipse"]
     np.testing.assert_allclose(np.asarray(lay.data[0]), verts, atol=1e-6)  # same slice k=4
-    assert w2.table_rows()[0][1] == "L3"
+    assert w2.table_rows()[0][7] == "L3"  # level column
     assert list(lay.features["level"]) == ["L3"]
 
 

@@ -55,17 +55,19 @@ __all__ = ["HuRoiWidget", "TABLE_COLUMNS"]
 #: Columns of the live statistics table.
 TABLE_COLUMNS = (
     "ROI",
-    "level",
-    "kind",
-    "shape",
-    "slice",
     "n",
     "mean HU",
     "SD",
     "median",
     "area mm²",
     "QC",
+    "level",
+    "kind",
+    "shape",
+    "slice",
 )
+#: Table columns holding numbers (right-aligned).
+_NUMERIC = {1, 2, 3, 4, 5, 10}
 KINDS = ("target", *REFERENCE_KINDS, "phantom-water")
 DEBOUNCE_MS = 150
 
@@ -137,9 +139,7 @@ class HuRoiWidget(QWidget):
             self._shortcuts.append(sc)
 
         self._guard = _CloseGuard(self)
-        qt_window = getattr(getattr(napari_viewer, "window", None), "_qt_window", None)
-        if qt_window is not None:
-            qt_window.installEventFilter(self._guard)
+        self._guarded: QWidget | None = None
         napari_viewer.layers.events.inserted.connect(self._on_layer_inserted)
         QTimer.singleShot(0, self._adopt_existing)
 
@@ -490,7 +490,9 @@ class HuRoiWidget(QWidget):
             self.message("Open a series first.", warning=True)
             return
         world = list(self.viewer.dims.point)
-        centre = list(self.viewer.camera.center)[-2:]
+        scene = getattr(self.viewer, "scene", None)  # napari >= 0.9; older: viewer.camera
+        camera = scene.camera if scene is not None else self.viewer.camera
+        centre = list(camera.center)[-2:]
         for ax, val in zip(self.viewer.dims.displayed, centre, strict=False):
             world[ax] = val
         idx = s.transform.from_layer(s.image_layer.world_to_data(world))[0]
@@ -654,6 +656,8 @@ class HuRoiWidget(QWidget):
 
     def _on_session(self, what: str) -> None:
         if what in ("folder", "blinded"):
+            if self.session.root is not None:
+                self.folder_edit.setText(str(self.session.root))
             self.refresh_tree()
         if what in ("folder", "roifile", "saved", "blinded"):
             self._update_roi_file_label()
@@ -720,16 +724,16 @@ class HuRoiWidget(QWidget):
             rows.append(
                 [
                     name,
-                    m.level or "",
-                    m.kind,
-                    m.shape,
-                    "" if m.slice_index is None else str(m.slice_index),
                     str(m.n_voxels),
                     _num(m.mean_hu),
                     _num(m.sd_hu),
                     _num(m.median_hu),
                     _num(m.area_mm2 if m.area_mm2 is not None else m.volume_mm3),
                     (m.qc_status + (": " + ", ".join(m.qc_flags) if m.qc_flags else "")),
+                    m.level or "",
+                    m.kind,
+                    m.shape,
+                    "" if m.slice_index is None else str(m.slice_index),
                 ]
             )
         return rows
@@ -742,7 +746,7 @@ class HuRoiWidget(QWidget):
         for r, row in enumerate(rows):
             for c, text in enumerate(row):
                 item = QTableWidgetItem(text)
-                if c >= 5 and c <= 9:
+                if c in _NUMERIC:
                     item.setTextAlignment(
                         Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
                     )
@@ -814,6 +818,14 @@ class HuRoiWidget(QWidget):
             if sess.shapes_layer is not None:
                 sess.shapes_layer.events.data.disconnect(sess._on_data)
                 sess.shapes_layer.events.features.disconnect(sess._on_data)
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
+        """Once docked, watch the main window's close to warn about unsaved edits."""
+        super().showEvent(event)
+        top = self.window()
+        if top is not self and top is not self._guarded:
+            top.installEventFilter(self._guard)
+            self._guarded = top
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
         self._timer.stop()
