@@ -235,6 +235,25 @@ def _select(
     return idx, beyond, 0.0
 
 
+def _check_size(shape: Shape, spacing_mm: tuple[float, float], roi_id: str) -> None:
+    """Refuse shapes whose bounding box exceeds MAX_BOX_PIXELS (before any arithmetic
+    that could overflow with absurd sizes such as 1e308 mm)."""
+    if shape.type == "polygon":
+        p = np.asarray(shape.points_mm, dtype=float)
+        with np.errstate(over="ignore", invalid="ignore"):
+            extent = float(np.max(p.max(axis=0) - p.min(axis=0)))
+    elif shape.type == "ellipse":
+        extent = 2.0 * max(shape.radii_mm)  # type: ignore[arg-type]
+    else:
+        extent = 2.0 * float(shape.radius_mm)  # type: ignore[arg-type]
+    if not math.isfinite(extent) or extent / min(spacing_mm) > MAX_BOX_PIXELS:
+        raise RoiPlacementError(
+            f"ROI {roi_id!r} spans {extent:.4g} mm, more than {MAX_BOX_PIXELS} pixels of "
+            f"{min(spacing_mm):.4g} mm; check its size and units (mm)",
+            "roi-too-large",
+        )
+
+
 def slices_needed(roi: Roi, info: SeriesInfo) -> list[int]:
     """Indices into ``info.slices`` that the ROI touches (from the header only).
 
@@ -245,6 +264,7 @@ def slices_needed(roi: Roi, info: SeriesInfo) -> list[int]:
     RoiPlacementError
         Tie between two slices, polygon not parallel, ROI outside the stack.
     """
+    _check_size(roi.shape, info.pixel_spacing_mm, roi.roi_id)
     normal = info.normal
     pos = info.positions_along_normal_mm
     idx, _, _ = _select(pos, info.slice_spacing_mm, roi.shape, normal, roi.roi_id)
@@ -322,6 +342,9 @@ def _slice_mask(
     r0, r1 = _box(vmin - pad, vmax + pad, dr)
     if c1 < c0 or r1 < r0:
         return np.zeros((0, 0), dtype=bool), 0, 0, 0
+    if c1 < 0 or r1 < 0 or c0 >= ncols or r0 >= nrows:
+        # the bounding box misses the image entirely (also guards absurd coordinates)
+        return np.zeros((0, 0), dtype=bool), 0, 0, 1
     if (c1 - c0 + 1) > MAX_BOX_PIXELS or (r1 - r0 + 1) > MAX_BOX_PIXELS:
         raise RoiPlacementError(
             f"ROI {roi_id!r} spans more than {MAX_BOX_PIXELS} pixels; check its size/units (mm)",
@@ -379,6 +402,7 @@ def rasterize_roi(volume: Volume, roi: Roi) -> RoiMask:
         ``roi-slice-tie``, ``roi-not-parallel``, ``roi-outside-image`` (plane beyond the
         stack), ``slice-not-loaded``, ``roi-too-large``.
     """
+    _check_size(roi.shape, volume.pixel_spacing_mm, roi.roi_id)
     normal = volume.normal
     if volume.info is not None and volume.info.n_slices:
         info = volume.info

@@ -201,7 +201,7 @@ class Shape:
         if not isinstance(d, Mapping):
             raise _err(roi_id, "shape", f"must be an object; got {d!r}")
         t = d.get("type")
-        if t not in SHAPE_TYPES:
+        if not isinstance(t, str) or t not in SHAPE_TYPES:
             raise _err(
                 roi_id,
                 "shape.type",
@@ -548,6 +548,8 @@ def _parse(data: bytes, path: Path) -> RoiSet:
         raise RoiFormatError(
             f"{path}: not a JSON file ({exc}); expected a {FORMAT_NAME} file"
         ) from exc
+    except RecursionError as exc:
+        raise RoiFormatError(f"{path}: JSON nested too deeply to be a {FORMAT_NAME} file") from exc
     try:
         return RoiSet.from_dict(d)
     except RoiFormatError as exc:

@@ -396,3 +396,21 @@ def test_random_geometry_matches_brute_force(seed):
     np.testing.assert_array_equal(
         rasterize_roi(vol, roi).to_dense(vol.shape), reference_mask(vol, roi)
     )
+
+
+def test_absurd_coordinates_are_named_errors_or_outside():
+    vol = make_volume(origin=(0.0, 0.0, 0.0), slice_step=2.0)
+    far = roi_of({"type": "circle", "center_mm": [1e300, -1e300, 4.0], "radius_mm": 3.0})
+    rm = rasterize_roi(vol, far)
+    assert rm.n_voxels == 0 and rm.n_outside > 0
+    for shape in (
+        {"type": "sphere", "center_mm": [10.0, 10.0, 4.0], "radius_mm": 1e308},
+        {"type": "ellipse", "center_mm": [10.0, 10.0, 4.0], "radii_mm": [1e308, 1e-308]},
+        {
+            "type": "polygon",
+            "points_mm": [[-1e300, -1e300, 4], [1e300, -1e300, 4], [1e300, 1e300, 4]],
+        },
+    ):
+        with pytest.raises(RoiPlacementError) as ei:
+            rasterize_roi(vol, roi_of(shape))
+        assert ei.value.code == "roi-too-large"
