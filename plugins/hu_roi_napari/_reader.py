@@ -108,22 +108,28 @@ def read_dicom(path: str | list[str]) -> list[tuple]:
     paths = [path] if isinstance(path, str | os.PathLike) else list(path)
     layers: list[tuple] = []
     for p in paths:
+        is_file = os.path.isfile(p)
+        # a single file stands for its whole series: index its folder, keep that series
+        target = os.path.dirname(os.path.abspath(p)) if is_file else p
         try:
-            res = index_folder(p)
+            res = index_folder(target)
         except Exception as exc:  # noqa: BLE001 - readers never raise
             _notify(f"hu-roi: cannot read {p}: {exc}")
             continue
-        if not res.series:
-            n = len(res.skipped)
+        series = res.series
+        if is_file:
+            me = os.path.realpath(p)
+            series = [s for s in series if any(os.path.realpath(x.path) == me for x in s.slices)]
+        if not series:
+            reasons = [s.reason for s in res.skipped if not is_file or s.path == p]
             _notify(
-                f"hu-roi: no DICOM image series found in {p} ({n} file(s) skipped"
-                + (f", e.g. {res.skipped[0].reason}" if n else "")
+                f"hu-roi: no DICOM image series found in {p} ({len(reasons)} file(s) skipped"
+                + (f", e.g. {reasons[0]}" if reasons else "")
                 + ")"
             )
             continue
-        root = p if os.path.isdir(p) else os.path.dirname(p)
         try:
-            layers.extend(series_layers(res.series, root=root))
+            layers.extend(series_layers(series, root=target))
         except Exception as exc:  # noqa: BLE001 - readers never raise
             _notify(f"hu-roi: cannot open series of {p}: {exc}")
     if not layers:

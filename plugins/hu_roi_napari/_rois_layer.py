@@ -90,8 +90,13 @@ def rois_layer_data(
     *,
     name: str = "ROIs",
     metadata: Mapping[str, Any] | None = None,
+    blinded: bool = False,
 ) -> tuple:
-    """napari LayerData ``(data, kwargs, "shapes")`` drawing ``rois`` on ``handle``'s grid."""
+    """napari LayerData ``(data, kwargs, "shapes")`` drawing ``rois`` on ``handle``'s grid.
+
+    ``blinded=True`` leaves the ``irradiated`` column out of the features (clinical
+    information); the stored value is kept when the ROI is written back.
+    """
     from ._geometry import layer_transform
 
     tr = layer_transform(handle.info)
@@ -132,6 +137,9 @@ def rois_layer_data(
         "metadata": {"hu_roi_rois": {"token": handle.token, **(metadata or {})}},
         **tr.kwargs(),
     }
+    if blinded:
+        kwargs["features"] = kwargs["features"].drop(columns=["irradiated"])
+        kwargs["feature_defaults"].pop("irradiated")
     return (data, kwargs, "shapes")
 
 
@@ -182,7 +190,10 @@ def rois_from_layer(
         level = _none_if_empty(row.get("level"))
         kind = _none_if_empty(row.get("kind")) or "target"
         lesion = _none_if_empty(row.get("lesion_type"))
-        irr = irradiated_value(row.get("irradiated"))
+        if "irradiated" in feats.columns:
+            irr = irradiated_value(row.get("irradiated"))
+        else:  # blinded: the column is hidden, keep what is stored
+            irr = entry.roi.irradiated if entry.roi is not None else None
         geometry = _none_if_empty(row.get("geometry")) or ""
         v = np.asarray(verts, dtype=float)
         unchanged = (

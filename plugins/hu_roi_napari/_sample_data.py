@@ -80,6 +80,10 @@ def make_sample_data() -> list[tuple]:
     label = (PLUGIN_STATE.labels or {}).get(chosen.series_key, "Case")
     image = h.layer_data(blinded=PLUGIN_STATE.blinded, label=label)
     shapes = rois_layer_data(
-        h, rois, name="ROIs", metadata={"roi_file": str(roi_file) if rs else ""}
+        h,
+        rois,
+        name="ROIs",
+        metadata={"roi_file": str(roi_file) if rs else ""},
+        blinded=PLUGIN_STATE.blinded,
     )
     return [image, shapes]

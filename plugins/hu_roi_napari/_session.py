@@ -315,7 +315,9 @@ class Session:
         rois = self.rois_of(info)
         if self.viewer is not None:
             data, kw, _ = handle.layer_data(blinded=self.blinded, label=self.label(info))
-            sdata, skw, _ = rois_layer_data(handle, rois, name=self._rois_name())
+            sdata, skw, _ = rois_layer_data(
+                handle, rois, name=self._rois_name(), blinded=self.blinded
+            )
             if reuse is not None:
                 self._refill_layers(reuse, data, kw, sdata, skw)
             else:
@@ -348,7 +350,9 @@ class Session:
         self.image_layer = image_layer
         self.timepoint = self.timepoint_of(h.info)
         if shapes_layer is None and self.viewer is not None:
-            sdata, skw, _ = rois_layer_data(h, self.rois_of(h.info), name=self._rois_name())
+            sdata, skw, _ = rois_layer_data(
+                h, self.rois_of(h.info), name=self._rois_name(), blinded=self.blinded
+            )
             shapes_layer = self.viewer.add_shapes(sdata, **skw)
         self.shapes_layer = shapes_layer
         self._connect_shapes()
@@ -426,7 +430,7 @@ class Session:
                 edge_width=skw["edge_width"],
                 face_color=skw["face_color"],
             )
-            shp.features = skw["features"]
+        shp.features = skw["features"]
         shp.feature_defaults = skw["feature_defaults"]
         self.image_layer, self.shapes_layer = img, shp
 
@@ -527,6 +531,8 @@ class Session:
         if self.shapes_layer is None:
             return
         feats = self.shapes_layer.features
+        if "irradiated" not in feats.columns:
+            values.pop("irradiated", None)
         for i in indices:
             for k, v in values.items():
                 if k == "irradiated":
@@ -541,6 +547,8 @@ class Session:
             return
         for k, v in values.items():
             if k == "irradiated":
+                if "irradiated" not in self.shapes_layer.features.columns:
+                    continue
                 v = "" if v is None else ("yes" if v else "no")
             self.shapes_layer.feature_defaults[k] = "" if v is None else v
 

@@ -118,6 +118,14 @@ def test_open_is_lazy(make_napari_viewer, study):
     assert len(h._cache) <= 2 < h.info.n_slices
 
 
+def test_open_one_file_opens_its_series(make_napari_viewer, study):
+    """Dropping one file of a series opens that whole series (not a one-slice stack)."""
+    viewer = make_napari_viewer()
+    one = sorted((study / "T2").iterdir())[0]
+    (layer,) = viewer.open(str(one), plugin="hu-roi")
+    assert sorted(layer.data.shape) == sorted(hu_b().shape)
+
+
 def test_reader_never_raises_on_non_dicom(make_napari_viewer, tmp_path, notes):
     from hu_roi_napari._reader import napari_get_reader
 
@@ -302,6 +310,7 @@ def test_blinded_mode_hides_identifiers(widget, study, qtbot):
     assert label.startswith("Case ") and w.session.image_layer.name == label and label in texts
     assert sorted(w.session.labels.values()) == ["Case 01", "Case 02"]
     assert all(lay.name.startswith(("Case", "ROIs")) for lay in viewer.layers)
+    assert "irradiated" not in w.session.shapes_layer.features.columns
     # reproducible shuffled order: same seed, same order; labels are neutral
     w.set_blinded(False)
     w.set_blinded(True, seed=11)
