@@ -30,6 +30,13 @@ SPACING = (0.7, 0.7)
 SLICE_MM = 1.0
 
 
+LEVELS = (
+    [f"C{i}" for i in range(1, 8)]
+    + [f"T{i}" for i in range(1, 13)]
+    + [f"L{i}" for i in range(1, 6)]
+)
+
+
 def _done(folder: Path) -> bool:
     return (folder / ".done").is_file()
 
@@ -103,7 +110,7 @@ def roi_file(root: Path, k: int, n_rois: int) -> Path:
                 "patient_id": f"BENCH{k:02d}",
                 "timepoint": "T0",
                 "series_instance_uid": uid,
-                "level": f"V{i}",
+                "level": LEVELS[i % len(LEVELS)],
                 "irradiated": False,
                 "lesion_type": "none",
                 "kind": "target",

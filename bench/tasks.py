@@ -43,6 +43,28 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+_CPU: dict[str, float] = {}
+
+
+def _cpu() -> float:
+    """CPU seconds (user + system) of this process and its finished children."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    c = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime
+
+
+def _start() -> float:
+    _CPU["start"] = _cpu()
+    return time.perf_counter()
+
+
+def _stop(t: float) -> float:
+    """Wall seconds since ``t``; also records CPU seconds since the last ``_start``."""
+    dt = time.perf_counter() - t
+    _CPU["seconds"] = _cpu() - _CPU["start"]
+    return dt
+
+
 def _files(folder: str) -> list[str]:
     out = []
     for d, _, names in os.walk(folder, followlinks=True):
@@ -62,12 +84,12 @@ def raw_read(a: dict[str, Any]) -> dict[str, Any]:
     """Floor: read every file's bytes (buffer memory reused)."""
     files = _files(a["folder"])
     base = _rss_mb()
-    t = time.perf_counter()
+    t = _start()
     n = 0
     for f in files:
         with open(f, "rb") as fh:
             n += len(fh.read())
-    return {"seconds": time.perf_counter() - t, "base_mb": base, "bytes": n}
+    return {"seconds": _stop(t), "base_mb": base, "bytes": n}
 
 
 def raw_into(a: dict[str, Any]) -> dict[str, Any]:
@@ -78,13 +100,13 @@ def raw_into(a: dict[str, Any]) -> dict[str, Any]:
     rows = cols = a["size"]
     nb = rows * cols * 2
     base = _rss_mb()
-    t = time.perf_counter()
+    t = _start()
     out = np.empty((len(files), rows, cols), dtype=np.int16)
     for k, f in enumerate(files):
         with open(f, "rb", buffering=0) as fh:
             fh.seek(os.fstat(fh.fileno()).st_size - nb)
             fh.readinto(memoryview(out[k]).cast("B"))
-    return {"seconds": time.perf_counter() - t, "base_mb": base}
+    return {"seconds": _stop(t), "base_mb": base}
 
 
 def hu_load(a: dict[str, Any]) -> dict[str, Any]:
@@ -92,19 +114,20 @@ def hu_load(a: dict[str, Any]) -> dict[str, Any]:
     from hu_roi.io import index_folder, load_series
 
     base = _rss_mb()
-    t0 = time.perf_counter()
-    (info,) = index_folder(a["folder"]).series
-    t = time.perf_counter()
-    if not a.get("index"):
+    if a.get("index"):
+        t0 = _start()
+        (info,) = index_folder(a["folder"]).series
+    else:
+        (info,) = index_folder(a["folder"]).series
         base = _rss_mb()
-        t0 = t
+        t0 = _start()
     vol = load_series(info, workers=a.get("workers"), accept=("missing-slices",))
-    t1 = time.perf_counter()
+    seconds = _stop(t0)
     return {
-        "seconds": t1 - t0,
+        "seconds": seconds,
         "base_mb": base,
         "dtype": str(vol.hu.dtype),
-        "checksum": int(vol.hu.astype("int64").sum()),
+        "checksum": int(vol.hu.sum(dtype="int64")),
     }
 
 
@@ -119,15 +142,15 @@ def sitk_load(a: dict[str, Any]) -> dict[str, Any]:
     if a.get("int16"):
         reader.SetOutputPixelType(sitk.sitkInt16)
     base = _rss_mb()
-    t = time.perf_counter()
+    t = _start()
     img = reader.Execute()
     arr = sitk.GetArrayViewFromImage(img)
-    dt = time.perf_counter() - t
+    dt = _stop(t)
     return {
         "seconds": dt,
         "base_mb": base,
         "dtype": str(arr.dtype),
-        "checksum": int(arr.astype("int64").sum()),
+        "checksum": int(arr.sum(dtype="int64")),
     }
 
 
@@ -139,7 +162,7 @@ def pydicom_load(a: dict[str, Any]) -> dict[str, Any]:
     files = _files(a["folder"])
     plugin = a.get("plugin", "")
     base = _rss_mb()
-    t = time.perf_counter()
+    t = _start()
     dss = [pydicom.dcmread(f) for f in files]
     dss.sort(key=lambda d: float(d.ImagePositionPatient[2]))
     slices = []
@@ -149,8 +172,8 @@ def pydicom_load(a: dict[str, Any]) -> dict[str, Any]:
         s, i = int(d.RescaleSlope), int(d.RescaleIntercept)
         slices.append((d.pixel_array.astype(np.int32) * s + i).astype(np.int16))
     vol = np.stack(slices)
-    dt = time.perf_counter() - t
-    return {"seconds": dt, "base_mb": base, "checksum": int(vol.astype("int64").sum())}
+    dt = _stop(t)
+    return {"seconds": dt, "base_mb": base, "checksum": int(vol.sum(dtype="int64"))}
 
 
 def index(a: dict[str, Any]) -> dict[str, Any]:
@@ -163,12 +186,12 @@ def index(a: dict[str, Any]) -> dict[str, Any]:
         for suffix in ("", "-wal", "-shm"):
             Path(db + suffix).unlink(missing_ok=True)
     base = _rss_mb()
-    t = time.perf_counter()
+    t = _start()
     cache = HeaderCache(db) if db else None
     res = index_folder(a["folder"], cache=cache)
     if cache is not None:
         cache.close()
-    dt = time.perf_counter() - t
+    dt = _stop(t)
     return {
         "seconds": dt,
         "base_mb": base,
@@ -191,9 +214,9 @@ def batch(a: dict[str, Any]) -> dict[str, Any]:
         cache = HeaderCache(a["cache"])
         hu_roi.io.index_folder = functools.partial(hu_roi.io.index_folder, cache=cache)
     base = _rss_mb()
-    t = time.perf_counter()
+    t = _start()
     res = measure_batch(a["root"], a["rois"], workers=a.get("workers", 1))
-    dt = time.perf_counter() - t
+    dt = _stop(t)
     status: dict[str, int] = {}
     for m in res.measurements:
         status[m.qc_status] = status.get(m.qc_status, 0) + 1
@@ -214,7 +237,7 @@ def batch_sitk(a: dict[str, Any]) -> dict[str, Any]:
     docs = _roi_docs(a["rois"])
     folders = sorted(str(p) for p in Path(a["root"]).iterdir() if not p.name.startswith("."))
     base = _rss_mb()
-    t = time.perf_counter()
+    t = _start()
     means = []
     for folder, doc in zip(folders, docs, strict=True):
         reader = sitk.ImageSeriesReader()
@@ -231,7 +254,7 @@ def batch_sitk(a: dict[str, Any]) -> dict[str, Any]:
             mask = ((xx - i) * sp[0] / rx) ** 2 + ((yy - j) * sp[1] / ry) ** 2 <= 1
             means.append(float(arr[k][mask].mean()))
         del img, arr
-    return {"seconds": time.perf_counter() - t, "base_mb": base, "means": means[:3]}
+    return {"seconds": _stop(t), "base_mb": base, "means": means[:3]}
 
 
 def batch_floor(a: dict[str, Any]) -> dict[str, Any]:
@@ -250,11 +273,11 @@ def batch_floor(a: dict[str, Any]) -> dict[str, Any]:
             for i in slice_indices_at(info, [z]):
                 paths.add(info.slices[i].path)
     base = _rss_mb()
-    t = time.perf_counter()
+    t = _start()
     for p in sorted(paths):
         with open(p, "rb") as fh:
             fh.read()
-    return {"seconds": time.perf_counter() - t, "base_mb": base, "n_slices": len(paths)}
+    return {"seconds": _stop(t), "base_mb": base, "n_slices": len(paths)}
 
 
 TASKS = {
@@ -277,6 +300,7 @@ def main() -> None:
     args = json.loads(sys.argv[1])
     out = TASKS[args["task"]](args)
     out["peak_mb"] = _peak_mb()
+    out["cpu_s"] = _CPU.get("seconds", float("nan"))
     print(json.dumps(out))
 
 

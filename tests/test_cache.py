@@ -121,7 +121,7 @@ def test_bad_entry_is_a_miss(tree: Path, tmp_path: Path) -> None:
         ref = index_folder(tree, cache=cache)
     con = sqlite3.connect(db)
     with con:
-        con.execute("UPDATE headers SET header='{\"rows\": 1'")  # broken JSON
+        con.execute("UPDATE headers SET header='[1, 2'")  # broken JSON
     con.close()
     with HeaderCache(db) as cache:
         res = index_folder(tree, cache=cache)

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 #: Bumped when the stored format changes; the field names of ImageHeader are part of the
 #: version too, so a changed ImageHeader invalidates old caches automatically.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _FIELDS = tuple(f.name for f in dataclasses.fields(ImageHeader))
 _TUPLE_FIELDS = frozenset(f.name for f in dataclasses.fields(ImageHeader) if "tuple" in str(f.type))
 _VERSION = f"{SCHEMA_VERSION}:{','.join(_FIELDS)}"
@@ -54,21 +54,26 @@ def default_cache_dir() -> Path:
     return base / "hu-roi"
 
 
+_STORED = tuple(f for f in _FIELDS if f != "path")
+_PATH_FIRST = _FIELDS[0] == "path"
+_TUPLE_POS = tuple(i for i, f in enumerate(_STORED) if f in _TUPLE_FIELDS)
+
+
 def _encode(h: ImageHeader) -> str:
-    d = dataclasses.asdict(h)
-    d.pop("path")
-    return json.dumps(d, separators=(",", ":"))
+    """JSON array of the header's fields in :data:`_STORED` order (the path is the key)."""
+    return json.dumps([getattr(h, f) for f in _STORED], separators=(",", ":"))
 
 
 def _decode(text: str, path: str) -> ImageHeader | None:
-    d = json.loads(text)
-    if not isinstance(d, dict) or set(d) != set(_FIELDS) - {"path"}:
+    vals = json.loads(text)
+    if not isinstance(vals, list) or len(vals) != len(_STORED):
         return None
-    for k in _TUPLE_FIELDS:
-        if d[k] is not None:
-            d[k] = tuple(d[k])
-    d["path"] = path
-    return ImageHeader(**d)
+    for i in _TUPLE_POS:
+        if vals[i] is not None:
+            vals[i] = tuple(vals[i])
+    if _PATH_FIRST:
+        return ImageHeader(path, *vals)
+    return ImageHeader(path=path, **dict(zip(_STORED, vals, strict=True)))
 
 
 class HeaderCache:
