@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
 
     viewer = napari.Viewer(show=True, title="hu-roi")
     viewer.window._qt_window.resize(width, height)  # script only: plugins must not do this
-    _, w = viewer.window.add_plugin_dock_widget("hu-roi")
+    dock, w = viewer.window.add_plugin_dock_widget("hu-roi")
+    viewer.window._qt_window.resizeDocks([dock], [600], Qt.Orientation.Horizontal)
     app = QApplication.instance()
 
     def pump(seconds: float = 0.2) -> None:
