@@ -22,8 +22,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import stat
 import sys
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -176,13 +178,24 @@ class IndexResult:
 # ---------------------------------------------------------------------------------------
 # Reading one header
 # ---------------------------------------------------------------------------------------
+#: Control characters no short text VR (CS, SH, LO, PN, UI, DA, TM) may hold (ESC is
+#: allowed: ISO 2022 code extensions).  Seen when a damaged length swallows other elements.
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0a-\x1a\x1c-\x1f\x7f]")
+
+
 def _str(ds: pydicom.Dataset, keyword: str) -> str:
     v = ds.get(keyword, None)
     if v is None:
         return ""
     if isinstance(v, pydicom.multival.MultiValue):
-        return "\\".join(str(x) for x in v)
-    return str(v).strip()
+        s = "\\".join(str(x) for x in v)
+    else:
+        s = str(v).strip()
+    s = s.rstrip("\x00 ")
+    if _CONTROL_CHARS.search(s):
+        # Never put the value in the message: it may hold swallowed patient data.
+        raise DicomReadError(f"garbled DICOM header: {keyword} holds binary data")
+    return s
 
 
 def _float(ds: pydicom.Dataset, keyword: str) -> float | None:
@@ -231,6 +244,18 @@ def _looks_like_raw_dataset(path: str) -> bool:
 
 
 def read_header(path: str | os.PathLike[str]) -> ImageHeader:
+    """Read the header of one DICOM image file without touching its pixel data.
+
+    pydicom's value-validation warnings are silenced here: they quote raw header values,
+    which on a damaged file can hold the patient's name and birth date (docs/safety.md).
+    See :func:`_read_header` for parameters, return value and errors.
+    """
+    with warnings.catch_warnings(), pydicom.config.disable_value_validation():
+        warnings.simplefilter("ignore")
+        return _read_header(path)
+
+
+def _read_header(path: str | os.PathLike[str]) -> ImageHeader:
     """Read the header of one DICOM image file without touching its pixel data.
 
     Parameters
@@ -320,6 +345,8 @@ def read_header(path: str | os.PathLike[str]) -> ImageHeader:
             number_of_frames=frames,
             transfer_syntax=ts,
         )
+    except DicomReadError:
+        raise
     except Exception as exc:  # a value pydicom cannot convert: still a one-line reason
         raise DicomReadError(f"garbled DICOM header ({type(exc).__name__}: {exc})") from None
     if header.number_of_frames == 1:
