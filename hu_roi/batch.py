@@ -137,9 +137,28 @@ def measure_series(
 
     Runs in a worker process when ``workers > 1`` (arguments and results are picklable).
     """
-    from hu_roi.io import load_series
+    from hu_roi.io import check_loadable, load_series
 
     out: list[tuple[int, Measurement]] = []
+    accept = [p for p in info.problems if p in ACCEPTED_PROBLEMS]
+    try:  # a series that will not load fails for that reason, before any geometry
+        check_loadable(info, accept)
+    except SeriesProblemError as exc:
+        codes = ["series-refused", *(f"series-{p}" for p in exc.problems)]
+        return [
+            (
+                it.order,
+                failed_measurement(
+                    it.roi,
+                    codes,
+                    info=info,
+                    detail=str(exc),
+                    reader=it.reader,
+                    roi_file=it.roi_file,
+                ),
+            )
+            for it in items
+        ], None
     need: set[int] = set()
     todo: list[_Item] = []
     for it in items:
@@ -162,7 +181,6 @@ def measure_series(
             )
     if not todo:
         return out, None
-    accept = [p for p in info.problems if p in ACCEPTED_PROBLEMS]
     try:
         vol = load_series(info, slices=sorted(need), accept=accept)
     except SeriesProblemError as exc:
@@ -394,6 +412,13 @@ def run_measure(args: argparse.Namespace) -> int:
     """
     from hu_roi.export import measurements_csv_text, write_measurements_csv
 
+    if not getattr(args, "verbose", False):
+        # unreadable files become fail rows with their reason; pydicom's own error logs
+        # (with tracebacks) would only repeat that on the terminal.  Import first: pydicom
+        # sets its logger's level when imported.
+        import hu_roi.io  # noqa: F401
+
+        logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     if args.workers < 1:
         raise BatchInputError(f"--workers must be ≥ 1; got {args.workers}")
     dicom = Path(args.dicom)
