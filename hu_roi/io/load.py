@@ -448,22 +448,35 @@ class _Float32Needed(Exception):
     """A slice's HU are not exact in int16: the volume must be float32."""
 
 
+def _fits16(lo: int, hi: int, s: int, i: int) -> bool:
+    ext = sorted((lo * s + i, hi * s + i))
+    return bool(ext[0] >= _INT16.min and ext[1] <= _INT16.max)
+
+
 def _rescale_into(
-    stored: np.ndarray, slope: float, inter: float, dest: np.ndarray, *, inplace: bool
+    stored: np.ndarray,
+    slope: float,
+    inter: float,
+    dest: np.ndarray,
+    *,
+    inplace: bool,
+    stored_range: tuple[int, int] | None = None,
 ) -> None:
     """Write ``stored * slope + inter`` into ``dest`` (int16 exactly, or float32).
 
     ``stored`` is a 2-D int array (uint16/int16 or wider); when ``inplace`` it shares
     memory with ``dest`` (int16 output of the fast path) and is overwritten.
+    ``stored_range`` is the range the stored values cannot leave (from BitsStored and
+    PixelRepresentation, after unused bits were corrected); when it maps into int16 the
+    slice's min/max need not be computed.
     """
     if dest.dtype == np.int16:
         if not (_is_int(slope) and _is_int(inter)):
             raise _Float32Needed
         s, i = int(slope), int(inter)
-        lo, hi = int(stored.min()), int(stored.max())
-        ext = sorted((lo * s + i, hi * s + i))
-        if ext[0] < _INT16.min or ext[1] > _INT16.max:
-            raise _Float32Needed
+        if stored_range is None or not _fits16(*stored_range, s, i):
+            if not _fits16(int(stored.min()), int(stored.max()), s, i):
+                raise _Float32Needed
         if inplace and stored.itemsize == 2:
             # Modular 16-bit arithmetic on the raw bits: exact because the true HU fit.
             u = stored.view(np.uint16)
@@ -519,7 +532,14 @@ def _finish16(raw: np.ndarray, h: PixelHeader, dest: np.ndarray) -> None:
     """Stored 16-bit values in ``raw`` (native byte order) -> HU in ``dest``."""
     v = raw.view(np.int16 if h.pixel_representation == 1 else np.uint16)
     _correct_bits(v, 16, h.bits_stored)
-    _rescale_into(v, h.rescale_slope, h.rescale_intercept, dest, inplace=raw is dest)
+    bits = h.bits_stored if 0 < h.bits_stored <= 16 else 16
+    if h.pixel_representation == 1:
+        rng = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+    else:
+        rng = (0, (1 << bits) - 1)
+    _rescale_into(
+        v, h.rescale_slope, h.rescale_intercept, dest, inplace=raw is dest, stored_range=rng
+    )
 
 
 def _single_frame_fragments(fh: object, h: PixelHeader, path: str) -> bytes:
