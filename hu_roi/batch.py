@@ -28,7 +28,6 @@ import logging
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from hu_roi.measure import (
     failed_measurement,
     measure_roi,
 )
+from hu_roi.parallel import map_tasks
 from hu_roi.rasterize import RoiPlacementError, slices_needed
 from hu_roi.roi import Roi, RoiSet, find_roi_files, load_roiset, match_series
 from hu_roi.series import SeriesInfo
@@ -233,6 +233,7 @@ def measure_batch(
     rois: str | Path | Sequence[str | Path],
     *,
     workers: int = 1,
+    scheduler: str | object | None = None,
     progress: bool = False,
 ) -> BatchResult:
     """Measure every stored ROI on its series (see the module docstring for the steps).
@@ -245,6 +246,9 @@ def measure_batch(
         ROI files and/or folders of ``*.rois.json``.
     workers : int
         Local processes (per-series tasks); 1 runs in this process.
+    scheduler : str, distributed.Client or None
+        Address of a running dask scheduler (or a client): run the per-series tasks
+        there instead (see :mod:`hu_roi.parallel`; workers must see the same paths).
     progress : bool
         tqdm progress bar on stderr (only shown when stderr is a terminal).
 
@@ -299,29 +303,40 @@ def measure_batch(
             groups[mt.info.series_key].append(it)
     air_checks: dict[str, AirCheck] = {}
     tasks = list(groups.items())
-    bar = None
-    if progress and sys.stderr.isatty() and tasks:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(tasks), desc="measure", unit="series", leave=False)
-    try:
-        if workers > 1 and len(tasks) > 1:
-            with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as ex:
-                futs = {ex.submit(measure_series, infos[k], v): k for k, v in tasks}
-                for fut in as_completed(futs):
-                    rows, air = fut.result()
-                    _collect(futs[fut], rows, air, results, air_checks)
-                    if bar is not None:
-                        bar.update(1)
+    # one task per series: in this process, on local processes (ProcessPoolExecutor) or
+    # on a dask.distributed cluster (hu_roi.parallel.map_tasks); a task that raises turns
+    # its ROIs into fail rows, the others go on
+    done = map_tasks(
+        measure_series,
+        [(infos[k], v) for k, v in tasks],
+        workers=workers,
+        scheduler=scheduler,
+        progress=progress,
+        desc="measure",
+        unpack=True,
+    )
+    for (k, v), tr in zip(tasks, done, strict=True):
+        if tr.ok and tr.value is not None:
+            rows, air = tr.value
         else:
-            for k, v in tasks:
-                rows, air = measure_series(infos[k], v)
-                _collect(k, rows, air, results, air_checks)
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+            err = f"{type(tr.error).__name__}: {tr.error}".splitlines()[0]
+            logger.error("series %s: measurement task failed: %s", k, err)
+            rows = [
+                (
+                    it.order,
+                    failed_measurement(
+                        it.roi,
+                        ["series-load-failed"],
+                        info=infos[k],
+                        detail=err,
+                        reader=it.reader,
+                        roi_file=it.roi_file,
+                    ),
+                )
+                for it in v
+            ]
+            air = None
+        _collect(k, rows, air, results, air_checks)
     ordered = [results[i] for i in range(len(items))]
     calibrated, fits = apply_calibration(ordered, infos, air_checks)
     meta = {
@@ -333,6 +348,7 @@ def measure_batch(
         },
         "settings": {
             "workers": workers,
+            "scheduler": None if scheduler is None else str(scheduler),
             "min_voxels": MIN_VOXELS,
             "min_target_area_mm2": MIN_TARGET_AREA_MM2,
             "padding_hu_limit": PADDING_HU_LIMIT,
@@ -395,6 +411,12 @@ def add_measure_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="local worker processes (one task per series; default 1)",
     )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run the per-series tasks on a running dask.distributed scheduler "
+        "(e.g. tcp://10.0.0.5:8786); workers must see the DICOM files under the same paths",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     p.add_argument(
         "--include-identifiers",
@@ -424,7 +446,13 @@ def run_measure(args: argparse.Namespace) -> int:
     dicom = Path(args.dicom)
     if not dicom.exists():
         raise BatchInputError(f"no such DICOM folder: {dicom}")
-    res = measure_batch(dicom, args.rois, workers=args.workers, progress=not args.quiet)
+    res = measure_batch(
+        dicom,
+        args.rois,
+        workers=args.workers,
+        scheduler=getattr(args, "scheduler", None),
+        progress=not args.quiet,
+    )
     if args.out and args.out != "-":
         meta = dict(res.meta)
         meta["argv"] = sys.argv

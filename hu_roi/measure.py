@@ -97,7 +97,7 @@ QC_FLAGS: dict[str, QcFlag] = dict(
         _f(
             "series-load-failed",
             "fail",
-            "The series' pixel data could not be read (see detail)",
+            "The series' pixel data could not be read, or its measurement task failed (see the detail column)",
             "hu_roi.io.load_series error",
         ),
         _f(

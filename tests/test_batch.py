@@ -488,3 +488,60 @@ def test_unreadable_pixels_give_series_load_failed(tmp_path):
     rows, _ = measure_series(info, [_Item(0, r, "R1", "f")])
     m = rows[0][1]
     assert m.qc_status == "fail" and m.qc_flags[0] == "series-load-failed" and m.detail
+
+
+def _small_series(tmp_path, n_series=2):
+    rng = np.random.default_rng(7)
+    rois = []
+    for i in range(n_series):
+        hu = rng.integers(-100, 400, size=(4, 20, 20)).astype(float)
+        write_ct_series(
+            tmp_path / "d" / str(i), hu, slice_positions=[0, 2, 4, 6], series_uid=f"{UID}.9{i}"
+        )
+        rois.append(
+            Roi.from_dict(
+                {
+                    "roi_id": f"r{i}",
+                    "patient_id": "X",
+                    "kind": "target",
+                    "series_instance_uid": f"{UID}.9{i}",
+                    "shape": {"type": "circle", "center_mm": [9.0, 9.0, 2.0], "radius_mm": 5},
+                }
+            )
+        )
+    f = tmp_path / "r.rois.json"
+    save_roiset(RoiSet(rois=tuple(rois), reader="R1"), f)
+    return tmp_path / "d", f
+
+
+def test_dask_scheduler_gives_the_same_rows(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    d, f = _small_series(tmp_path)
+    local = measure_batch(d, f)
+    with distributed.Client(
+        processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
+    ) as client:
+        remote = measure_batch(d, f, scheduler=client)
+    assert [measurement_row(m) for m in remote.measurements] == [
+        measurement_row(m) for m in local.measurements
+    ]
+    assert all(m.qc_status != "fail" for m in local.measurements)
+
+
+def test_a_crashing_series_task_gives_fail_rows(tmp_path, monkeypatch):
+    import hu_roi.batch as batch
+
+    d, f = _small_series(tmp_path)
+    real = batch.measure_series
+
+    def crash_on_first(info, items):
+        if info.series_instance_uid.endswith(".90"):
+            raise MemoryError("simulated: out of memory")
+        return real(info, items)
+
+    monkeypatch.setattr(batch, "measure_series", crash_on_first)
+    res = measure_batch(d, f)
+    m0, m1 = res.measurements
+    assert m0.qc_status == "fail" and m0.qc_flags[0] == "series-load-failed"
+    assert "MemoryError" in m0.detail
+    assert m1.qc_status != "fail" and m1.n_voxels > 0
