@@ -382,3 +382,46 @@ def test_screenshot_with_roi_is_not_blank(make_napari_viewer, tmp_path):
     # the outline runs through the ellipse's boundary at the centre row of the screenshot
     row = yellow[img.shape[0] // 2]
     assert row[: img.shape[1] // 2].any() and row[img.shape[1] // 2 :].any()
+
+
+def test_series_with_gap_opens_like_batch_accepts_it(make_napari_viewer, tmp_path, notes):
+    """missing-slices: opened with a warning (batch accepts it); the ROI uses true positions."""
+    from dicom_factory import write_ct_series
+
+    from hu_roi.batch import measure_batch
+
+    folder = tmp_path / "gap"
+    hu = hu_a()
+    pos = np.array([0.0, 2.5, 5.0, 12.5, 15.0, 17.5])  # a 7.5 mm gap
+    write_ct_series(folder, hu, pixel_spacing=A_SPACING, origin=A_ORIGIN, slice_positions=pos)
+    viewer = make_napari_viewer()
+    w = make_widget(viewer)
+    w.open_folder(folder, roi_file=tmp_path / "gap.rois.json")
+    (info,) = w.session.reading_list
+    assert "missing-slices" in info.problems
+    w.open_series(info.series_key)
+    w.session.add_roi("ellipse", _disc_ellipse(3, 20, 24, 8.0, 10.0), level="L1")
+    (m,) = w.session.measurements
+    assert m.slice_index == 3 and "series-missing-slices" in m.qc_flags
+    w.save()
+    (b,) = measure_batch(folder, tmp_path / "gap.rois.json").measurements
+    assert (b.n_voxels, b.mean_hu, b.slice_index) == (m.n_voxels, m.mean_hu, m.slice_index)
+    layers = viewer.open(str(folder), plugin="hu-roi")
+    assert len(layers) == 1 and any("missing-slices" in n for n in notes)
+
+
+def test_save_refuses_to_overwrite_a_file_changed_on_disk(widget, study):
+    """Another reader saved meanwhile: the core's conflict check keeps their work."""
+    viewer, w = widget
+    roi_file = study.parent / "shared.rois.json"
+    w.open_folder(study, roi_file=roi_file)
+    w.open_series(w.session.reading_list[0])
+    w.session.add_roi("ellipse", _disc_ellipse(1, 15, 15, 5.0, 5.0), level="L1")
+    w.save()
+    w.session.add_roi("ellipse", _disc_ellipse(2, 15, 15, 5.0, 5.0), level="L2")
+    theirs = roi_file.read_text(encoding="utf-8").replace('"reader": "R1"', '"reader": "R2"')
+    roi_file.write_text(theirs, encoding="utf-8")
+    w.save()
+    assert "changed on disk" in w.last_message
+    assert roi_file.read_text(encoding="utf-8") == theirs
+    assert w.session.dirty  # edits kept (and autosaved), nothing lost

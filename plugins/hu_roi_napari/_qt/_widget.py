@@ -182,7 +182,7 @@ class HuRoiWidget(QWidget):
         self.tree = QTreeWidget()
         self.tree.setHeaderLabels(["Series", "Timepoint", "ROIs", "Problems"])
         self.tree.itemActivated.connect(self._open_item)
-        self.tree.itemDoubleClicked.connect(self._open_item)
+        self.tree.itemClicked.connect(self._open_item)
         self.tree.header().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
         g.addWidget(self.tree, 3, 0, 1, 4)
 
@@ -369,7 +369,7 @@ class HuRoiWidget(QWidget):
         n_ok = len(self.session.reading_list)
         self.message(
             f"{len(res.series)} series ({n_ok} measurable), {len(res.skipped)} files skipped. "
-            "Double-click a series or press Next."
+            "Click a series or press Next."
         )
         self._offer_autosave()
 
@@ -435,6 +435,9 @@ class HuRoiWidget(QWidget):
         if not item.data(1, Qt.ItemDataRole.UserRole):
             self.message(f"Not measurable: {item.text(3)}", warning=True)
             return
+        cur = self.session.current
+        if cur is not None and cur.info.series_key == key and self.session.image_layer is not None:
+            return  # already shown
         self.open_series(key)
 
     def open_series(self, key: str) -> None:
