@@ -252,7 +252,16 @@ def read_header(path: str | os.PathLike[str]) -> ImageHeader:
     """
     with warnings.catch_warnings(), pydicom.config.disable_value_validation():
         warnings.simplefilter("ignore")
-        return _read_header(path)
+        try:
+            return _read_header(path)
+        except DicomReadError:
+            raise
+        except Exception as exc:  # e.g. NotImplementedError for a garbled VR on access
+            # The exception text may quote header values: log it only at debug level.
+            log.debug("%s: %s: %s", path, type(exc).__name__, exc)
+            raise DicomReadError(
+                f"garbled DICOM header ({type(exc).__name__} while reading its values)"
+            ) from None
 
 
 def _read_header(path: str | os.PathLike[str]) -> ImageHeader:
@@ -290,10 +299,10 @@ def _read_header(path: str | os.PathLike[str]) -> ImageHeader:
         raise DicomReadError(f"garbled DICOM header ({type(exc).__name__}: {exc})") from None
 
     meta = getattr(ds, "file_meta", None)
-    ms_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
+    ms_class = _str(meta, "MediaStorageSOPClassUID") if meta is not None else ""
     if ms_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
         raise DicomReadError("DICOMDIR (a directory index, not an image)")
-    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    ts = _str(meta, "TransferSyntaxUID") if meta is not None else ""
     sop_class = _str(ds, "SOPClassUID") or ms_class
     rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
     if not rows or not cols:
