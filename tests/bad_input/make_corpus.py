@@ -70,6 +70,8 @@ CASES: tuple[str, ...] = (
     "truncated_pixels",
     "zero_byte",
     "garbled_header",
+    "unknown_vr",
+    "swallowed_elements",
     "short_pixel_data",
     "dicomdir",
     "pdf_named_dcm",
@@ -279,6 +281,30 @@ def make_corpus(dest: Path, *, include_fifo: bool = True) -> dict[str, Expectati
             rf"({R_NO_IMAGE}|garbled|{R_NOT_DICOM})",
             rf"({R_NO_IMAGE}|garbled|{R_NOT_DICOM})",
         ),
+        series_uid=uid,
+    )
+
+    paths, uid = _series(dest / "unknown_vr")
+    raw = bytearray(paths[0].read_bytes())
+    i = raw.index(b"\x08\x00\x16\x00UI")  # (0008,0016) SOPClassUID in the data set
+    raw[i + 4 : i + 6] = b"TI"  # one flipped bit: a VR pydicom does not know
+    (dest / "unknown_vr" / "bad_vr.dcm").write_bytes(bytes(raw))
+    cases["unknown_vr"] = Expectation(
+        "a copy of a slice whose SOPClassUID has the unknown VR 'TI' (one flipped bit)",
+        skipped=(r"^garbled DICOM header",),
+        series_uid=uid,
+    )
+
+    paths, uid = _series(dest / "swallowed_elements")
+    raw = bytearray(paths[0].read_bytes())
+    i = raw.index(b"\x08\x00\x16\x00UI")
+    j = raw.index(b"\x10\x00\x30\x00DA")  # (0010,0030) PatientBirthDate
+    end = j + 8 + int.from_bytes(raw[j + 6 : j + 8], "little")
+    raw[i + 6 : i + 8] = (end - (i + 8)).to_bytes(2, "little")  # SOPClassUID swallows all
+    (dest / "swallowed_elements" / "swallowed.dcm").write_bytes(bytes(raw))
+    cases["swallowed_elements"] = Expectation(
+        "a copy of a slice whose SOPClassUID length swallows the elements up to the birth date",
+        skipped=(r"^garbled DICOM header: \w+ holds binary data$",),
         series_uid=uid,
     )
 
