@@ -137,7 +137,13 @@ def bench_load(rep: Report, root: Path, repeats: int) -> None:
 
     def r(name: str, res: dict[str, Any], note: str = "") -> None:
         rep.row(
-            name, res["seconds"], res["extra_mb"], s16 / res["seconds"], pd / res["seconds"], note
+            name,
+            res["seconds"],
+            res.get("cpu_s", float("nan")),
+            res["extra_mb"],
+            s16 / res["seconds"],
+            pd / res["seconds"],
+            note,
         )
 
     r("floor: read file bytes", raw, "buffer reused; no volume built")

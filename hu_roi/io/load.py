@@ -796,7 +796,9 @@ def load_series(
         ``duplicate-positions`` accepted, the first image (by path) at each position is kept.
     workers : int or None
         Reading/decoding threads, or processes for long compressed series whose decoder
-        holds the GIL (JPEG-LS, JPEG lossless); default: number of CPUs, at most 8.
+        holds the GIL (JPEG-LS, JPEG lossless).  Default: 1 for uncompressed and RLE
+        series (fastest when files are in the page cache; pass 4-8 for network shares or
+        cold disks, where threads overlap I/O waits), else the number of CPUs (at most 8).
     max_bytes : int
         Refuse before allocating when the HU array would be larger than this.
 
@@ -844,7 +846,14 @@ def load_series(
     slope0 = info.rescale_slope if info.rescale_slope is not None else 1.0
     inter0 = info.rescale_intercept if info.rescale_intercept is not None else 0.0
     exact16 = _is_int(slope0) and _is_int(inter0)
-    n_workers = workers if workers is not None else _default_workers(len(idx))
+    if workers is not None:
+        n_workers = max(1, int(workers))
+    elif info.transfer_syntax in _NATIVE or info.transfer_syntax == _RLE:
+        # Measured (docs/performance.md): from the page cache one thread is fastest; the
+        # per-file work is GIL-bound header parsing plus memcpy-speed reads.
+        n_workers = 1
+    else:
+        n_workers = _default_workers(len(idx))
     paths = [info.slices[i].path for i in idx]
 
     use_processes = (
