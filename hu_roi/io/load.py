@@ -39,6 +39,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -234,7 +235,7 @@ def _element(buf: bytes, pos: int, explicit: bool, e: str) -> tuple[int, int, in
     return start + ln, tag, start, vr
 
 
-def _walk(buf: bytes) -> tuple[str, dict[str, object], int, int]:
+def _walk(buf: bytes) -> tuple[str, dict[str, Any], int, int]:
     """Walk file meta and top-level elements up to Pixel Data.
 
     Returns (transfer syntax, wanted values, pixel value offset, pixel length); the pixel
@@ -264,7 +265,7 @@ def _walk(buf: bytes) -> tuple[str, dict[str, object], int, int]:
         raise _Unusual(f"transfer syntax {ts!r} not handled by the walker")
     explicit = ts != _IMPLICIT_LE
     e = ">" if ts == _EXPLICIT_BE else "<"
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     hh, h2, i4 = _STRUCTS[e]
     wanted = _WANTED
     extra = _EXTRA_LENGTH_VRS
@@ -302,7 +303,7 @@ def _walk(buf: bytes) -> tuple[str, dict[str, object], int, int]:
         pos = nxt
 
 
-def _value(raw: bytes, name: str, vr: bytes, e: str, values: dict[str, object]) -> object:
+def _value(raw: bytes, name: str, vr: bytes, e: str, values: dict[str, Any]) -> object:
     if name == "modality_lut_sequence":
         return True
     if name in ("rescale_slope", "rescale_intercept", "number_of_frames"):
@@ -312,9 +313,12 @@ def _value(raw: bytes, name: str, vr: bytes, e: str, values: dict[str, object]) 
         if not s:
             return None
         try:
-            return float(s) if name != "number_of_frames" else int(s)
+            val = float(s) if name != "number_of_frames" else int(s)
         except ValueError:
             raise _Unusual(f"{name} {s!r} is not a number") from None
+        if not np.isfinite(val):
+            raise _Unusual(f"{name} {s!r} is not finite")
+        return val
     if len(raw) != 2:
         raise _Unusual(f"{name} has {len(raw)} bytes, expected 2")
     if name == "pixel_padding_value":
@@ -362,21 +366,21 @@ def _read_pixel_header(fh: object) -> PixelHeader:
             buf += fh.read(max(len(buf), _HEAD_BYTES))  # type: ignore[attr-defined]
         except IndexError as exc:
             raise _Unusual(f"header walker failed: {exc}") from None
-    ba = int(v.get("bits_allocated") or 16)  # type: ignore[call-overload]
+    ba = int(v.get("bits_allocated") or 16)
     slope = v.get("rescale_slope")
     inter = v.get("rescale_intercept")
     return PixelHeader(
         transfer_syntax=ts,
-        rows=int(v.get("rows") or 0),  # type: ignore[call-overload]
-        columns=int(v.get("columns") or 0),  # type: ignore[call-overload]
+        rows=int(v.get("rows") or 0),
+        columns=int(v.get("columns") or 0),
         bits_allocated=ba,
-        bits_stored=int(v.get("bits_stored") or ba),  # type: ignore[call-overload]
-        pixel_representation=int(v.get("pixel_representation") or 0),  # type: ignore[call-overload]
-        samples_per_pixel=int(v.get("samples_per_pixel") or 1),  # type: ignore[call-overload]
-        number_of_frames=int(v.get("number_of_frames") or 1),  # type: ignore[call-overload]
-        rescale_slope=float(slope or 1),  # type: ignore[arg-type]
-        rescale_intercept=float(inter or 0),  # type: ignore[arg-type]
-        pixel_padding_value=v.get("pixel_padding_value"),  # type: ignore[arg-type]
+        bits_stored=int(v.get("bits_stored") or ba),
+        pixel_representation=int(v.get("pixel_representation") or 0),
+        samples_per_pixel=int(v.get("samples_per_pixel") or 1),
+        number_of_frames=int(v.get("number_of_frames") or 1),
+        rescale_slope=float(slope or 1),
+        rescale_intercept=float(inter or 0),
+        pixel_padding_value=v.get("pixel_padding_value"),
         has_modality_lut=bool(v.get("modality_lut_sequence", False)),
         pixel_offset=off,
         pixel_length=ln,
@@ -517,7 +521,7 @@ def _fast_native(fh: object, h: PixelHeader, dest: np.ndarray, path: str) -> Non
         )
     raw = dest if dest.dtype == np.int16 else np.empty(dest.shape, dtype=np.int16)
     fh.seek(h.pixel_offset)  # type: ignore[attr-defined]
-    got = fh.readinto(memoryview(raw).cast("B"))  # type: ignore[attr-defined]
+    got = fh.readinto(memoryview(raw).cast("B"))  # type: ignore[attr-defined, arg-type]
     if got != nbytes:
         raise DicomReadError(
             f"{path}: cannot read pixel data: the file ends after {got} of {nbytes} "
@@ -863,7 +867,7 @@ def load_series(
     )
 
     def run(dtype: type) -> tuple[np.ndarray, list[float | None]]:
-        out = np.empty((len(idx), rows, cols), dtype=dtype)
+        out: np.ndarray = np.empty((len(idx), rows, cols), dtype=dtype)
         if use_processes:
             return out, _run_processes(paths, out, n_workers)
         pads = _run(lambda k: load_slice_into(paths[k], out[k]), len(idx), n_workers)
