@@ -138,6 +138,9 @@ class Session:
         self.problems: list[str] = []
         self.listeners: list[Callable[[str], None]] = []
         self._syncing = False
+        #: ids made for ROIs drawn since the ROI file was last read or saved: they follow
+        #: level/kind changes (an id of a stored ROI never changes)
+        self.fresh_ids: set[str] = set()
 
     # -- notifications to the UI ---------------------------------------------------------
     def _emit(self, what: str) -> None:
@@ -472,10 +475,15 @@ class Session:
             )
             if x
         )
-        used = {r.roi_id for r in self.roiset.rois} | {e.roi_id for e in ROI_KEYS.values()}
+        used = {r.roi_id for r in self.roiset.rois}
+        if self.shapes_layer is not None and "key" in self.shapes_layer.features.columns:
+            for k in self.shapes_layer.features["key"]:
+                if k in ROI_KEYS:
+                    used.add(ROI_KEYS[k].roi_id)
         rid, n = base, 2
         while rid in used:
             rid, n = f"{base}-{n}", n + 1
+        self.fresh_ids.add(rid)
         return rid
 
     def current_rois(self) -> list[Roi]:
@@ -538,8 +546,22 @@ class Session:
                 if k == "irradiated":
                     v = "" if v is None else ("yes" if v else "no")
                 feats.loc[feats.index[i], k] = "" if v is None else v
+            self._rename_fresh(str(feats.iloc[i].get("key", "")), feats.iloc[i])
         self.shapes_layer.features = feats
         self.sync()
+
+    def _rename_fresh(self, key: str, row: Any) -> None:
+        """Give a newly drawn ROI the id of its new level/kind (e.g. P01-T0-L1 → -L2)."""
+        entry = ROI_KEYS.get(key)
+        if entry is None or entry.roi is None or entry.roi_id not in self.fresh_ids:
+            return
+        level = str(row.get("level", "") or "") or None
+        kind = str(row.get("kind", "") or "") or "target"
+        if (level, kind) == (entry.roi.level, entry.roi.kind):
+            return
+        self.fresh_ids.discard(entry.roi_id)
+        new = self._make_id(level, kind)
+        ROI_KEYS[key] = replace(entry, roi_id=new, roi=replace(entry.roi, roi_id=new))
 
     def set_defaults(self, **values: Any) -> None:
         """Attributes given to the next shape drawn."""
@@ -744,6 +766,7 @@ class Session:
             self.roiset = RoiSet(reader=self.reader, path=str(p))
         self.roi_path = p
         self.dirty = False
+        self.fresh_ids.clear()
         if self.current is not None:
             self.open_series(self.current.info, keep_edits=False)
         self._emit("roifile")
@@ -800,6 +823,7 @@ class Session:
         old_auto = autosave_path(self.roi_path) if self.roi_path else None
         self.roi_path = target
         self.dirty = False
+        self.fresh_ids.clear()
         for a in {old_auto, autosave_path(target)} - {None}:
             try:
                 os.unlink(a)  # type: ignore[arg-type]

@@ -164,6 +164,15 @@ def test_live_table_matches_batch(widget, study, qtbot):
         for f in ("mean_hu", "sd_hu", "median_hu", "area_mm2"):
             assert getattr(m, f) == getattr(b, f), (rid, f)
         assert m.qc_flags == b.qc_flags
+    # the two CSV buttons: this series (export) and every stored ROI (batch): same cells
+    one = {r["roi_id"]: r for r in csv.DictReader(open(w.export_csv(study.parent / "one.csv")))}
+    every = {r["roi_id"]: r for r in csv.DictReader(open(w.measure_all(study.parent / "all.csv")))}
+    from hu_roi.export import columns
+
+    assert list(next(iter(one.values()))) == list(columns())
+    for rid in batch:
+        for col in ("n_voxels", "mean_hu", "sd_hu", "median_hu", "qc_status", "qc_flags"):
+            assert one[rid][col] == every[rid][col], (rid, col)
     rows = {r[0]: r for r in w.table_rows()}
     b = batch["PSECRET7-T0-L2"]
     assert rows["PSECRET7-T0-L2"][1:5] == [
@@ -349,6 +358,16 @@ def test_sample_data_command(make_napari_viewer, qtbot):
         m = got[t["roi_id"]]
         assert m.n_voxels == int(t["roi_n_voxels"])
         assert m.mean_hu == pytest.approx(float(t["roi_mean_hu"]), abs=1e-3)
+    # calibration panel: the scan's reference ROIs and phantom fit, from the core
+    rep = w.session.calibration_report()
+    assert sorted(k for k, _, _ in rep.references) == [
+        "reference-air",
+        "reference-fat",
+        "reference-muscle",
+    ]
+    assert "R²" in rep.phantom and rep.baseline == "this scan"
+    w.refresh_calibration()
+    assert "reference-air" in w.cal_summary.text()
     # the ROI file used is a working copy, never the repository's sample
     assert SAMPLE not in Path(w.session.roi_path).parents
 
@@ -425,3 +444,21 @@ def test_save_refuses_to_overwrite_a_file_changed_on_disk(widget, study):
     assert "changed on disk" in w.last_message
     assert roi_file.read_text(encoding="utf-8") == theirs
     assert w.session.dirty  # edits kept (and autosaved), nothing lost
+
+
+def test_relabelling_a_new_roi_renames_it_but_never_a_stored_one(widget, study):
+    from hu_roi.roi import load_roiset
+
+    viewer, w = widget
+    roi_file = study.parent / "ids.rois.json"
+    w.open_folder(study, roi_file=roi_file)
+    key = next(s.series_key for s in w.session.reading_list if s.series_description == "Spine A")
+    w.open_series(key)
+    w.session.add_roi("ellipse", _disc_ellipse(3, 20, 24, 6.0, 8.0), level="L1")
+    w.session.set_attributes([0], level="L2")  # drawn with the wrong level, fixed at once
+    assert [r.roi_id for r in w.session.roiset.rois] == ["PSECRET7-T0-L2"]
+    w.save()
+    w.session.set_attributes([0], level="L3", lesion_type="osteolytic")
+    w.save()
+    (roi,) = load_roiset(roi_file).rois
+    assert (roi.roi_id, roi.level, roi.lesion_type) == ("PSECRET7-T0-L2", "L3", "osteolytic")
