@@ -218,10 +218,9 @@ def measure_series(
         return out, None
     for it in todo:
         out.append((it.order, measure_roi(vol, it.roi, reader=it.reader, roi_file=it.roi_file)))
-    air = None
-    if not any(it.roi.kind == "reference-air" for it in todo):
-        air = auto_air_check(vol)
-    return out, air
+    # always computed (cheap); apply_calibration uses it only for scans without a
+    # measured reference-air ROI
+    return out, auto_air_check(vol)
 
 
 def _sha256(path: Path) -> str:
