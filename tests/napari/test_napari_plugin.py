@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (  # tests/napari/conftest.py
+from napari_helpers import (
     A_ORIGIN,
     A_SPACING,
     A_STEP,
