@@ -106,32 +106,42 @@ def series_layers(
 def read_dicom(path: str | list[str]) -> list[tuple]:
     """Index ``path`` (a folder, a file, or a list of them) and return CT layer data."""
     paths = [path] if isinstance(path, str | os.PathLike) else list(path)
-    layers: list[tuple] = []
+    # files stand for their whole series: index each parent folder once, keep the series
+    # holding one of the files; folders give every series in them
+    targets: dict[str, set[str] | None] = {}
     for p in paths:
-        is_file = os.path.isfile(p)
-        # a single file stands for its whole series: index its folder, keep that series
-        target = os.path.dirname(os.path.abspath(p)) if is_file else p
+        p = str(p)
+        if os.path.isfile(p):
+            d = os.path.dirname(os.path.abspath(p))
+            if targets.get(d, set()) is not None:
+                targets.setdefault(d, set()).add(os.path.realpath(p))  # type: ignore[union-attr]
+        else:
+            targets[p] = None
+    layers: list[tuple] = []
+    seen: set[str] = set()
+    for target, files in targets.items():
         try:
             res = index_folder(target)
         except Exception as exc:  # noqa: BLE001 - readers never raise
-            _notify(f"hu-roi: cannot read {p}: {exc}")
+            _notify(f"hu-roi: cannot read {target}: {exc}")
             continue
-        series = res.series
-        if is_file:
-            me = os.path.realpath(p)
-            series = [s for s in series if any(os.path.realpath(x.path) == me for x in s.slices)]
+        series = [s for s in res.series if s.series_key not in seen]
+        if files is not None:
+            series = [s for s in series if any(os.path.realpath(x.path) in files for x in s.slices)]
+        seen.update(s.series_key for s in series)
         if not series:
-            reasons = [s.reason for s in res.skipped if not is_file or s.path == p]
+            reasons = [
+                s.reason for s in res.skipped if files is None or os.path.realpath(s.path) in files
+            ]
             _notify(
-                f"hu-roi: no DICOM image series found in {p} ({len(reasons)} file(s) skipped"
-                + (f", e.g. {reasons[0]}" if reasons else "")
-                + ")"
+                f"hu-roi: no DICOM image series found in {target} ({len(reasons)} file(s) "
+                "skipped" + (f", e.g. {reasons[0]}" if reasons else "") + ")"
             )
             continue
         try:
             layers.extend(series_layers(series, root=target))
         except Exception as exc:  # noqa: BLE001 - readers never raise
-            _notify(f"hu-roi: cannot open series of {p}: {exc}")
+            _notify(f"hu-roi: cannot open series of {target}: {exc}")
     if not layers:
         # npe2's "null layer" sentinel: read fine, nothing to show (the notification says why)
         return [(None,)]

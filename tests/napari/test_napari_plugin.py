@@ -124,6 +124,11 @@ def test_open_one_file_opens_its_series(make_napari_viewer, study):
     one = sorted((study / "T2").iterdir())[0]
     (layer,) = viewer.open(str(one), plugin="hu-roi")
     assert sorted(layer.data.shape) == sorted(hu_b().shape)
+    # several files of one series (a multi-file drop): still one layer
+    from hu_roi_napari._reader import read_dicom
+
+    files = sorted(str(p) for p in (study / "T2").iterdir())[:3]
+    assert len(read_dicom(files)) == 1
 
 
 def test_reader_never_raises_on_non_dicom(make_napari_viewer, tmp_path, notes):
