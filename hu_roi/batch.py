@@ -131,16 +131,17 @@ def load_roi_inputs(paths: str | Path | Sequence[str | Path]) -> list[tuple[Path
 
 
 def measure_series(
-    info: SeriesInfo, items: Sequence[_Item]
+    info: SeriesInfo, items: Sequence[_Item], accepted: Sequence[str] = ACCEPTED_PROBLEMS
 ) -> tuple[list[tuple[int, Measurement]], AirCheck | None]:
     """Measure the ROIs of one series, loading only the slices they touch.
 
+    ``accepted`` are the series problems measured anyway (rows carry ``series-<problem>``).
     Runs in a worker process when ``workers > 1`` (arguments and results are picklable).
     """
     from hu_roi.io import check_loadable, load_series
 
     out: list[tuple[int, Measurement]] = []
-    accept = [p for p in info.problems if p in ACCEPTED_PROBLEMS]
+    accept = [p for p in info.problems if p in accepted]
     try:  # a series that will not load fails for that reason, before any geometry
         check_loadable(info, accept)
     except SeriesProblemError as exc:
@@ -234,6 +235,7 @@ def measure_batch(
     workers: int = 1,
     scheduler: str | object | None = None,
     progress: bool = False,
+    accept: Sequence[str] = (),
 ) -> BatchResult:
     """Measure every stored ROI on its series (see the module docstring for the steps).
 
@@ -250,6 +252,9 @@ def measure_batch(
         there instead (see :mod:`hu_roi.parallel`; workers must see the same paths).
     progress : bool
         tqdm progress bar on stderr (only shown when stderr is a terminal).
+    accept : sequence of str
+        Series problems to measure anyway, on top of :data:`ACCEPTED_PROBLEMS` (e.g.
+        ``("duplicate-positions",)``); codes that are never loadable stay refused.
 
     Returns
     -------
@@ -301,13 +306,14 @@ def measure_batch(
             infos[mt.info.series_key] = mt.info
             groups[mt.info.series_key].append(it)
     air_checks: dict[str, AirCheck] = {}
+    accepted = tuple(dict.fromkeys([*ACCEPTED_PROBLEMS, *accept]))
     tasks = list(groups.items())
     # one task per series: in this process, on local processes (ProcessPoolExecutor) or
     # on a dask.distributed cluster (hu_roi.parallel.map_tasks); a task that raises turns
     # its ROIs into fail rows, the others go on
     done = map_tasks(
         measure_series,
-        [(infos[k], v) for k, v in tasks],
+        [(infos[k], v, accepted) for k, v in tasks],
         workers=workers,
         scheduler=scheduler,
         progress=progress,
@@ -353,7 +359,7 @@ def measure_batch(
             "padding_hu_limit": PADDING_HU_LIMIT,
             "cortical_hu": CORTICAL_HU,
             "cortical_fraction": CORTICAL_FRACTION,
-            "accepted_series_problems": list(ACCEPTED_PROBLEMS),
+            "accepted_series_problems": list(accepted),
         },
         "n_files_indexed": idx.n_files,
         "n_series_indexed": len(idx.series),
@@ -416,6 +422,14 @@ def add_measure_parser(subparsers: argparse._SubParsersAction) -> None:
         help="run the per-series tasks on a running dask.distributed scheduler "
         "(e.g. tcp://10.0.0.5:8786); workers must see the DICOM files under the same paths",
     )
+    p.add_argument(
+        "--accept",
+        metavar="CODES",
+        default="",
+        help="comma-separated series problems to measure anyway, on top of "
+        f"{','.join(ACCEPTED_PROBLEMS)} (e.g. duplicate-positions,mixed-orientation); "
+        "rows keep a series-<problem> warning",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     p.add_argument(
         "--include-identifiers",
@@ -423,6 +437,20 @@ def add_measure_parser(subparsers: argparse._SubParsersAction) -> None:
         help="also write patient name and birth date (off by default)",
     )
     p.set_defaults(func=run_measure)
+
+
+def _accept_codes(text: str) -> tuple[str, ...]:
+    """Parse ``--accept a,b``; unknown codes are an input error naming the known ones."""
+    from hu_roi.series import PROBLEM_CODES
+
+    codes = tuple(c.strip() for c in (text or "").split(",") if c.strip())
+    unknown = [c for c in codes if c not in PROBLEM_CODES]
+    if unknown:
+        raise BatchInputError(
+            f"unknown problem code(s) for --accept: {', '.join(unknown)}; "
+            f"known: {', '.join(PROBLEM_CODES)}"
+        )
+    return codes
 
 
 def run_measure(args: argparse.Namespace) -> int:
@@ -451,6 +479,7 @@ def run_measure(args: argparse.Namespace) -> int:
         workers=args.workers,
         scheduler=getattr(args, "scheduler", None),
         progress=not args.quiet,
+        accept=_accept_codes(getattr(args, "accept", "")),
     )
     if args.out and args.out != "-":
         meta = dict(res.meta)

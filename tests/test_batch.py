@@ -454,6 +454,19 @@ def test_refused_series_and_accepted_problems(tmp_path):
     m = measure_batch(tmp_path / "dup", _one_roi_file(tmp_path, UID + ".1", 0.0)).measurements[0]
     assert m.qc_status == "fail"
     assert {"series-refused", "series-duplicate-positions"} <= set(m.qc_flags)
+    # ... unless the caller accepts it (CLI: --accept duplicate-positions)
+    a = measure_batch(
+        tmp_path / "dup",
+        _one_roi_file(tmp_path, UID + ".1", 0.0),
+        accept=("duplicate-positions",),
+    ).measurements[0]
+    assert a.qc_status == "warn" and "series-duplicate-positions" in a.qc_flags
+    assert "series-refused" not in a.qc_flags and a.mean_hu == 100.0
+    out = tmp_path / "dup.csv"
+    args = ["measure", "--dicom", str(tmp_path / "dup"), "--rois", str(tmp_path / "r.rois.json")]
+    assert main([*args, "--out", str(out), "--quiet", "--accept", "duplicate-positions"]) == 0
+    assert "series-refused" not in out.read_text()
+    assert main([*args, "--quiet", "--accept", "no-such-code"]) == 2
     # a gap (missing-slices) is accepted: measured, with a warning
     write_ct_series(tmp_path / "gap", hu, slice_positions=[0, 2, 4, 10], series_uid=UID + ".2")
     g = measure_batch(tmp_path / "gap", _one_roi_file(tmp_path, UID + ".2", 2.0)).measurements[0]
