@@ -20,6 +20,7 @@ acquisitions change it from one slice group to the next.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import re
@@ -243,6 +244,47 @@ def _looks_like_raw_dataset(path: str) -> bool:
     )
 
 
+#: Read calls pydicom may make while parsing one header before the file is refused.  Real
+#: headers need a few hundred (most in ../shared/real_ct: 439, an Enhanced CT); a file of
+#: zeros after a valid preamble needs millions (17 s per 10 MB), so without a budget one
+#: such file stalls the index.
+MAX_HEADER_READS = 100_000
+
+
+class _HeaderBudgetExceeded(Exception):
+    """Raised by :class:`_BudgetReader` once the read budget is spent."""
+
+
+class _BudgetReader(io.BufferedReader):
+    """A buffered file reader that refuses more than ``budget`` read calls."""
+
+    def __init__(self, path: str, budget: int) -> None:
+        super().__init__(io.FileIO(path, "rb"))
+        self.left = budget
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.left -= 1
+        if self.left < 0:
+            raise _HeaderBudgetExceeded
+        return super().read(size)
+
+
+def _dcmread_header(path: str, *, force: bool = False) -> pydicom.Dataset:
+    """pydicom's header-only read of ``path`` within :data:`MAX_HEADER_READS` reads."""
+    with _BudgetReader(path, MAX_HEADER_READS) as fh:
+        try:
+            return pydicom.dcmread(
+                fh, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=force
+            )
+        except Exception:
+            if fh.left < 0:
+                raise DicomReadError(
+                    f"header still not finished after {MAX_HEADER_READS} reads (a damaged "
+                    "or hostile file, e.g. zeros after the preamble); refused"
+                ) from None
+            raise
+
+
 def read_header(path: str | os.PathLike[str]) -> ImageHeader:
     """Read the header of one DICOM image file without touching its pixel data.
 
@@ -284,15 +326,19 @@ def _read_header(path: str | os.PathLike[str]) -> ImageHeader:
     """
     p = str(path)
     try:
-        ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        ds = _dcmread_header(p)
     except InvalidDicomError:
         # Old ACR-NEMA style files have no preamble but start with a group 0x0008 tag.
         if not _looks_like_raw_dataset(p):
             raise DicomReadError("not a DICOM file (no DICM preamble)") from None
         try:
-            ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=True)
+            ds = _dcmread_header(p, force=True)
+        except DicomReadError:
+            raise
         except Exception as exc:
             raise DicomReadError(f"not a DICOM file ({type(exc).__name__}: {exc})") from None
+    except DicomReadError:
+        raise
     except (OSError, EOFError) as exc:
         raise DicomReadError(f"cannot read file: {exc}") from None
     except Exception as exc:  # pydicom raises many types on garbled bytes
