@@ -98,6 +98,7 @@ CASES: tuple[str, ...] = (
     "non_ascii",
     "non_utf8",
     "huge_dimensions",
+    "zeros_after_preamble",
     "claims_more_pixels",
     "bad_compression",
     "no_image_object",
@@ -565,6 +566,17 @@ def make_corpus(dest: Path, *, include_fifo: bool = True) -> dict[str, Expectati
         problems=(),
         skipped=(r"^image size 65535x65535x1 is implausible; refused before reading pixels$",),
         measure=None,
+    )
+
+    _, uid = _series(dest / "zeros_after_preamble")
+    with open(dest / "zeros_after_preamble" / "preallocated.dcm", "wb") as fh:
+        fh.write(b"\x00" * 128 + b"DICM")
+        fh.truncate(256 * 1024 * 1024)  # sparse: 256 MiB of zeros, no disk space used
+    cases["zeros_after_preamble"] = Expectation(
+        "a 256 MiB (sparse) file of zeros after a valid DICM preamble: millions of empty "
+        "elements for a naive parser",
+        skipped=(r"^header still not finished after \d+ reads",),
+        series_uid=uid,
     )
 
     _, uid = _series(dest / "claims_more_pixels", extra_tags={"Rows": 8000, "Columns": 8000})
