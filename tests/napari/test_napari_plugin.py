@@ -467,3 +467,27 @@ def test_relabelling_a_new_roi_renames_it_but_never_a_stored_one(widget, study):
     w.save()
     (roi,) = load_roiset(roi_file).rois
     assert (roi.roi_id, roi.level, roi.lesion_type) == ("PSECRET7-T0-L2", "L3", "osteolytic")
+
+
+@pytest.mark.realct
+def test_real_ct_voxels_at_lps_points_match_simpleitk(make_napari_viewer, real_ct):
+    """A real Siemens CT: HU at LPS points in the napari layer = SimpleITK's (independent)."""
+    import SimpleITK as sitk
+    from sitk_ref import read_with_sitk
+
+    folder = real_ct / "siemens_biograph_mct_thoracolumbar" / "dicom"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not present")
+    img = read_with_sitk(folder)
+    arr = sitk.GetArrayFromImage(img)  # (z, y, x)
+    viewer = make_napari_viewer()
+    (layer,) = [
+        lay for lay in viewer.open(str(folder), plugin="hu-roi") if lay._type_string == "image"
+    ]
+    rng = np.random.default_rng(3)
+    size = img.GetSize()
+    for _ in range(8):
+        ijk = [int(rng.integers(0, n)) for n in size]  # SimpleITK (x, y, z) index
+        p = np.asarray(img.TransformIndexToPhysicalPoint(ijk))  # LPS mm
+        idx = np.rint(layer.world_to_data(p[::-1])).astype(int)
+        assert float(np.asarray(layer.data[tuple(idx)])) == float(arr[ijk[2], ijk[1], ijk[0]])
