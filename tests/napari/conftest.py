@@ -41,7 +41,7 @@ def study(tmp_path: Path) -> Path:
         slice_positions=np.arange(A_SHAPE[0]) * A_STEP,
         extra_tags=tags,
     )
-    tags_b = dict(SECRET, SeriesDescription="Spine B", StudyDate="20210614")
+    tags_b = dict(SECRET, SeriesDescription="Spine B", StudyDate="20210614", KVP=100)
     write_ct_series(
         root / "T2",
         hu_b(),

@@ -310,13 +310,14 @@ def test_blinded_mode_hides_identifiers(widget, study, qtbot):
     viewer.open(str(study / "T2"), plugin="hu-roi")  # a layer opened before blinding
     w.set_blinded(True, seed=11)
     order1 = [s.series_key for s in w.session.reading_list]
-    w.next_series(1)
+    # show the follow-up scan (Spine B, T2, 100 kV: it differs from the T0 scan)
+    w.open_series(next(k for k in order1 if w.session.find_series(k).kvp == 100))
     w.session.add_roi("ellipse", _disc_ellipse(2, 12, 12, 5.0, 6.0), level="L4")
     _wait_table(qtbot, w, lambda rows: len(rows) == 1)
     w.tabs.setCurrentIndex(0)
     texts = "\n".join(w.all_texts() + [w.status.text(), viewer.title])
     layer_text = _all_layer_text(viewer)
-    for secret in SECRET_STRINGS:
+    for secret in (*SECRET_STRINGS, "T0", "differs-from"):  # nor the timepoint
         assert secret not in texts, secret
         assert secret not in layer_text, secret
     shown = w.session.current.info
@@ -327,6 +328,7 @@ def test_blinded_mode_hides_identifiers(widget, study, qtbot):
     assert "irradiated" not in w.session.shapes_layer.features.columns
     # reproducible shuffled order: same seed, same order; labels are neutral
     w.set_blinded(False)
+    assert "kvp-differs-from-T0" in w.table_rows()[0][6]  # shown when not blinded
     w.set_blinded(True, seed=11)
     assert [s.series_key for s in w.session.reading_list] == order1
     # the ROI is still stored for the right patient and timepoint

@@ -176,6 +176,9 @@ class HuRoiWidget(QWidget):
         self.seed_spin.setRange(0, 999_999)
         self.seed_spin.setPrefix("seed ")
         self.blind_check.toggled.connect(lambda on: self.set_blinded(on, self.seed_spin.value()))
+        self.seed_spin.editingFinished.connect(
+            lambda: self.session.blinded and self.set_blinded(True, self.seed_spin.value())
+        )
         g.addWidget(self.blind_check, 2, 0, 1, 2)
         g.addWidget(self.seed_spin, 2, 2, 1, 2)
 
@@ -722,8 +725,10 @@ class HuRoiWidget(QWidget):
         """The statistics table as text (what the table shows)."""
         rows = []
         ms = self.session.calibrated_measurements()
+        blinded = self.session.blinded
         for i, m in enumerate(ms):
-            name = f"ROI {i + 1}" if self.session.blinded else m.roi_id
+            name = f"ROI {i + 1}" if blinded else m.roi_id
+            flags = [f for f in m.qc_flags if not (blinded and f.endswith("-differs-from-T0"))]
             rows.append(
                 [
                     name,
@@ -732,7 +737,7 @@ class HuRoiWidget(QWidget):
                     _num(m.sd_hu),
                     _num(m.median_hu),
                     _num(m.area_mm2 if m.area_mm2 is not None else m.volume_mm3),
-                    (m.qc_status + (": " + ", ".join(m.qc_flags) if m.qc_flags else "")),
+                    (m.qc_status + (": " + ", ".join(flags) if flags else "")),
                     m.level or "",
                     m.kind,
                     m.shape,
@@ -782,12 +787,13 @@ class HuRoiWidget(QWidget):
             self.cal_table.setRowCount(0)
             return
         lines = []
-        flags = rep.header_flags + rep.consistency_flags
+        blinded = self.session.blinded
+        flags = rep.header_flags + ([] if blinded else rep.consistency_flags)
         lines.append("Header checks: " + (", ".join(flags) if flags else "pass"))
-        if rep.baseline:
-            lines.append(
-                f"Baseline: {'this scan' if rep.baseline == 'this scan' else rep.baseline}"
-            )
+        if blinded:  # whether this scan is the baseline would reveal its timepoint
+            lines.append("Comparison with the baseline scan: hidden in blinded reading")
+        elif rep.baseline:
+            lines.append(f"Baseline: {rep.baseline}")
         else:
             lines.append("Baseline: none found in the folder")
         for kind, mean, flag in rep.references:
@@ -801,9 +807,10 @@ class HuRoiWidget(QWidget):
         if rep.phantom:
             lines.append(f"Phantom: {rep.phantom}")
         self.cal_summary.setText("\n".join(lines))
+        self.cal_table.setColumnHidden(2, blinded)
         self.cal_table.setRowCount(len(rep.rows))
         for r, (name, a, b) in enumerate(rep.rows):
-            for c, text in enumerate((name, a, b)):
+            for c, text in enumerate((name, a, "" if blinded else b)):
                 self.cal_table.setItem(r, c, QTableWidgetItem(text))
 
     # ------------------------------------------------------------------ teardown
@@ -835,10 +842,24 @@ class HuRoiWidget(QWidget):
         super().closeEvent(event)
 
     def all_texts(self) -> list[str]:
-        """Every text this widget shows (labels, fields, lists, tables) — for blinding tests."""
+        """Every text this widget shows on any of its tabs (labels, fields, lists, tables).
+
+        For the blinding tests: each tab is brought to the front in turn, so hidden
+        pages are included; widgets hidden by blinding stay excluded.
+        """
+        out: list[str] = [self.status.text()]
+        current = self.tabs.currentIndex()
+        for t in range(self.tabs.count()):
+            self.tabs.setCurrentIndex(t)
+            out.append(self.tabs.tabText(t))
+            out.extend(self._visible_texts(self.tabs.widget(t)))
+        self.tabs.setCurrentIndex(current)
+        return [t for t in out if t]
+
+    def _visible_texts(self, root: QWidget) -> list[str]:
         out: list[str] = []
-        for wdg in self.findChildren(QWidget):
-            if not wdg.isVisibleTo(self):
+        for wdg in root.findChildren(QWidget):
+            if not wdg.isVisibleTo(root):
                 continue
             if isinstance(wdg, QLabel | QPushButton | QCheckBox):
                 out.append(wdg.text())
@@ -847,6 +868,11 @@ class HuRoiWidget(QWidget):
             elif isinstance(wdg, QComboBox):
                 out.extend(wdg.itemText(i) for i in range(wdg.count()))
             elif isinstance(wdg, QTableWidget):
+                out.extend(
+                    wdg.horizontalHeaderItem(c).text()
+                    for c in range(wdg.columnCount())
+                    if wdg.horizontalHeaderItem(c) is not None
+                )
                 for r in range(wdg.rowCount()):
                     for c in range(wdg.columnCount()):
                         it = wdg.item(r, c)
