@@ -57,16 +57,33 @@ NEVER_LOADABLE = frozenset({"multiframe", "not-ct", "mixed-size"})
 DEFAULT_MAX_BYTES = 8 * 1024**3
 
 #: pydicom decoding plugin preferred for each compressed transfer syntax (fastest measured
-#: on CT, see docs/performance.md).  Syntaxes not listed use pydicom's default order.
+#: on CT, see docs/performance.md; GDCM for JPEG lossless when python-gdcm is installed).
+#: Syntaxes not listed use pydicom's default order; a plugin that is missing or fails falls
+#: back to pydicom's default order.
 DECODING_PLUGINS: dict[str, str] = {
     "1.2.840.10008.1.2.5": "pylibjpeg",  # RLE Lossless (pylibjpeg-rle)
     "1.2.840.10008.1.2.4.80": "pyjpegls",  # JPEG-LS Lossless
     "1.2.840.10008.1.2.4.81": "pyjpegls",  # JPEG-LS Near-lossless
     "1.2.840.10008.1.2.4.90": "pylibjpeg",  # JPEG 2000 Lossless (openjpeg)
     "1.2.840.10008.1.2.4.91": "pylibjpeg",  # JPEG 2000
-    "1.2.840.10008.1.2.4.57": "pylibjpeg",  # JPEG Lossless P14
+    "1.2.840.10008.1.2.4.57": "pylibjpeg",  # JPEG Lossless P14 (pylibjpeg-libjpeg)
     "1.2.840.10008.1.2.4.70": "pylibjpeg",  # JPEG Lossless P14 SV1
 }
+
+
+def _gdcm_available() -> bool:
+    try:
+        import gdcm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if _gdcm_available():
+    # GDCM decodes JPEG lossless about twice as fast as pylibjpeg-libjpeg (8-11 vs 22 ms
+    # per 512² slice, measured); it is optional (pip install python-gdcm).
+    DECODING_PLUGINS["1.2.840.10008.1.2.4.57"] = "gdcm"
+    DECODING_PLUGINS["1.2.840.10008.1.2.4.70"] = "gdcm"
 
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
