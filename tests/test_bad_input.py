@@ -327,3 +327,105 @@ def test_cli_measure_cannot_run(tmp_path: Path) -> None:
     proc = _hu_roi("measure", "--dicom", str(tmp_path), "--rois", str(tmp_path / "none.json"))
     assert proc.returncode != 0
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# resource limits
+# ---------------------------------------------------------------------------------------
+#: Files in the big-tree test: 5,000 by default (~5 s); ``HU_ROI_BIG_TREE_FILES=20000`` (or
+#: more) for the full check (measured numbers in docs/safety.md).
+BIG_TREE_FILES = int(os.environ.get("HU_ROI_BIG_TREE_FILES", "5000"))
+
+_RSS_CHILD = """
+import json, resource, sys, time
+import numpy, pydicom  # imported before the baseline is taken
+from hu_roi.io import index_folder, load_series
+
+def peak_mb():
+    # VmHWM (peak RSS) since the last reset; ru_maxrss where /proc is missing
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def reset_peak():
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # Linux >= 4.0: reset VmHWM to the current RSS
+    except OSError:
+        pass
+
+reset_peak()
+base = peak_mb()
+t0 = time.perf_counter()
+res = index_folder(sys.argv[1])
+out = {"index_s": time.perf_counter() - t0, "index_growth_mb": peak_mb() - base,
+       "n_files": res.n_files, "n_series": len(res.series), "n_skipped": len(res.skipped)}
+if len(sys.argv) > 2:
+    err = ""
+    reset_peak()
+    base = peak_mb()
+    try:
+        load_series(res.series[0])
+    except Exception as exc:
+        err = type(exc).__name__
+    out["load_error"] = err
+    out["load_growth_mb"] = peak_mb() - base
+print(json.dumps(out))
+"""
+
+
+def _rss_child(folder: Path, *extra: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", _RSS_CHILD, str(folder), *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_big_tree_indexed_with_bounded_memory(tmp_path: Path) -> None:
+    """A tree of tiny non-DICOM clutter + 25 small series: peak RSS grows < 2 KB per file.
+
+    The index keeps one short record per file (path and reason), never file contents; the
+    limit (16 MB + 2 KB per file: 56 MB for 20,000 files) leaves room for that and catches
+    anything proportional to the bytes read.  ``HU_ROI_BIG_TREE_FILES`` sets the number of
+    files (default 5,000).
+    """
+    from bad_input.make_corpus import _series
+
+    n_series = 25
+    for s in range(n_series):
+        _series(tmp_path / f"series{s:02d}")
+    n_clutter = BIG_TREE_FILES - 4 * n_series
+    blob = os.urandom(96)
+    for i in range(n_clutter):
+        folder = tmp_path / f"clutter{i // 1000:03d}"
+        if i % 1000 == 0:
+            folder.mkdir()
+        (folder / f"f{i:06d}.dcm").write_bytes(blob)
+    got = _rss_child(tmp_path)
+    assert got["n_files"] == BIG_TREE_FILES
+    assert got["n_series"] == n_series and got["n_skipped"] == n_clutter
+    assert got["index_growth_mb"] < 16 + 2 * BIG_TREE_FILES / 1024, got
+    print(f"\nindex of {BIG_TREE_FILES} files: {got}")
+
+
+def test_claimed_size_refused_before_allocation(corpus) -> None:
+    """Headers claiming 8 GiB (index) or 4 x 128 MB with 512 bytes of data (load) do not
+    make hu-roi allocate what they claim: peak RSS grows by far less than the claim."""
+    folder, _ = _case(corpus, "huge_dimensions")
+    got = _rss_child(folder)
+    assert got["n_series"] == 0 and got["n_skipped"] == 1
+    assert got["index_growth_mb"] < 32, got
+    folder, _ = _case(corpus, "claims_more_pixels")
+    got = _rss_child(folder, "load")
+    assert got["load_error"] == "DicomReadError"
+    assert got["load_growth_mb"] < 64, f"claimed 512 MB, grew {got['load_growth_mb']:.0f} MB"
