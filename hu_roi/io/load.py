@@ -533,8 +533,8 @@ def _fast_native(fh: object, h: PixelHeader, dest: np.ndarray, path: str) -> Non
     nbytes = h.rows * h.columns * 2
     if h.pixel_length < nbytes:
         raise DicomReadError(
-            f"{path}: cannot read pixel data: it holds {h.pixel_length} bytes, expected {nbytes} for "
-            f"{h.rows}x{h.columns} 16-bit pixels; the file is damaged"
+            f"{path}: cannot read pixel data: it holds {h.pixel_length} bytes, expected "
+            f"{nbytes} for {h.rows}x{h.columns} 16-bit pixels; the file is damaged"
         )
     raw = dest if dest.dtype == np.int16 else np.empty(dest.shape, dtype=np.int16)
     fh.seek(h.pixel_offset)  # type: ignore[attr-defined]
