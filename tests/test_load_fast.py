@@ -11,6 +11,7 @@ process-pool decoding path.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -355,3 +356,36 @@ def test_jpeg_lossless_from_gdcm_matches(tmp_path: Path) -> None:
     (tmp_path / "enc.dcm").unlink()
     got = _check_against_pydicom(tmp_path / "s", np.int16)
     assert np.array_equal(got, hu.astype(np.int16))
+
+
+def test_deeply_nested_sequences_fall_back_cleanly(tmp_path: Path) -> None:
+    """2,000 nested undefined-length sequences: the walker gives up without crashing."""
+    hu = _hu(n=1, rows=4, cols=4)
+    (p,) = write_ct_series(tmp_path, hu, intercept=-1024)
+    ds = pydicom.dcmread(p)
+    # Build the nested bytes by hand: (0009,0010) UN undefined length, item, ... x depth.
+    depth = 2000
+    head = b"".join(
+        struct.pack("<HH2sHI", 0x0009, 0x1010, b"UN", 0, 0xFFFFFFFF)
+        if i == 0
+        else struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+        + struct.pack("<HHI", 0x0009, 0x1010, 0xFFFFFFFF)
+        for i in range(depth)
+    )
+    tail = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0) + (
+        struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    ) * (depth - 1)
+    data = p.read_bytes()
+    # Insert right before (0010,0010) PatientName: a top-level private element of group 9.
+    at = data.index(b"\x10\x00\x10\x00PN")
+    p.write_bytes(data[:at] + head + tail + data[at:])
+    with pytest.raises(ValueError):
+        read_pixel_header(p)
+    del ds
+    dest = np.empty((4, 4), dtype=np.int16)
+    try:  # pydicom may or may not cope with this depth; either way no RecursionError escapes
+        load_mod.load_slice_into(str(p), dest)
+    except DicomReadError:
+        pass
+    else:
+        assert np.array_equal(dest, hu[0].astype(np.int16))

@@ -161,7 +161,7 @@ class PixelHeader:
     has_modality_lut : bool
         A ModalityLUTSequence is present (the fast path then steps aside).
     pixel_offset : int
-        Byte offset of the Pixel Data value in the file; -1 when absent.
+        Byte offset of the Pixel Data value in the file.
     pixel_length : int
         Length of the Pixel Data value in bytes (``0xFFFFFFFF``: encapsulated).
     """
@@ -255,8 +255,8 @@ def _element(buf: bytes, pos: int, explicit: bool, e: str) -> tuple[int, int, in
 def _walk(buf: bytes) -> tuple[str, dict[str, Any], int, int]:
     """Walk file meta and top-level elements up to Pixel Data.
 
-    Returns (transfer syntax, wanted values, pixel value offset, pixel length); the pixel
-    offset is -1 when the dataset ends without Pixel Data.
+    Returns (transfer syntax, wanted values, pixel value offset, pixel length).  Raises
+    :class:`_NeedMore` when ``buf`` ends first, :class:`_Unusual` for what it cannot read.
     """
     if len(buf) < 132:
         raise _NeedMore
@@ -381,8 +381,8 @@ def _read_pixel_header(fh: object) -> PixelHeader:
             if len(buf) >= size:
                 raise _Unusual("header ends before a Pixel Data element") from None
             buf += fh.read(max(len(buf), _HEAD_BYTES))  # type: ignore[attr-defined]
-        except IndexError as exc:
-            raise _Unusual(f"header walker failed: {exc}") from None
+        except (IndexError, RecursionError) as exc:  # RecursionError: absurdly nested SQs
+            raise _Unusual(f"header walker failed: {type(exc).__name__}") from None
     ba = int(v.get("bits_allocated") or 16)
     slope = v.get("rescale_slope")
     inter = v.get("rescale_intercept")
