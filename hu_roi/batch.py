@@ -461,13 +461,6 @@ def run_measure(args: argparse.Namespace) -> int:
     """
     from hu_roi.export import measurements_csv_text, write_measurements_csv
 
-    if not getattr(args, "verbose", False):
-        # unreadable files become fail rows with their reason; pydicom's own error logs
-        # (with tracebacks) would only repeat that on the terminal.  Import first: pydicom
-        # sets its logger's level when imported.
-        import hu_roi.io  # noqa: F401
-
-        logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     if args.workers < 1:
         raise BatchInputError(f"--workers must be ≥ 1; got {args.workers}")
     dicom = Path(args.dicom)

@@ -180,10 +180,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hu-roi`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # File names that are not valid UTF-8 must not crash a CSV or a message.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="hu-roi: %(levelname)s: %(message)s",
     )
+    if not args.verbose:
+        # Bad files are reported once, as a skipped file or a failed row with the reason;
+        # pydicom's own logs (tracebacks, raw header values) would repeat it on the terminal.
+        # Import first: pydicom sets its logger's level when imported.
+        import hu_roi.io  # noqa: F401  (the I/O layer owns pydicom)
+
+        logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

@@ -49,5 +49,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:
-    """Text version of :func:`atomic_write_bytes`."""
-    atomic_write_bytes(path, text.encode(encoding))
+    """Text version of :func:`atomic_write_bytes`.
+
+    File names that are not valid UTF-8 reach Python as lone surrogates; they are written
+    as ``\\udcXX`` escapes so the output stays valid UTF-8 text.
+    """
+    atomic_write_bytes(path, text.encode(encoding, errors="backslashreplace"))
