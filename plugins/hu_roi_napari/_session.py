@@ -138,6 +138,8 @@ class Session:
         self.problems: list[str] = []
         self.listeners: list[Callable[[str], None]] = []
         self._syncing = False
+        self._by_series: dict[str, list[Roi]] = {}
+        self._by_series_src: tuple[RoiSet, IndexResult] | None = None
         #: ids made for ROIs drawn since the ROI file was last read or saved: they follow
         #: level/kind changes (an id of a stored ROI never changes)
         self.fresh_ids: set[str] = set()
@@ -281,13 +283,18 @@ class Session:
 
     def rois_of(self, info: SeriesInfo) -> list[Roi]:
         """Stored ROIs whose series (core matching rule) is ``info``."""
-        series = self.index.series if self.index else [info]
-        out = []
-        for r in self.roiset.rois:
-            m = match_series(r, series)
-            if m.info is not None and m.info.series_key == info.series_key:
-                out.append(r)
-        return out
+        if self.index is None:
+            return [r for r in self.roiset.rois if match_series(r, [info]).info is not None]
+        src = self._by_series_src
+        if src is None or src[0] is not self.roiset or src[1] is not self.index:
+            # match every ROI once per ROI-set/index version (RoiSet is immutable)
+            by: dict[str, list[Roi]] = {}
+            for r in self.roiset.rois:
+                m = match_series(r, self.index.series)
+                if m.info is not None:
+                    by.setdefault(m.info.series_key, []).append(r)
+            self._by_series, self._by_series_src = by, (self.roiset, self.index)
+        return list(self._by_series.get(info.series_key, []))
 
     def find_series(self, key: str) -> SeriesInfo:
         """The indexed series with this series_key (KeyError when absent)."""
