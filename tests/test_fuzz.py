@@ -259,3 +259,40 @@ def test_mutated_roi_json_never_crashes(base, phantom_volume, edits: list, text_
     assert isinstance(saved, RoiSet)
     assert [r.to_dict() for r in again.rois] == [r.to_dict() for r in rs.rois]
     assert Path(out).read_text(encoding="utf-8").endswith("\n")
+
+
+# ---------------------------------------------------------------------------------------
+# a real scanner file (GE, private tags) from ../shared/real_ct, when present
+# ---------------------------------------------------------------------------------------
+REAL_FILE = Path("robustness") / "nema_ct1_small_ge" / "CT_small.dcm"
+_real_op = st.one_of(
+    st.tuples(st.just("flip"), st.integers(0, 6300), st.integers(1, 255)),
+    st.tuples(st.just("put"), st.integers(0, 6300), st.binary(min_size=1, max_size=16)),
+    st.tuples(st.just("cut"), st.integers(0, 39206), st.just(b"")),
+    st.tuples(st.just("delete"), st.integers(0, 6300), st.integers(1, 64)),
+    st.tuples(st.just("int"), st.integers(0, 6300), st.sampled_from([0, 0xFFFF, 0xFFFFFFFF, 8000])),
+)
+
+
+@pytest.fixture(scope="module")
+def real_file(real_ct: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
+    src = real_ct / REAL_FILE
+    if not src.is_file():
+        pytest.skip(f"{src} not found")
+    return tmp_path_factory.mktemp("fuzz_real"), src.read_bytes()
+
+
+@FUZZ
+@given(ops=st.lists(_real_op, min_size=1, max_size=3))
+def test_mutated_real_ct_never_crashes(real_file, ops: list) -> None:
+    work, data = real_file
+    victim = work / "CT_small.dcm"
+    victim.write_bytes(_mutate(data, ops))
+    res = index_folder(work)
+    for s in res.skipped:
+        assert s.reason and "\n" not in s.reason
+    for info in res.series:
+        try:
+            load_series(info, accept=ACCEPT)
+        except HuRoiError:
+            pass
