@@ -321,3 +321,31 @@ def test_unknown_id_leaves_destination_untouched(tmp_path: Path) -> None:
     assert dst.read_text() == "previous\n"
     with pytest.raises(SchemaError, match="new file"):
         pseudonymize_csv(src, src, PseudonymMap({"A": "S1", "B": "S2"}))
+
+
+def test_pseudonymize_command(outputs, tmp_path: Path, capsys) -> None:
+    """``hu-roi pseudonymize`` (parser from hu_roi.pseudonym; the CLI registers it)."""
+    import argparse
+
+    from hu_roi.pseudonym import add_pseudonymize_parser
+
+    parser = argparse.ArgumentParser(prog="hu-roi")
+    add_pseudonymize_parser(parser.add_subparsers(dest="command"))
+    d = outputs["dir"]
+    secure = tmp_path / "secure"
+    secure.mkdir()
+    share = tmp_path / "share"
+    argv = ["pseudonymize", "--map", str(secure / "map.csv"), "--create", "--out", str(share),
+            str(d / "m.csv"), str(d / "long.csv")]  # type: ignore[operator]  # fmt: skip
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    assert sorted(p.name for p in share.iterdir()) == ["long.csv", "m.csv"]
+    for p in share.iterdir():
+        assert PATIENT_ID not in p.read_text()
+    pmap = load_pseudonyms(secure / "map.csv")
+    assert list(pmap.codes) == [PATIENT_ID]
+    # a second --create refuses to overwrite the map
+    args = parser.parse_args(argv)
+    with pytest.raises(FileExistsError):
+        args.func(args)
+    assert load_pseudonyms(secure / "map.csv").codes == pmap.codes
