@@ -431,3 +431,71 @@ def test_claimed_size_refused_before_allocation(corpus) -> None:
     got = _rss_child(folder, "load")
     assert got["load_error"] == "DicomReadError"
     assert got["load_growth_mb"] < 64, f"claimed 512 MB, grew {got['load_growth_mb']:.0f} MB"
+
+
+# ---------------------------------------------------------------------------------------
+# unreadable entries: simulated as an unprivileged user when the tests run as root
+# ---------------------------------------------------------------------------------------
+_UNPRIVILEGED_CHILD = """
+import json, os, shutil, sys, tempfile
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from dicom_factory import write_ct_series
+from hu_roi.io import index_folder, load_series
+
+root = tempfile.mkdtemp(prefix="hu_roi_unreadable_")
+try:
+    os.chmod(root, 0o755)
+    write_ct_series(os.path.join(root, "series"), np.full((3, 8, 8), 40.0))
+    load_series(index_folder(root).series[0])  # import everything while still root
+    first = sorted(os.listdir(os.path.join(root, "series")))[0]
+    locked = os.path.join(root, "series", "locked.dcm")
+    shutil.copyfile(os.path.join(root, "series", first), locked)
+    os.chmod(locked, 0)
+    locked_dir = os.path.join(root, "locked_dir")
+    os.mkdir(locked_dir)
+    open(os.path.join(locked_dir, "a.dcm"), "wb").close()
+    os.chmod(locked_dir, 0)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: drop to nobody, then index
+        os.close(r)
+        os.setgid(65534)
+        os.setuid(65534)
+        res = index_folder(root)
+        out = {"series": [s.n_slices for s in res.series],
+               "skipped": sorted((os.path.basename(k.path), k.reason) for k in res.skipped)}
+        os.write(w, json.dumps(out).encode())
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.waitpid(pid, 0)
+    print(data.decode())
+finally:
+    for d, _, _ in os.walk(root):
+        os.chmod(d, 0o755)
+    shutil.rmtree(root, ignore_errors=True)
+"""
+
+
+@pytest.mark.skipif(
+    os.name != "posix" or os.geteuid() != 0, reason="needs root to drop to an unprivileged uid"
+)
+def test_unreadable_entries_as_unprivileged_user() -> None:
+    """Permission-denied file and folder, made real by indexing as uid 65534 (nobody)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _UNPRIVILEGED_CHILD, str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.splitlines()[-1])
+    assert got["series"] == [3]
+    (file_name, file_reason), (dir_name, dir_reason) = got["skipped"]  # sorted by name
+    assert (dir_name, dir_reason) == ("locked_dir", "cannot list folder: Permission denied")
+    assert file_name == "locked.dcm"
+    assert re.match(r"^cannot read file: .*Permission denied", file_reason), file_reason
