@@ -520,7 +520,8 @@ def make_corpus(dest: Path, *, include_fifo: bool = True) -> dict[str, Expectati
     else:
         OMITTED["unreadable"] = (
             "running as root: chmod 000 does not prevent reading, so a permission-denied "
-            "file cannot be made (the dangling_symlink case covers an unreadable entry)"
+            "file cannot be made here; tests/test_bad_input.py::"
+            "test_unreadable_entries_as_unprivileged_user indexes one as uid 65534"
         )
 
     # -- names -------------------------------------------------------------------------
