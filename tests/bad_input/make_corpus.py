@@ -24,6 +24,7 @@ import os
 import shutil
 import struct
 import sys
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,7 +364,9 @@ def make_corpus(dest: Path, *, include_fifo: bool = True) -> dict[str, Expectati
         ("missing_orientation", "ImageOrientationPatient", None),
         ("nan_position", "ImagePositionPatient", ["nan", "0", "0"]),
     ):
-        _series(dest / case, extra_tags={tag: value})
+        with warnings.catch_warnings():  # pydicom warns about writing 'nan' as DS
+            warnings.simplefilter("ignore")
+            _series(dest / case, extra_tags={tag: value})
         cases[case] = Expectation(
             f"{tag} {'missing' if value is None else 'NaN'} in every file",
             n_series=0,
