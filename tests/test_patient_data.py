@@ -349,3 +349,38 @@ def test_pseudonymize_command(outputs, tmp_path: Path, capsys) -> None:
     with pytest.raises(FileExistsError):
         args.func(args)
     assert load_pseudonyms(secure / "map.csv").codes == pmap.codes
+
+
+def test_real_ct_index_holds_no_identifier(real_ct: Path, tmp_path: Path) -> None:
+    """On the real scanner files of ../shared/real_ct: names and birth dates (read here with
+    pydicom, the reference) appear nowhere in ``hu-roi -v index`` output."""
+    import pydicom
+
+    names, births, ids, dates = set(), set(), set(), set()
+    for f in real_ct.rglob("*"):
+        if not f.is_file():
+            continue
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - not DICOM (NIfTI, PROVENANCE.md, ...)
+            continue
+        names.add(str(ds.get("PatientName", "")).strip())
+        births.add(str(ds.get("PatientBirthDate", "")).strip())
+        ids.add(str(ds.get("PatientID", "")).strip())
+        dates |= {str(ds.get(k, "")) for k in ("StudyDate", "SeriesDate", "ContentDate")}
+    # a name that equals the patient ID is written as patient_id on purpose
+    secret = {n for n in names if len(n) >= 4 and n not in ids}
+    secret |= {b for b in births if len(b) == 8 and b not in dates}
+    if not secret:
+        pytest.skip("no names or birth dates in the real data")
+    out = tmp_path / "index.csv"
+    proc = _hu_roi("-v", "index", str(real_ct), "--out", str(out), cache=tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr
+    texts = {
+        "index.csv": out.read_text(encoding="utf-8"),
+        "index.skipped.csv": out.with_name("index.skipped.csv").read_text(encoding="utf-8"),
+        "stderr": proc.stderr,
+    }
+    for where, text in texts.items():
+        found = sorted(s for s in secret if s.lower() in text.lower())
+        assert found == [], f"{where} holds {found}"
