@@ -137,6 +137,56 @@ def test_kill_between_write_and_rename_keeps_previous_file(tmp_path: Path) -> No
     assert find_roi_files(tmp_path) == [path]
 
 
+WRITER_CHILD = textwrap.dedent(
+    """
+    import os, sys, time
+    writer, path = sys.argv[1], sys.argv[2]
+    real_fsync = os.fsync
+
+    def fsync(fd):  # the temporary file is written: tell the parent, then hang
+        real_fsync(fd)
+        print("WRITTEN", flush=True)
+        time.sleep(600)
+
+    if writer == "measurements":
+        from hu_roi.export import write_measurements_csv
+        os.fsync = fsync
+        write_measurements_csv([], path)
+    elif writer == "index_csv":
+        from hu_roi.cli import write_csv
+        os.fsync = fsync
+        write_csv(path, ["series_key"], [{"series_key": "new"}])
+    elif writer == "pseudonym_map":
+        from hu_roi.pseudonym import create_pseudonyms, load_pseudonyms
+        existing = load_pseudonyms(path)
+        os.fsync = fsync
+        create_pseudonyms(["NEW-ID"], path, existing=existing)
+    """
+)
+
+
+@pytest.mark.parametrize("writer", ["measurements", "index_csv", "pseudonym_map"])
+def test_kill_during_output_write_keeps_previous_file(tmp_path: Path, writer: str) -> None:
+    """The same guarantee for the measurement CSV, the index CSV and the pseudonym map."""
+    path = tmp_path / f"{writer}.csv"
+    previous = (
+        "patient_id,study_code\nOLD-ID,S001\n"
+        if writer == "pseudonym_map"
+        else "roi_id,patient_id\nA,P1\nB,P2\n"
+    )
+    path.write_text(previous)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER_CHILD, writer, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    _wait_line(proc, "WRITTEN")
+    _kill(proc)
+    assert path.read_text() == previous
+
+
 def test_kill_at_random_moments_while_saving_large_set(tmp_path: Path) -> None:
     """Stress: 2,000 ROIs (~0.5 MB) saved in a loop, SIGKILLed at random moments."""
     n = 2000
