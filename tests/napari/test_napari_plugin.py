@@ -71,6 +71,15 @@ def test_manifest_valid():
     mgr.discover(include_npe1=False)
     assert mgr.get_manifest("hu-roi").contributions.readers[0].command == "hu-roi.get_reader"
 
+    # which files the reader is offered for (npe2 lower-cases patterns, keeps name case)
+    def offered(name: str) -> bool:
+        return any(r.plugin_name == "hu-roi" for r in mgr.iter_compatible_readers([name]))
+
+    for name in ("35D95928D375B08C", "025a563f88d677e0", "IM-0001-0004", "IM1", "x.DCM", "y.ima"):
+        assert offered(name), name
+    for name in ("x.png", "y.tif", "z.TIFF", "notes.txt", "a.nii.gz", "t.csv"):
+        assert not offered(name), name
+
 
 def test_open_folder_two_series_in_lps(make_napari_viewer, study, notes):
     """Two CT series → two lazy image layers; HU at known LPS points; localizer refused."""
