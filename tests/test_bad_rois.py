@@ -385,3 +385,63 @@ def test_cli_measure_fail_rows_exit_0(tmp_path: Path, phantom: Path) -> None:
 def test_errors_are_hu_roi_errors() -> None:
     """What the CLI catches: RoiFormatError is a HuRoiError and a ValueError."""
     assert issubclass(RoiFormatError, HuRoiError) and issubclass(RoiFormatError, ValueError)
+
+
+# ---------------------------------------------------------------------------------------
+# ROI "files" that are not ordinary small files
+# ---------------------------------------------------------------------------------------
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_cli_measure_roi_file_is_a_named_pipe(tmp_path: Path, phantom: Path) -> None:
+    """Reading a FIFO blocks forever: it must be refused, not read."""
+    fifo = tmp_path / "pipe.rois.json"
+    os.mkfifo(fifo)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "hu_roi.cli", "measure", "--dicom", str(phantom), "--rois",
+             str(fifo)],
+            capture_output=True, text=True, timeout=20, cwd=REPO,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail("hu-roi measure blocked on a named pipe given as ROI file")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(fifo) in lines[0], proc.stderr
+
+
+_BIG_ROI_CHILD = """
+import json, sys
+from hu_roi.errors import HuRoiError
+from hu_roi.roi import load_roiset
+def peak_mb():
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")
+base = peak_mb()
+try:
+    load_roiset(sys.argv[1])
+    err = ""
+except HuRoiError as exc:
+    err = str(exc)
+print(json.dumps({"error": err, "growth_mb": peak_mb() - base}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_huge_roi_file_refused_before_reading(tmp_path: Path) -> None:
+    """A 1 GiB (sparse) file named *.rois.json is refused without reading it into memory."""
+    big = tmp_path / "huge.rois.json"
+    with open(big, "wb") as fh:
+        fh.write(b'{"format": "hu-roi.roiset", "version": 1, "rois": [')
+        fh.truncate(1024**3)
+    proc = subprocess.run(
+        [sys.executable, "-c", _BIG_ROI_CHILD, str(big)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.splitlines()[-1])
+    assert got["error"], "a 1 GiB ROI file must be refused"
+    assert str(big) in got["error"] and "\n" not in got["error"]
+    assert got["growth_mb"] < 100, f"read {got['growth_mb']:.0f} MB of a file it refused"
