@@ -34,6 +34,7 @@ import io
 import os
 import re
 import secrets
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,7 +163,19 @@ class PseudonymMap:
         return out
 
 
+#: Largest table or map read (bytes); a measurement CSV of 100,000 ROIs is ~50 MB.
+MAX_TABLE_BYTES = 1024**3
+
+
 def _read_csv_text(path: Path) -> str:
+    st = path.stat()  # before opening: opening a named pipe would block
+    if not stat.S_ISREG(st.st_mode):
+        raise SchemaError(f"{path}: not a regular file (named pipe, device or folder)")
+    if st.st_size > MAX_TABLE_BYTES:
+        raise SchemaError(
+            f"{path}: {st.st_size / 1024**2:.0f} MB is larger than the "
+            f"{MAX_TABLE_BYTES / 1024**2:.0f} MB a hu-roi table can be; wrong file?"
+        )
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -384,3 +384,13 @@ def test_real_ct_index_holds_no_identifier(real_ct: Path, tmp_path: Path) -> Non
     for where, text in texts.items():
         found = sorted(s for s in secret if s.lower() in text.lower())
         assert found == [], f"{where} holds {found}"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_pseudonymize_refuses_a_named_pipe(tmp_path: Path) -> None:
+    fifo = tmp_path / "m.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(SchemaError, match="not a regular file"):
+        pseudonymize_csv(fifo, tmp_path / "out.csv", PseudonymMap({"A": "S1"}))
+    with pytest.raises(SchemaError, match="not a regular file"):
+        load_pseudonyms(fifo)
