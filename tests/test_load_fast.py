@@ -332,13 +332,20 @@ def test_walker_refuses_what_it_does_not_know(tmp_path: Path) -> None:
     )
 
 
-def test_jpeg_lossless_from_gdcm_matches(tmp_path: Path) -> None:
+@pytest.mark.parametrize("unsigned", [True, False])
+def test_jpeg_lossless_from_gdcm_matches(
+    tmp_path: Path, unsigned: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """JPEG lossless (process 14 SV1) stream encoded by GDCM (SimpleITK), decoded by hu-roi."""
     sitk = pytest.importorskip("SimpleITK")
     from pydicom.uid import JPEGLosslessSV1
 
+    if load_mod._GDCM_AVAILABLE:  # decoded by GDCM directly, without pydicom's Dataset
+        monkeypatch.setattr(load_mod, "_decode_pydicom", None)
     hu = _hu(n=3, rows=32, cols=40)
-    paths = write_ct_series(tmp_path / "s", hu, intercept=-1024, unsigned=True)
+    # Signed: intercept 0, so stored values are negative too.
+    inter = -1024 if unsigned else 0
+    paths = write_ct_series(tmp_path / "s", hu, intercept=inter, unsigned=unsigned)
     for p in paths:
         ds = pydicom.dcmread(p)
         w = sitk.ImageFileWriter()
@@ -348,6 +355,7 @@ def test_jpeg_lossless_from_gdcm_matches(tmp_path: Path) -> None:
         w.Execute(sitk.GetImageFromArray(ds.pixel_array))
         enc = pydicom.dcmread(tmp_path / "enc.dcm")
         assert enc.file_meta.TransferSyntaxUID == JPEGLosslessSV1
+        assert enc.PixelRepresentation == (0 if unsigned else 1)
         ds.PixelData = enc.PixelData
         ds["PixelData"].VR = "OB"
         ds["PixelData"].is_undefined_length = True

@@ -16,10 +16,10 @@ walker and decoded by pylibjpeg-rle directly, then finished like the native path
 Dataset machinery costs more than the RLE decoding itself).
 
 *Compressed path* (JPEG-LS, JPEG 2000, JPEG lossless ...): pydicom decodes each file
-with the plugin that is fastest for its transfer syntax (:data:`DECODING_PLUGINS`).  Slices
-are decoded in parallel threads when the decoder releases the GIL (JPEG 2000,
-:data:`GIL_FREE_DECODING`), else in worker processes for long series (JPEG-LS, JPEG lossless;
-:data:`PROCESS_DECODING`, :data:`MIN_SLICES_PER_PROCESS`), and written into the output.
+with the plugin that is fastest for its transfer syntax (:data:`DECODING_PLUGINS`).  The
+decoders hold the GIL, so long series are decoded in worker processes (JPEG 2000, JPEG-LS,
+JPEG lossless; :data:`PROCESS_DECODING`, :data:`MIN_SLICES_PER_PROCESS`), chunk by chunk,
+each chunk copied into the output.
 
 *Fallback* (anything unusual: 8/32-bit pixels, colour, deflate, Modality LUT sequence, a
 header the walker does not understand): pydicom's ``pixel_array``, one slice at a time.
@@ -79,7 +79,8 @@ def _gdcm_available() -> bool:
     return True
 
 
-if _gdcm_available():
+_GDCM_AVAILABLE = _gdcm_available()
+if _GDCM_AVAILABLE:
     # GDCM decodes JPEG lossless about twice as fast as pylibjpeg-libjpeg (8-11 vs 22 ms
     # per 512² slice, measured); it is optional (pip install python-gdcm).
     DECODING_PLUGINS["1.2.840.10008.1.2.4.57"] = "gdcm"
@@ -90,14 +91,20 @@ _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _EXPLICIT_BE = "1.2.840.10008.1.2.2"
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _RLE = "1.2.840.10008.1.2.5"
+_JPEG_LOSSLESS = frozenset({"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"})
 _NATIVE = frozenset({_IMPLICIT_LE, _EXPLICIT_LE, _EXPLICIT_BE})
-#: Compressed syntaxes whose decoders release the GIL: decoded in threads.
-GIL_FREE_DECODING = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})
-#: Syntaxes whose decoders hold the GIL and are slow enough (~10 ms per 512² slice) that
-#: worker processes pay off for long series.  RLE is not here: its direct decoding costs
-#: ~2 ms per slice, less than shipping the slice back from a process.
+#: Compressed syntaxes whose decoders release the GIL, decoded in threads.  Empty: with
+#: pydicom's plugins none of the JPEG decoders gave a speed-up in threads (measured: JPEG
+#: 2000 via pylibjpeg-openjpeg 2.5 s with one thread, 2.8 s with two, 1.55 s with two
+#: processes, for 60 slices of 512²).
+GIL_FREE_DECODING: frozenset[str] = frozenset()
+#: Syntaxes whose decoders hold the GIL and are slow enough (~10-40 ms per 512² slice)
+#: that worker processes pay off for long series.  RLE is not here: its direct decoding
+#: costs ~2 ms per slice, less than shipping the slice back from a process.
 PROCESS_DECODING = frozenset(
     {
+        "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+        "1.2.840.10008.1.2.4.91",  # JPEG 2000
         "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
         "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
         "1.2.840.10008.1.2.4.57",  # JPEG Lossless P14
@@ -117,6 +124,7 @@ _EXTRA_LENGTH_VRS = frozenset(
 _PIXEL_DATA = 0x7FE00010
 _WANTED = {
     0x00280002: "samples_per_pixel",
+    0x00280004: "photometric_interpretation",
     0x00280008: "number_of_frames",
     0x00280010: "rows",
     0x00280011: "columns",
@@ -180,6 +188,7 @@ class PixelHeader:
     has_modality_lut: bool
     pixel_offset: int
     pixel_length: int
+    photometric_interpretation: str = "MONOCHROME2"
 
 
 # ---------------------------------------------------------------------------------------
@@ -323,6 +332,8 @@ def _walk(buf: bytes) -> tuple[str, dict[str, Any], int, int]:
 def _value(raw: bytes, name: str, vr: bytes, e: str, values: dict[str, Any]) -> object:
     if name == "modality_lut_sequence":
         return True
+    if name == "photometric_interpretation":
+        return raw.decode("ascii", "replace").strip("\0 ")
     if name in ("rescale_slope", "rescale_intercept", "number_of_frames"):
         s = raw.decode("ascii", "replace").strip("\0 ")
         if "\\" in s:
@@ -401,6 +412,7 @@ def _read_pixel_header(fh: object) -> PixelHeader:
         has_modality_lut=bool(v.get("modality_lut_sequence", False)),
         pixel_offset=off,
         pixel_length=ln,
+        photometric_interpretation=str(v.get("photometric_interpretation") or "MONOCHROME2"),
     )
 
 
@@ -614,6 +626,48 @@ def _fast_rle(fh: object, h: PixelHeader, dest: np.ndarray, path: str) -> None:
     _finish16(raw, h, dest)
 
 
+def _fast_gdcm(fh: object, h: PixelHeader, dest: np.ndarray, path: str) -> None:
+    """Decode a single-frame 16-bit JPEG lossless slice with GDCM directly.
+
+    Builds the same ``gdcm.Image`` as pydicom's GDCM plugin (``pydicom.pixels.decoders.
+    gdcm._decode_frame``) from the fragments, then finishes like the native path
+    (unused-bit correction as pydicom does for JPEG lossless, rescale).
+    """
+    import gdcm
+
+    src = _single_frame_fragments(fh, h, path)
+    try:
+        fragment = gdcm.Fragment()
+        fragment.SetByteStringValue(src)
+        fragments = gdcm.SequenceOfFragments.New()
+        fragments.AddFragment(fragment)
+        elem = gdcm.DataElement(gdcm.Tag(0x7FE0, 0x0010))
+        elem.SetValue(fragments.__ref__())
+        img = gdcm.Image()
+        img.SetNumberOfDimensions(2)
+        img.SetDimensions((h.columns, h.rows, 1))
+        img.SetDataElement(elem)
+        pi = gdcm.PhotometricInterpretation.GetPIType(h.photometric_interpretation)
+        img.SetPhotometricInterpretation(gdcm.PhotometricInterpretation(pi))
+        img.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.GetTSType(h.transfer_syntax)))
+        img.SetPixelFormat(
+            gdcm.PixelFormat(1, 16, h.bits_stored, h.bits_stored - 1, h.pixel_representation)
+        )
+        frame = img.GetBuffer().encode("utf-8", "surrogateescape")
+    except Exception as exc:
+        raise DicomReadError(f"{path}: cannot decode pixel data ({_one_line(exc)})") from None
+    nbytes = h.rows * h.columns * 2
+    if len(frame) != nbytes:
+        raise DicomReadError(
+            f"{path}: cannot decode pixel data: GDCM gave {len(frame)} bytes, expected {nbytes}"
+        )
+    raw = dest if dest.dtype == np.int16 else np.empty(dest.shape, dtype=np.int16)
+    raw.reshape(-1).view(np.uint8)[:] = np.frombuffer(frame, dtype=np.uint8)
+    if sys.byteorder == "big":  # pragma: no cover
+        raw.byteswap(inplace=True)
+    _finish16(raw, h, dest)
+
+
 def _rle_available() -> bool:
     try:
         import rle.utils  # noqa: F401
@@ -745,6 +799,21 @@ def load_slice_into(path: str, dest: np.ndarray) -> float | None:
             _fast_rle(fh, h, dest, path)
             pad = h.pixel_padding_value
             return None if pad is None else pad * h.rescale_slope + h.rescale_intercept
+        if (
+            h is not None
+            and h.transfer_syntax in _JPEG_LOSSLESS
+            and _GDCM_AVAILABLE
+            and h.bits_allocated == 16
+            and 8 < h.bits_stored <= 16
+            and h.samples_per_pixel == 1
+            and h.number_of_frames == 1
+            and h.photometric_interpretation in ("MONOCHROME1", "MONOCHROME2")
+            and not h.has_modality_lut
+            and h.pixel_length == _UNDEFINED
+        ):
+            _fast_gdcm(fh, h, dest, path)
+            pad = h.pixel_padding_value
+            return None if pad is None else pad * h.rescale_slope + h.rescale_intercept
     plugin = DECODING_PLUGINS.get(h.transfer_syntax, "") if h is not None else ""
     arr, slope, inter, pad = _decode_pydicom(path, rows, cols, plugin)
     _rescale_into(arr, slope, inter, dest, inplace=False)
@@ -817,7 +886,7 @@ def load_series(
         ``duplicate-positions`` accepted, the first image (by path) at each position is kept.
     workers : int or None
         Reading/decoding threads, or processes for long compressed series whose decoder
-        holds the GIL (JPEG-LS, JPEG lossless).  Default: 1 for uncompressed and RLE
+        holds the GIL (JPEG 2000, JPEG-LS, JPEG lossless).  Default: 1 for uncompressed and RLE
         series (fastest when files are in the page cache; pass 4-8 for network shares or
         cold disks, where threads overlap I/O waits), else the number of CPUs (at most 8).
     max_bytes : int
