@@ -139,6 +139,7 @@ class Session:
         self.listeners: list[Callable[[str], None]] = []
         self._syncing = False
         self._by_series: dict[str, list[Roi]] = {}
+        self._last_signature: tuple = ()
         self._by_series_src: tuple[RoiSet, IndexResult] | None = None
         #: ids made for ROIs drawn since the ROI file was last read or saved: they follow
         #: level/kind changes (an id of a stored ROI never changes)
@@ -410,6 +411,7 @@ class Session:
         if self.shapes_layer is not None:
             self.shapes_layer.events.data.disconnect(self._on_data)
             self.shapes_layer.events.features.disconnect(self._on_data)
+            self.shapes_layer.events.set_data.disconnect(self._on_redraw)
         pair = (self.image_layer, self.shapes_layer)
         self.shapes_layer = self.image_layer = None
         if all(lay is not None and lay in self.viewer.layers for lay in pair):
@@ -449,8 +451,14 @@ class Session:
             return
         self.shapes_layer.events.data.connect(self._on_data)
         self.shapes_layer.events.features.connect(self._on_data)
+        self.shapes_layer.events.set_data.connect(self._on_redraw)
 
     on_change: Callable[[], None] | None = None  #: set by the widget (debounced sync)
+    on_redraw: Callable[[], None] | None = None  #: set by the widget (debounced preview)
+
+    def _on_redraw(self, event: Any = None) -> None:
+        if self.on_redraw is not None:
+            self.on_redraw()
 
     def _on_data(self, event: Any = None) -> None:
         action = getattr(event, "action", None)
@@ -492,6 +500,29 @@ class Session:
             rid, n = f"{base}-{n}", n + 1
         self.fresh_ids.add(rid)
         return rid
+
+    def _signature(self) -> tuple:
+        lay = self.shapes_layer
+        return tuple(
+            (st, np.asarray(d, dtype=float).tobytes())
+            for st, d in zip(lay.shape_type, lay.data, strict=False)
+        )
+
+    def preview(self) -> bool:
+        """Measure the shapes as they are now (during a drag), without touching the ROI set.
+
+        Returns True when the shapes changed since the last measurement (the numbers were
+        recomputed); the ROI set is updated and autosaved when the edit ends (:meth:`sync`).
+        """
+        if self.current is None or self.shapes_layer is None or self._syncing:
+            return False
+        sig = self._signature()
+        if sig == self._last_signature:
+            return False
+        self._last_signature = sig
+        self.measure(self.current_rois())
+        self._emit("preview")
+        return True
 
     def current_rois(self) -> list[Roi]:
         """ROIs of the series shown, in shape order (from the Shapes layer)."""
@@ -620,6 +651,8 @@ class Session:
         if self.current is None:
             self.measurements = []
             return []
+        if self.shapes_layer is not None:
+            self._last_signature = self._signature()
         rois = self.current_rois() if rois is None else rois
         self.measurements = [self.measure_one(r) for r in rois]
         return self.measurements

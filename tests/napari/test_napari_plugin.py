@@ -502,3 +502,62 @@ def test_real_ct_voxels_at_lps_points_match_simpleitk(make_napari_viewer, real_c
         p = np.asarray(img.TransformIndexToPhysicalPoint(ijk))  # LPS mm
         idx = np.rint(layer.world_to_data(p[::-1])).astype(int)
         assert float(np.asarray(layer.data[tuple(idx)])) == float(arr[ijk[2], ijk[1], ijk[0]])
+
+
+def test_mouse_draw_and_drag_updates_table_live(make_napari_viewer, study, qtbot):
+    """Draw an ellipse with the mouse, then drag it: numbers follow before the release."""
+    from qtpy.QtCore import QPointF, Qt
+    from qtpy.QtGui import QMouseEvent
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_napari_viewer(show=True)
+    w = make_widget(viewer)
+    w.open_folder(study, roi_file=study.parent / "mouse.rois.json")
+    w.open_series(
+        next(s.series_key for s in w.session.reading_list if s.series_description == "Spine A")
+    )
+    w.session.show_slice(3)
+    native = viewer.window._qt_viewer.canvas.native
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    img = w.session.image_layer
+
+    def px(k: float, r: float, c: float) -> QPointF:  # data index -> canvas pixel
+        wz, wy, wx = img.data_to_world([k, r, c])
+        cy, cx = camera.center[-2:]
+        return QPointF(
+            native.width() / 2 + (wx - cx) * camera.zoom,
+            native.height() / 2 + (wy - cy) * camera.zoom,
+        )
+
+    def send(kind, p, buttons):
+        ev = QMouseEvent(
+            kind,
+            p,
+            native.mapToGlobal(p),
+            Qt.MouseButton.LeftButton,
+            buttons,
+            Qt.KeyboardModifier.NoModifier,
+        )
+        QApplication.sendEvent(native, ev)
+
+    def drag(p1, p2, release=True):
+        send(QMouseEvent.Type.MouseButtonPress, p1, Qt.MouseButton.LeftButton)
+        for f in np.linspace(0.0, 1.0, 6)[1:]:
+            send(QMouseEvent.Type.MouseMove, p1 + (p2 - p1) * float(f), Qt.MouseButton.LeftButton)
+            qtbot.wait(20)
+        if release:
+            send(QMouseEvent.Type.MouseButtonRelease, p2, Qt.MouseButton.NoButton)
+
+    w.set_mode("add_ellipse")
+    drag(px(3, 14, 16), px(3, 26, 32))
+    qtbot.waitUntil(lambda: len(w.session.roiset.rois) == 1, timeout=3000)
+    (roi,) = w.session.roiset.rois
+    assert roi.shape.type == "ellipse" and roi.level == "L1"
+    before = w.table_rows()[0][2]
+    w.set_mode("select")
+    drag(px(3, 20, 24), px(3, 20, 30), release=False)  # grab the ellipse, move 6 columns
+    _wait_table(qtbot, w, lambda rows: rows[0][2] != before)  # updated while still held
+    assert w.session.roiset.rois[0] == roi  # the ROI set changes only on release
+    send(QMouseEvent.Type.MouseButtonRelease, px(3, 20, 30), Qt.MouseButton.NoButton)
+    qtbot.waitUntil(lambda: w.session.roiset.rois[0] != roi, timeout=3000)
+    assert w.session.roiset.rois[0].shape.center_mm[0] > roi.shape.center_mm[0]  # moved +X

@@ -70,6 +70,7 @@ TABLE_COLUMNS = (
 _NUMERIC = {1, 2, 3, 4, 5, 10}
 KINDS = ("target", *REFERENCE_KINDS, "phantom-water")
 DEBOUNCE_MS = 150
+PREVIEW_MS = 80
 
 
 def _num(v: Any, fmt: str = "{:.1f}") -> str:
@@ -112,6 +113,12 @@ class HuRoiWidget(QWidget):
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self._sync_now)
         self.session.on_change = self._timer.start
+        # live numbers while a shape is dragged (napari emits ``data`` only on release)
+        self._preview_timer = QTimer(self)
+        self._preview_timer.setSingleShot(True)
+        self._preview_timer.setInterval(PREVIEW_MS)
+        self._preview_timer.timeout.connect(self._preview_now)
+        self.session.on_redraw = self._preview_timer.start
         self.last_message = ""
 
         self.tabs = QTabWidget()
@@ -660,7 +667,16 @@ class HuRoiWidget(QWidget):
             log.exception("sync failed")
             self.message(f"ROI update failed: {exc}", warning=True)
 
+    def _preview_now(self) -> None:
+        try:
+            self.session.preview()
+        except Exception:  # noqa: BLE001 - a half-drawn shape: wait for the finished edit
+            log.debug("preview failed", exc_info=True)
+
     def _on_session(self, what: str) -> None:
+        if what == "preview":
+            self.refresh_table()
+            return
         if what in ("folder", "blinded"):
             if self.session.root is not None:
                 self.folder_edit.setText(str(self.session.root))
@@ -817,17 +833,19 @@ class HuRoiWidget(QWidget):
     def teardown(self) -> None:
         """Stop timers and drop references to the viewer (the window is closing)."""
         self._timer.stop()
+        self._preview_timer.stop()
         try:
             self.viewer.layers.events.inserted.disconnect(self._on_layer_inserted)
         except Exception:  # noqa: BLE001 - already gone
             pass
         sess = self.session
         if sess is not None:
-            sess.on_change = None
+            sess.on_change = sess.on_redraw = None
             sess.listeners.clear()
             if sess.shapes_layer is not None:
                 sess.shapes_layer.events.data.disconnect(sess._on_data)
                 sess.shapes_layer.events.features.disconnect(sess._on_data)
+                sess.shapes_layer.events.set_data.disconnect(sess._on_redraw)
 
     def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
         """Once docked, watch the main window's close to warn about unsaved edits."""
