@@ -499,3 +499,15 @@ def test_unreadable_entries_as_unprivileged_user() -> None:
     assert (dir_name, dir_reason) == ("locked_dir", "cannot list folder: Permission denied")
     assert file_name == "locked.dcm"
     assert re.match(r"^cannot read file: .*Permission denied", file_reason), file_reason
+
+
+@pytest.mark.parametrize("target", ["existing_folder", "missing_folder"])
+def test_cli_index_unusable_out_path(corpus, tmp_path: Path, target: str) -> None:
+    """--out pointing at a folder or into a missing folder: exit 2, one line, no traceback."""
+    root, _ = corpus
+    out = tmp_path if target == "existing_folder" else tmp_path / "no" / "such" / "x.csv"
+    proc = _hu_roi("index", str(root / "good"), "--out", str(out), "--no-cache", "--quiet")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hu-roi index: error: "), proc.stderr

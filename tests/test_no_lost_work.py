@@ -356,3 +356,49 @@ def test_unknown_fields_survive_saves(tmp_path: Path) -> None:
     assert back["site"] == "Basel"
     assert back["rois"][0]["comment"] == "check L3 endplate"
     assert back["rois"][0]["shape"]["smoothing"] == 2
+
+
+# ---------------------------------------------------------------------------------------
+# disk full while writing an output
+# ---------------------------------------------------------------------------------------
+def _small_file_limit(limit: int = 200) -> None:  # in the child: larger files cannot grow
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE simulates a full disk")
+@pytest.mark.parametrize("command", ["measure", "index"])
+def test_disk_full_keeps_previous_output(tmp_path: Path, command: str) -> None:
+    """A write that fails (EFBIG, as ENOSPC would) leaves the previous output and no
+    temporary file, and the CLI says so in one line (exit 2), without a traceback."""
+    import numpy as np
+    from dicom_factory import write_ct_series
+
+    uid = "1.2.826.0.1.3680043.10.1234.9.31"
+    write_ct_series(tmp_path / "dicom", np.full((3, 24, 24), 40.0), series_uid=uid)
+    rois = tmp_path / "a.rois.json"
+    save_roiset(RoiSet(rois=tuple(replace(_roi(i), series_instance_uid=uid) for i in range(8))),
+                rois)  # fmt: skip
+    out = tmp_path / "out" / "result.csv"
+    out.parent.mkdir()
+    out.write_text("previous results\n")
+    args = (
+        ["measure", "--dicom", str(tmp_path / "dicom"), "--rois", str(rois)]
+        if command == "measure"
+        else ["index", str(tmp_path / "dicom"), "--no-cache"]
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "hu_roi.cli", *args, "--out", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        preexec_fn=_small_file_limit,  # noqa: PLW1509 - no threads in the test process here
+    )
+    assert out.read_text() == "previous results\n"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["result.csv"], "no temp file left"
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "File too large" in lines[0], proc.stderr
