@@ -235,9 +235,11 @@ def test_compressed_match_pydicom(
     tmp_path: Path, ts: str, unsigned: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hu = _hu(n=3, rows=32, cols=33)
-    if ts == RLELossless:  # decoded by pylibjpeg-rle directly, without pydicom's Dataset
+    if ts in (RLELossless, JPEGLSLossless):  # decoded directly, without pydicom's Dataset
         monkeypatch.setattr(load_mod, "_decode_pydicom", None)
-    write_ct_series(tmp_path, hu, transfer_syntax=ts, unsigned=unsigned, intercept=-1024)
+    # Signed: intercept 0, so stored values are negative too.
+    inter = -1024 if unsigned else 0
+    write_ct_series(tmp_path, hu, transfer_syntax=ts, unsigned=unsigned, intercept=inter)
     got = _check_against_pydicom(tmp_path, np.int16)
     assert np.array_equal(got, hu.astype(np.int16))
 
@@ -397,3 +399,19 @@ def test_deeply_nested_sequences_fall_back_cleanly(tmp_path: Path) -> None:
         pass
     else:
         assert np.array_equal(dest, hu[0].astype(np.int16))
+
+
+@pytest.mark.parametrize("ts", [JPEGLSLossless, RLELossless], ids=["jls", "rle"])
+@pytest.mark.parametrize("unsigned", [True, False])
+def test_12_bit_compressed_fast_paths(
+    tmp_path: Path, ts: str, unsigned: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """12 bits stored: JPEG-LS precision 12 (sign extension from 12 bits) and RLE."""
+    monkeypatch.setattr(load_mod, "_decode_pydicom", None)
+    hu = _hu(n=2, rows=20, cols=18, lo=-1000, hi=1000)
+    inter = -1024 if unsigned else 0
+    write_ct_series(
+        tmp_path, hu, transfer_syntax=ts, unsigned=unsigned, bits_stored=12, intercept=inter
+    )
+    got = _check_against_pydicom(tmp_path, np.int16)
+    assert np.array_equal(got, hu.astype(np.int16))

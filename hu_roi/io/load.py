@@ -1,6 +1,6 @@
 """Loading HU volumes (all slices or only some) of an indexed series, fast.
 
-Four paths, chosen per file:
+The first of these paths that applies is taken, file by file:
 
 *Native fast path* (uncompressed little- or big-endian, explicit or implicit VR, 16 bits
 allocated, one sample per pixel): a small header walker (:func:`read_pixel_header`) finds
@@ -11,11 +11,13 @@ dtype), the range of the slice is checked, and the rescale is applied in place w
 modular 16-bit arithmetic, which is exact whenever the HU values fit int16 (checked
 before).  No per-slice or whole-volume temporaries beyond the output.
 
-*RLE fast path* (single-frame 16-bit RLE Lossless): the fragments are read with the same
-walker and decoded by pylibjpeg-rle directly, then finished like the native path (pydicom's
-Dataset machinery costs more than the RLE decoding itself).
+*Direct compressed paths* (single-frame 16-bit monochrome RLE Lossless, JPEG-LS, JPEG
+lossless): the fragments are read with the same walker and given to the decoder pydicom
+would use (pylibjpeg-rle, pyjpegls/CharLS, GDCM) directly, then finished like the native
+path with pydicom's corrections (pydicom's Dataset and decode-runner machinery cost as
+much as the decoding itself).
 
-*Compressed path* (JPEG-LS, JPEG 2000, JPEG lossless ...): pydicom decodes each file
+*Compressed path* (JPEG 2000, other JPEG, anything the direct paths skip): pydicom decodes each file
 with the plugin that is fastest for its transfer syntax (:data:`DECODING_PLUGINS`).  The
 decoders hold the GIL, so long series are decoded in worker processes (JPEG 2000, JPEG-LS,
 JPEG lossless; :data:`PROCESS_DECODING`, :data:`MIN_SLICES_PER_PROCESS`), chunk by chunk,
@@ -92,6 +94,7 @@ _EXPLICIT_BE = "1.2.840.10008.1.2.2"
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _RLE = "1.2.840.10008.1.2.5"
 _JPEG_LOSSLESS = frozenset({"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"})
+_JPEG_LS = frozenset({"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"})
 _NATIVE = frozenset({_IMPLICIT_LE, _EXPLICIT_LE, _EXPLICIT_BE})
 #: Compressed syntaxes whose decoders release the GIL, decoded in threads.  Empty: with
 #: pydicom's plugins none of the JPEG decoders gave a speed-up in threads (measured: JPEG
@@ -561,11 +564,20 @@ def _fast_native(fh: object, h: PixelHeader, dest: np.ndarray, path: str) -> Non
     _finish16(raw, h, dest)
 
 
-def _finish16(raw: np.ndarray, h: PixelHeader, dest: np.ndarray) -> None:
-    """Stored 16-bit values in ``raw`` (native byte order) -> HU in ``dest``."""
+def _finish16(
+    raw: np.ndarray, h: PixelHeader, dest: np.ndarray, *, signed_precision: int | None = None
+) -> None:
+    """Stored 16-bit values in ``raw`` (native byte order) -> HU in ``dest``.
+
+    ``signed_precision`` (JPEG-LS only): sign-extend signed data from this many bits (the
+    codestream's precision) instead of BitsStored, as pydicom's JPEG-LS sign correction does.
+    """
     v = raw.view(np.int16 if h.pixel_representation == 1 else np.uint16)
-    _correct_bits(v, 16, h.bits_stored)
-    bits = h.bits_stored if 0 < h.bits_stored <= 16 else 16
+    bits = h.bits_stored
+    if signed_precision is not None and h.pixel_representation == 1:
+        bits = signed_precision
+    _correct_bits(v, 16, bits)
+    bits = bits if 0 < bits <= 16 else 16
     if h.pixel_representation == 1:
         rng = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
     else:
@@ -666,6 +678,42 @@ def _fast_gdcm(fh: object, h: PixelHeader, dest: np.ndarray, path: str) -> None:
     if sys.byteorder == "big":  # pragma: no cover
         raw.byteswap(inplace=True)
     _finish16(raw, h, dest)
+
+
+def _fast_jls(fh: object, h: PixelHeader, dest: np.ndarray, path: str) -> None:
+    """Decode a single-frame 16-bit JPEG-LS slice with pyjpegls (CharLS) directly.
+
+    Same decoder call as pydicom's pyjpegls plugin; then pydicom's corrections: signed data
+    are sign-extended from the codestream precision, unsigned data masked to BitsStored.
+    """
+    import jpeg_ls
+
+    src = _single_frame_fragments(fh, h, path)
+    try:
+        frame, info = jpeg_ls.decode_pixel_data(src)
+    except Exception as exc:
+        raise DicomReadError(f"{path}: cannot decode pixel data ({_one_line(exc)})") from None
+    nbytes = h.rows * h.columns * 2
+    precision = int(info.get("bits_per_sample", h.bits_stored))
+    if info.get("components", 1) != 1 or not 8 < precision <= 16 or len(frame) != nbytes:
+        raise DicomReadError(
+            f"{path}: cannot decode pixel data: JPEG-LS gave {len(frame)} bytes of "
+            f"{info.get('components')} component(s), {precision} bits; expected {nbytes} "
+            "bytes of one 9-16 bit component"
+        )
+    raw = dest if dest.dtype == np.int16 else np.empty(dest.shape, dtype=np.int16)
+    raw.reshape(-1).view(np.uint8)[:] = np.frombuffer(frame, dtype=np.uint8)
+    if sys.byteorder == "big":  # pragma: no cover
+        raw.byteswap(inplace=True)
+    _finish16(raw, h, dest, signed_precision=precision)
+
+
+def _jls_available() -> bool:
+    try:
+        import jpeg_ls  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _rle_available() -> bool:
@@ -812,6 +860,21 @@ def load_slice_into(path: str, dest: np.ndarray) -> float | None:
             and h.pixel_length == _UNDEFINED
         ):
             _fast_gdcm(fh, h, dest, path)
+            pad = h.pixel_padding_value
+            return None if pad is None else pad * h.rescale_slope + h.rescale_intercept
+        if (
+            h is not None
+            and h.transfer_syntax in _JPEG_LS
+            and _JLS_AVAILABLE
+            and h.bits_allocated == 16
+            and 8 < h.bits_stored <= 16
+            and h.samples_per_pixel == 1
+            and h.number_of_frames == 1
+            and h.photometric_interpretation in ("MONOCHROME1", "MONOCHROME2")
+            and not h.has_modality_lut
+            and h.pixel_length == _UNDEFINED
+        ):
+            _fast_jls(fh, h, dest, path)
             pad = h.pixel_padding_value
             return None if pad is None else pad * h.rescale_slope + h.rescale_intercept
     plugin = DECODING_PLUGINS.get(h.transfer_syntax, "") if h is not None else ""
@@ -980,3 +1043,4 @@ def load_series(
 
 
 _RLE_AVAILABLE = _rle_available()
+_JLS_AVAILABLE = _jls_available()
