@@ -204,7 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hu-roi: interrupted", file=sys.stderr)
         return 130
-    except (CliError, HuRoiError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+    except (CliError, HuRoiError, OSError) as exc:
+        # Cannot run (bad input, no such folder, disk full...): one line, no traceback.
+        # Outputs are written atomically, so a previous file is left as it was.
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"hu-roi {args.command}: error: {msg}", file=sys.stderr)
         return 2

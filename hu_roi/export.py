@@ -17,8 +17,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 
 from hu_roi import __version__
 from hu_roi.measure import Measurement
+from hu_roi.util import atomic_write_text
 
 __all__ = [
     "MEASUREMENT_COLUMNS",
@@ -130,23 +129,6 @@ def meta_path(csv_path: str | Path) -> Path:
     return p.with_name(p.name + ".meta.json")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def measurements_csv_text(
     measurements: Iterable[Measurement], *, include_identifiers: bool = False
 ) -> str:
@@ -185,7 +167,10 @@ def write_measurements_csv(
         The CSV path.
     """
     p = Path(path)
-    _atomic_write(p, measurements_csv_text(measurements, include_identifiers=include_identifiers))
+    p.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        p, measurements_csv_text(measurements, include_identifiers=include_identifiers)
+    )
     info: dict[str, Any] = {
         "tool": f"hu-roi {__version__}",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -198,5 +183,5 @@ def write_measurements_csv(
     }
     if meta:
         info.update(meta)
-    _atomic_write(meta_path(p), json.dumps(info, indent=1, default=str) + "\n")
+    atomic_write_text(meta_path(p), json.dumps(info, indent=1, default=str) + "\n")
     return p

@@ -37,6 +37,7 @@ carries ``study_date``) in the folder; otherwise no match, with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import json
@@ -44,8 +45,8 @@ import logging
 import math
 import os
 import re
-import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+import stat
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +57,7 @@ import numpy as np
 from hu_roi import __version__
 from hu_roi.errors import RoiConflictError, RoiFormatError
 from hu_roi.series import SeriesInfo
+from hu_roi.util import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -577,11 +579,56 @@ def load_roiset(path: str | Path) -> RoiSet:
     FileNotFoundError
     """
     p = Path(path)
-    with open(p, "rb") as fh:
-        data = fh.read()
-        st = os.fstat(fh.fileno())
+    data, st = _read_roi_bytes(p)
     rs = _parse(data, p)
     return replace(rs, path=str(p), stamp=FileStamp.of_bytes(data, st))
+
+
+#: Largest ROI file read (bytes).  A reader's set for a whole trial is a few MB; anything
+#: far larger is not an ROI file and is refused before it is read into memory.
+MAX_ROI_FILE_BYTES = 64 * 1024**2
+
+
+def _read_roi_bytes(p: Path) -> tuple[bytes, os.stat_result]:
+    """Bytes and stat of an ROI file; named pipes, devices and huge files are refused."""
+    st0 = os.stat(p)
+    if not stat.S_ISREG(st0.st_mode):
+        raise RoiFormatError(f"{p}: not a regular file (a pipe, device or folder); not read")
+    if st0.st_size > MAX_ROI_FILE_BYTES:
+        raise RoiFormatError(
+            f"{p}: {st0.st_size / 1024**2:.0f} MiB is far too large for an ROI file "
+            f"(limit {MAX_ROI_FILE_BYTES // 1024**2} MiB); not read"
+        )
+    with open(p, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):  # replaced between stat and open
+            raise RoiFormatError(f"{p}: not a regular file; not read")
+        data = fh.read(MAX_ROI_FILE_BYTES + 1)
+    if len(data) > MAX_ROI_FILE_BYTES:
+        raise RoiFormatError(f"{p}: grew beyond {MAX_ROI_FILE_BYTES // 1024**2} MiB while read")
+    return data, st
+
+
+@contextlib.contextmanager
+def _save_lock(p: Path) -> Iterator[None]:
+    """Exclusive lock for the check-then-replace of a save (two editors saving at once).
+
+    The lock is an ``flock`` on the ROI file's folder (no lock file is left behind); it
+    serialises saves into one folder, which take milliseconds.  Without ``fcntl``
+    (Windows) saving is unlocked and only the stamp check protects the file.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(p.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _describe_changes(old: Sequence[Roi], new: Sequence[Roi]) -> list[str]:
@@ -652,11 +699,17 @@ def save_roiset(
     if expected_stamp is _UNSET:
         same = roiset.path is not None and Path(roiset.path).resolve() == p.resolve()
         expected_stamp = roiset.stamp if same else None
+    with _save_lock(p):
+        return _save_locked(roiset, p, expected_stamp, overwrite, who)
+
+
+def _save_locked(
+    roiset: RoiSet, p: Path, expected_stamp: FileStamp | None, overwrite: bool, who: str | None
+) -> RoiSet:
+    """The body of :func:`save_roiset`, run while holding the file's save lock."""
     old_rois: Sequence[Roi] = ()
     if p.exists():
-        with open(p, "rb") as fh:
-            data = fh.read()
-            st = os.fstat(fh.fileno())
+        data, st = _read_roi_bytes(p)
         current = FileStamp.of_bytes(data, st)
         if expected_stamp is None and not overwrite:
             raise RoiConflictError(
@@ -684,28 +737,7 @@ def save_roiset(
     saved = replace(roiset, history=(*roiset.history, entry))
     text = json.dumps(saved.to_dict(), indent=1, ensure_ascii=False, allow_nan=False) + "\n"
     payload = text.encode("utf-8")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename durable
-        dfd = os.open(p.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    atomic_write_bytes(p, payload)
     st2 = p.stat()
     stamp = FileStamp(st2.st_mtime_ns, st2.st_size, hashlib.sha256(payload).hexdigest())
     logger.info("saved %d ROIs to %s (%s)", len(saved.rois), p, "; ".join(changes))
