@@ -207,7 +207,7 @@ def test_live_table_matches_batch(widget, study, qtbot):
     lay.data = data
     old = rows["PSECRET7-T0-L2"][2]  # mean HU
     _wait_table(qtbot, w, lambda rows: rows[0][2] != old)
-    assert w.session.dirty
+    qtbot.waitUntil(lambda: w.session.dirty, timeout=3000)  # the ROI set follows (debounced)
 
 
 def test_save_close_reopen_restores_rois(make_napari_viewer, study, qtbot, monkeypatch):
