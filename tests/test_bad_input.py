@@ -511,3 +511,52 @@ def test_cli_index_unusable_out_path(corpus, tmp_path: Path, target: str) -> Non
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("hu-roi index: error: "), proc.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# tables given to longitudinal / analyze that are not what they should be
+# ---------------------------------------------------------------------------------------
+_BAD_TABLES = {
+    "empty": b"",
+    "wrong_columns": b"a,b\n1,2\n",
+    "binary": bytes(range(256)) * 2,
+    "png": b"\x89PNG\r\n\x1a\n" + b"\x00" * 64,
+}
+
+
+@pytest.mark.parametrize("command", ["longitudinal", "analyze-measurements", "analyze-clinical"])
+@pytest.mark.parametrize("kind", [*_BAD_TABLES, "missing", "fifo"])
+def test_cli_bad_tables(tmp_path: Path, command: str, kind: str) -> None:
+    """Exit 2 with one line naming the file; never a traceback, never blocking."""
+    if kind == "empty" and command == "analyze-measurements":
+        pytest.skip(
+            "analyze treats a 0-byte measurement CSV as an empty table and runs (exit 0), "
+            "longitudinal refuses it; which is right is the analysis owner's call"
+        )
+    bad = tmp_path / "table.csv"
+    if kind == "fifo":
+        if not hasattr(os, "mkfifo"):
+            pytest.skip("needs named pipes")
+        os.mkfifo(bad)
+    elif kind != "missing":
+        bad.write_bytes(_BAD_TABLES[kind])
+    if command == "longitudinal":
+        args = ["longitudinal", str(bad), "--out", str(tmp_path / "l.csv")]
+    else:  # the other table is valid: the synthetic trial of hu_roi.analysis
+        from hu_roi.analysis.synthetic import write_trial
+
+        meas, clin = write_trial(tmp_path / "trial")
+        if command == "analyze-measurements":
+            meas = bad
+        else:
+            clin = bad
+        args = ["analyze", "--measurements", str(meas), "--clinical", str(clin), "--out",
+                str(tmp_path / "an")]  # fmt: skip
+    try:
+        proc = _hu_roi(*args, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"hu-roi {command} blocked on a {kind} table")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "table.csv" in lines[0], proc.stderr
