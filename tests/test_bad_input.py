@@ -265,7 +265,9 @@ def _roi_for(case: str, uid: str, z_mm: float) -> dict:
     }
 
 
-def test_cli_measure_whole_corpus(corpus, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_cli_measure_whole_corpus(corpus, tmp_path: Path, workers: int) -> None:
+    """Every ROI a row with the expected status; the same with 2 worker processes."""
     if not _has_measure():
         pytest.skip("hu-roi measure is not wired into the CLI yet")
     root, cases = corpus
@@ -289,6 +291,8 @@ def test_cli_measure_whole_corpus(corpus, tmp_path: Path) -> None:
             "--out",
             str(out),
             "--quiet",
+            "--workers",
+            str(workers),
             timeout=120,
         )
     except subprocess.TimeoutExpired:
