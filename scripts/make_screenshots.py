@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     csv_path = w.export_csv(work / "P02_T0.csv")
     w.save()
     print(f"exported {csv_path} and saved {roi_file}")
+    last = truth[-1]  # zoom on the last vertebra drawn
+    camera.center = (*camera.center[:-2], float(last["center_y_mm"]), float(last["center_x_mm"]))
+    camera.zoom = camera.zoom * 3.0
     shot("drawn_rois.png")
     n_csv = sum(1 for _ in csv.DictReader(open(csv_path))) if csv_path else 0
     w.session.dirty = False

@@ -131,7 +131,7 @@ def rois_layer_data(
             "geometry": "",
         },
         "edge_color": colors or "yellow",
-        "edge_width": 2,
+        "edge_width": 1,
         "face_color": "transparent",
         "text": {"string": "{level}", "color": "yellow", "size": 10, "anchor": "upper_left"},
         "metadata": {"hu_roi_rois": {"token": handle.token, **(metadata or {})}},

@@ -331,6 +331,7 @@ class Session:
             )
             if reuse is not None:
                 self._refill_layers(reuse, data, kw, sdata, skw)
+                self.viewer.reset_view()  # another series: fit it in the canvas
             else:
                 self.image_layer = self.viewer.add_image(data, **kw)
                 self.shapes_layer = self.viewer.add_shapes(sdata, **skw)
