@@ -28,6 +28,7 @@ from napari_helpers import (
     make_widget,
 )
 
+pytest.importorskip("napari", reason="the napari extra is not installed")
 pytestmark = pytest.mark.napari
 
 PLUGIN_DIR = Path(__file__).resolve().parents[2] / "plugins" / "hu_roi_napari"
