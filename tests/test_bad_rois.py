@@ -267,6 +267,23 @@ def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "dicom"
 
 
+def _run_main(*args: str) -> subprocess.CompletedProcess:
+    """``hu-roi ARGS`` in this process (fast; for the many small checks).  A traceback
+    would surface here as an exception and fail the test."""
+    import contextlib
+    import io
+
+    from hu_roi.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(list(args))
+        except SystemExit as exc:  # argparse usage errors
+            rc = exc.code if isinstance(exc.code, int) else 2
+    return subprocess.CompletedProcess(list(args), rc, out.getvalue(), err.getvalue())
+
+
 def _hu_roi(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, HU_ROI_CACHE_DIR=os.environ.get("HU_ROI_CACHE_DIR", "/nonexistent"))
     return subprocess.run(
@@ -298,7 +315,7 @@ def test_cli_measure_refuses_unusable_roi_file(
     roi_file.write_text(content)  # type: ignore[arg-type]
     out = tmp_path / "m.csv"
     out.write_text("previous results\n")
-    proc = _hu_roi("measure", "--dicom", str(phantom), "--rois", str(roi_file), "--out", str(out))
+    proc = _run_main("measure", "--dicom", str(phantom), "--rois", str(roi_file), "--out", str(out))
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -316,7 +333,7 @@ def test_cli_measure_folder_with_one_bad_file(tmp_path: Path, phantom: Path) -> 
     (tmp_path / "rois" / "a.rois.json").write_text(_set(_roi("A", CIRCLE)))
     bad = tmp_path / "rois" / "b.rois.json"
     bad.write_text(_set(_roi("B", dict(CIRCLE, radius_mm=-1))))
-    proc = _hu_roi("measure", "--dicom", str(phantom), "--rois", str(tmp_path / "rois"))
+    proc = _run_main("measure", "--dicom", str(phantom), "--rois", str(tmp_path / "rois"))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(bad) in lines[0] and "ROI 'B'" in lines[0], proc.stderr
