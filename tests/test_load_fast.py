@@ -249,7 +249,7 @@ def test_process_pool_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, float_slice: bool
 ) -> None:
     """Long JPEG-LS series go to worker processes: same result as one thread."""
-    n = load_mod.MIN_SLICES_PER_PROCESS * 2
+    n = load_mod.min_slices_per_process(JPEGLSLossless) * 2
     hu = _hu(n=n, rows=16, cols=16)
     if float_slice:  # one slice beyond int16: the workers' refusal restarts as float32
         hu[5, 0, 0] = 40000
@@ -401,6 +401,7 @@ def test_deeply_nested_sequences_fall_back_cleanly(tmp_path: Path) -> None:
         assert np.array_equal(dest, hu[0].astype(np.int16))
 
 
+@pytest.mark.filterwarnings("ignore:The number of bytes of compressed pixel data")
 @pytest.mark.parametrize("ts", [JPEGLSLossless, RLELossless], ids=["jls", "rle"])
 @pytest.mark.parametrize("unsigned", [True, False])
 def test_12_bit_compressed_fast_paths(

@@ -20,7 +20,7 @@ much as the decoding itself).
 *Compressed path* (JPEG 2000, other JPEG, anything the direct paths skip): pydicom decodes each file
 with the plugin that is fastest for its transfer syntax (:data:`DECODING_PLUGINS`).  The
 decoders hold the GIL, so long series are decoded in worker processes (JPEG 2000, JPEG-LS,
-JPEG lossless; :data:`PROCESS_DECODING`, :data:`MIN_SLICES_PER_PROCESS`), chunk by chunk,
+JPEG lossless; :data:`PROCESS_DECODING`, :func:`min_slices_per_process`), chunk by chunk,
 each chunk copied into the output.
 
 *Fallback* (anything unusual: 8/32-bit pixels, colour, deflate, Modality LUT sequence, a
@@ -118,6 +118,18 @@ PROCESS_DECODING = frozenset(
 )
 #: Fewest slices per worker process that justify starting processes.
 MIN_SLICES_PER_PROCESS = 8
+#: The same for syntaxes with a direct decoder (JPEG-LS, JPEG lossless: ~7 ms per 512²
+#: slice), where starting processes and shipping slices back only pays off for long series.
+MIN_SLICES_PER_PROCESS_FAST = 32
+
+
+def min_slices_per_process(transfer_syntax: str) -> int:
+    """Fewest slices per worker process for which ``load_series`` uses processes."""
+    fast = (_JLS_AVAILABLE and transfer_syntax in _JPEG_LS) or (
+        _GDCM_AVAILABLE and transfer_syntax in _JPEG_LOSSLESS
+    )
+    return MIN_SLICES_PER_PROCESS_FAST if fast else MIN_SLICES_PER_PROCESS
+
 
 _INT16 = np.iinfo(np.int16)
 _UNDEFINED = 0xFFFFFFFF
@@ -1012,7 +1024,7 @@ def load_series(
     use_processes = (
         n_workers > 1
         and info.transfer_syntax in PROCESS_DECODING
-        and len(idx) >= MIN_SLICES_PER_PROCESS * n_workers
+        and len(idx) >= min_slices_per_process(info.transfer_syntax) * n_workers
     )
 
     def run(dtype: type) -> tuple[np.ndarray, list[float | None]]:
