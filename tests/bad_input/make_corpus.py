@@ -96,6 +96,7 @@ CASES: tuple[str, ...] = (
     "fifo",
     "unreadable",
     "long_path",
+    "beyond_path_max",
     "non_ascii",
     "non_utf8",
     "huge_dimensions",
@@ -538,6 +539,29 @@ def make_corpus(dest: Path, *, include_fifo: bool = True) -> dict[str, Expectati
         skipped=(R_NOT_DICOM,),
         series_uid=uid,
     )
+
+    if sys.platform.startswith("linux"):
+        _, uid = _series(dest / "beyond_path_max")
+        fd = os.open(dest / "beyond_path_max", os.O_RDONLY)
+        try:  # build it relative to open folders: the full path is longer than PATH_MAX
+            for k in range(20):
+                name = f"{k:02d}" + "x" * 240
+                os.mkdir(name, dir_fd=fd)
+                sub = os.open(name, os.O_RDONLY, dir_fd=fd)
+                os.close(fd)
+                fd = sub
+            leaf = os.open("deep.dcm", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+            os.close(leaf)
+        finally:
+            os.close(fd)
+        cases["beyond_path_max"] = Expectation(
+            "a series next to a folder chain whose full path (~4,900 characters) is longer "
+            "than PATH_MAX",
+            skipped=(r"^cannot list folder: File name too long$",),
+            series_uid=uid,
+        )
+    else:
+        OMITTED["beyond_path_max"] = "built with dir_fd (Linux)"
 
     _, uid = _series(dest / "non_ascii" / "Ünïcødé 患者 ✓ (copy)")
     (dest / "non_ascii" / "Ünïcødé 患者 ✓ (copy)" / "Bericht für Ärztin.dcm").write_bytes(_PDF)
