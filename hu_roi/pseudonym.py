@@ -64,8 +64,9 @@ _CODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def _token_re(patient_id: str) -> re.Pattern[str]:
-    """Matches ``patient_id`` where it is not part of a longer alphanumeric run."""
-    return re.compile(rf"(?<![A-Za-z0-9]){re.escape(patient_id)}(?![A-Za-z0-9])")
+    """Matches ``patient_id`` where it is not part of a longer run of letters, digits and
+    dots (so the ID ``1`` is replaced in ``1-T0-L3`` but not inside ``1.5000 mm``)."""
+    return re.compile(rf"(?<![A-Za-z0-9.]){re.escape(patient_id)}(?![A-Za-z0-9.])")
 
 
 @dataclass(frozen=True)

@@ -283,6 +283,14 @@ def test_rows_pseudonymized_in_id_and_text_columns() -> None:
     assert out[2] == rows[2]
     with pytest.raises(SchemaError, match="no study code"):
         pseudonymize_rows([{"patient_id": "P2"}], pmap)
+    # a short numeric ID is replaced as a token, not inside numbers
+    one = PseudonymMap({"1": "S042"})
+    row = {"roi_id": "1-T0-L3", "patient_id": "1", "detail": "plane (1.5000 mm) of 1-T0-L3"}
+    assert one.pseudonymize_row(row) == {
+        "roi_id": "S042-T0-L3",
+        "patient_id": "S042",
+        "detail": "plane (1.5000 mm) of S042-T0-L3",
+    }
 
 
 def test_pseudonymized_tables_are_consistent(outputs, tmp_path: Path) -> None:
