@@ -26,6 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from bad_input.make_corpus import CASES, OMITTED, PHANTOM_HU, SHAPE, SPACING, make_corpus
 
@@ -589,3 +590,33 @@ def test_cli_bad_tables(tmp_path: Path, command: str, kind: str) -> None:
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "table.csv" in lines[0], proc.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# files that change between index and load
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("change", ["deleted", "emptied", "resized", "replaced_by_pdf"])
+def test_file_changed_after_index(tmp_path: Path, change: str) -> None:
+    """A slice deleted or rewritten after indexing: a DicomReadError naming the file;
+    the other slices still load."""
+    from bad_input.make_corpus import _PDF, _series
+
+    paths, _ = _series(tmp_path / "s")
+    info = index_folder(tmp_path / "s").series[0]
+    victim = Path(info.slices[2].path)
+    if change == "deleted":
+        victim.unlink()
+    elif change == "emptied":
+        victim.write_bytes(b"")
+    elif change == "resized":
+        from dicom_factory import write_ct_series
+
+        other = write_ct_series(tmp_path / "other", np.full((1, 32, 32), 40.0))[0]
+        victim.write_bytes(other.read_bytes())
+    else:
+        victim.write_bytes(_PDF)
+    with pytest.raises(DicomReadError) as ei:
+        load_series(info)
+    assert victim.name in str(ei.value) and "\n" not in str(ei.value)
+    vol = load_series(info, slices=[0, 1])
+    assert float(vol.hu.mean()) == PHANTOM_HU
