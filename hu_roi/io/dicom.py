@@ -450,9 +450,29 @@ def iter_files(root: str | os.PathLike[str], skipped: list[SkippedFile]) -> Iter
         yield root_s
         return
     seen: set[tuple[int, int]] = set()
+    root_real = os.path.realpath(root_s)
 
     def onerror(exc: OSError) -> None:
         skipped.append(SkippedFile(str(exc.filename), f"cannot list folder: {exc.strerror}"))
+
+    def _links_to_ancestor(dirpath: str, name: str) -> bool:
+        """A link to a folder that contains the tree (``/``, ``..``): a loop that would
+        otherwise walk the whole file system before it is noticed."""
+        full = os.path.join(dirpath, name)
+        if not os.path.islink(full):
+            return False
+        target = os.path.realpath(full)
+        try:
+            if os.path.commonpath([root_real, target]) != target:
+                return False
+        except ValueError:  # different drives
+            return False
+        skipped.append(
+            SkippedFile(
+                full, "symbolic-link loop (links to a folder that contains the tree); not followed"
+            )
+        )
+        return True
 
     for dirpath, dirnames, filenames in os.walk(root_s, followlinks=True, onerror=onerror):
         try:
@@ -465,7 +485,7 @@ def iter_files(root: str | os.PathLike[str], skipped: list[SkippedFile]) -> Iter
             skipped.append(SkippedFile(dirpath, "folder already visited (symbolic-link loop)"))
             continue
         seen.add(key)
-        dirnames.sort()
+        dirnames[:] = [d for d in sorted(dirnames) if not _links_to_ancestor(dirpath, d)]
         for name in sorted(filenames):
             path = os.path.join(dirpath, name)
             try:
