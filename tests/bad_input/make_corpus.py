@@ -57,7 +57,7 @@ R_NOT_DICOM = r"^not a DICOM file"
 R_NO_IMAGE = r"^no image in this file"
 R_CANNOT_READ = r"^cannot read file"
 R_DUPLICATE_SOP = r"^duplicate SOPInstanceUID \(same as .+\); ignored$"
-R_LOOP = r"^folder already visited \(symbolic-link loop\)$"
+R_LOOP = r"^(folder already visited \(symbolic-link loop\)|symbolic-link loop \(links to a folder that contains the tree\); not followed)$"
 R_DICOMDIR = r"^DICOMDIR \(a directory index, not an image\)$"
 R_NOT_REGULAR = r"not a regular file"
 R_DECODE = r"cannot (decode pixel data|read)"
@@ -92,6 +92,7 @@ CASES: tuple[str, ...] = (
     "missing_slices",
     "duplicate_sop",
     "symlink_loop",
+    "symlink_to_root",
     "dangling_symlink",
     "fifo",
     "unreadable",
@@ -490,6 +491,18 @@ def make_corpus(dest: Path, *, include_fifo: bool = True) -> dict[str, Expectati
     os.symlink(".", dest / "symlink_loop" / "loop")
     cases["symlink_loop"] = Expectation(
         "a symbolic link to its own folder (loop)", skipped=(R_LOOP,), series_uid=uid
+    )
+
+    _, uid = _series(dest / "symlink_to_root")
+    os.symlink("/", dest / "symlink_to_root" / "everything")
+    os.symlink("..", dest / "symlink_to_root" / "parent")
+    cases["symlink_to_root"] = Expectation(
+        "links to / and to .. (loops that would walk the whole file system first)",
+        skipped=(
+            r"^symbolic-link loop \(links to a folder that contains the tree\); not followed$",
+        )
+        * 2,
+        series_uid=uid,
     )
 
     _, uid = _series(dest / "dangling_symlink")
