@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     head = (
         f"# hu-roi benchmark results\n\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{platform.machine()}, {cpus} CPUs, Python {platform.python_version()}, "
-        f"load average before/after: {_load()}; total {time.time() - t0:.0f} s.\n"
+        f"load average at the end: {_load()}; total {time.time() - t0:.0f} s.\n"
         "Times: best of repeated runs in fresh processes, page cache warm. "
         "Memory: peak RSS above the RSS after imports.\n"
     )
