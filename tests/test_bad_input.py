@@ -620,3 +620,21 @@ def test_file_changed_after_index(tmp_path: Path, change: str) -> None:
     assert victim.name in str(ei.value) and "\n" not in str(ei.value)
     vol = load_series(info, slices=[0, 1])
     assert float(vol.hu.mean()) == PHANTOM_HU
+
+
+def test_measure_broken_slice_fails_only_its_rois(corpus, tmp_path: Path) -> None:
+    """Two ROIs on one series, one on the truncated last slice: only that one fails;
+    the ROI on an intact slice is measured (its slices load)."""
+    from hu_roi.batch import measure_batch
+
+    root, cases = corpus
+    uid = cases["truncated_pixels"].series_uid
+    rois = [_roi_for("intact", uid, 1.0), _roi_for("broken", uid, float(SHAPE[0] - 1))]
+    f = tmp_path / "two.rois.json"
+    f.write_text(json.dumps({"format": "hu-roi.roiset", "version": 1, "rois": rois}))
+    rows = {m.roi_id: m for m in measure_batch(root / "truncated_pixels", f).measurements}
+    assert rows["broken-L3"].qc_status == "fail"
+    assert rows["broken-L3"].qc_flags[0] == "series-load-failed"
+    assert Path(str(cases["truncated_pixels"].extra["bad_file"])).name in rows["broken-L3"].detail
+    assert rows["intact-L3"].qc_status == "pass", rows["intact-L3"].qc_flags
+    assert rows["intact-L3"].mean_hu == PHANTOM_HU
