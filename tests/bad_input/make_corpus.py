@@ -9,9 +9,10 @@ hu-roi must do with it (:class:`Expectation`).  Each case lives in its own sub-f
 Every case that can hold one also holds a *valid* series next to the bad file, so that the
 tests can check that the rest of the batch completes.
 
-Cases that cannot be made meaningfully on this machine are left out and listed in
-``make_corpus(...)["_omitted"]``-free form: see :data:`OMITTED` (e.g. permission-denied
-files when running as root, where ``chmod 000`` does not prevent reading).
+Cases that cannot be made meaningfully on this machine are left out of the returned dict
+and listed, with the reason, in :data:`OMITTED` (e.g. permission-denied files when
+running as root, where ``chmod 000`` does not prevent reading).  :data:`CASES` names every
+case that can exist, so tests can be parametrised before the corpus is written.
 
 Run as a script to write a corpus for manual inspection::
 
