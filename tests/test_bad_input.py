@@ -337,7 +337,8 @@ def test_cli_measure_whole_corpus(corpus, tmp_path: Path, workers: int) -> None:
 
 
 def test_cli_measure_cannot_run(tmp_path: Path) -> None:
-    """No such DICOM folder / ROI file: exit non-zero with one line on stderr."""
+    """No such DICOM folder / ROI file, a folder without ROI files, --workers 0: exit 2
+    with one line on stderr."""
     if not _has_measure():
         pytest.skip("hu-roi measure is not wired into the CLI yet")
     rois = tmp_path / "a.rois.json"
@@ -347,8 +348,18 @@ def test_cli_measure_cannot_run(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "nope" in lines[0] and "Traceback" not in proc.stderr
     proc = _run_main("measure", "--dicom", str(tmp_path), "--rois", str(tmp_path / "none.json"))
-    assert proc.returncode != 0
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "none.json" in lines[0], proc.stderr
+    empty = tmp_path / "no_rois_here"
+    empty.mkdir()
+    (empty / "notes.json").write_text("{}")
+    proc = _run_main("measure", "--dicom", str(tmp_path), "--rois", str(empty))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no ROI files" in lines[0] and str(empty) in lines[0], lines
+    proc = _run_main("measure", "--dicom", str(rois), "--rois", str(rois), "--workers", "0")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 # ---------------------------------------------------------------------------------------
