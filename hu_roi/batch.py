@@ -236,6 +236,7 @@ def measure_batch(
     scheduler: str | object | None = None,
     progress: bool = False,
     accept: Sequence[str] = (),
+    cache: object | None = None,
 ) -> BatchResult:
     """Measure every stored ROI on its series (see the module docstring for the steps).
 
@@ -255,6 +256,9 @@ def measure_batch(
     accept : sequence of str
         Series problems to measure anyway, on top of :data:`ACCEPTED_PROBLEMS` (e.g.
         ``("duplicate-positions",)``); codes that are never loadable stay refused.
+    cache : HeaderCache or None
+        Persistent header cache for the index (:mod:`hu_roi.io.cache`); it holds no
+        patient names, so leave it out when identifiers are to be written.
 
     Returns
     -------
@@ -271,7 +275,7 @@ def measure_batch(
     if not root.exists():
         raise BatchInputError(f"no such DICOM folder: {root}")
     roisets = load_roi_inputs(rois)
-    idx = index_folder(root, progress=progress)
+    idx = index_folder(root, progress=progress, cache=cache)
     items: list[_Item] = []
     results: dict[int, Measurement] = {}
     groups: dict[str, list[_Item]] = defaultdict(list)
@@ -432,6 +436,11 @@ def add_measure_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="do not use the persistent header cache (see hu-roi index)",
+    )
+    p.add_argument(
         "--include-identifiers",
         action="store_true",
         help="also write patient name and birth date (off by default)",
@@ -451,6 +460,19 @@ def _accept_codes(text: str) -> tuple[str, ...]:
             f"known: {', '.join(PROBLEM_CODES)}"
         )
     return codes
+
+
+def _header_cache(args: argparse.Namespace) -> object | None:
+    """The default header cache, unless --no-cache or identifiers are asked for.
+
+    The cache never stores patient names or birth dates, so ``--include-identifiers``
+    reads every header itself.
+    """
+    if getattr(args, "no_cache", False) or getattr(args, "include_identifiers", False):
+        return None
+    from hu_roi.io.cache import HeaderCache
+
+    return HeaderCache.default()
 
 
 def run_measure(args: argparse.Namespace) -> int:
@@ -473,6 +495,7 @@ def run_measure(args: argparse.Namespace) -> int:
         scheduler=getattr(args, "scheduler", None),
         progress=not args.quiet,
         accept=_accept_codes(getattr(args, "accept", "")),
+        cache=_header_cache(args),
     )
     if args.out and args.out != "-":
         meta = dict(res.meta)

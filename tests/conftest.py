@@ -18,3 +18,11 @@ def real_ct() -> Path:
     if not REAL_CT.is_dir():
         pytest.skip(f"real CT data not found at {REAL_CT}")
     return REAL_CT
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_header_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep the persistent header cache of the CLI out of the user's home (subprocesses too)."""
+    import os
+
+    os.environ["HU_ROI_CACHE_DIR"] = str(tmp_path_factory.mktemp("hu-roi-cache"))

@@ -9,6 +9,11 @@ a cache file planted by someone else cannot run code.  The cache is an optimisat
 only: a missing, locked, unreadable or corrupt cache file is logged and rebuilt (or the
 cache is disabled for the run); it never makes an index fail.
 
+Direct identifiers (PatientName, PatientBirthDate) are never written to the cache: a
+cached header holds them as empty strings, so a cache file left in a home folder leaks no
+patient's name.  Commands that output identifiers on request (``hu-roi measure
+--include-identifiers``) read headers without the cache.
+
 Location (:meth:`HeaderCache.default`): ``$HU_ROI_CACHE_DIR`` if set, else
 ``$XDG_CACHE_HOME/hu-roi``, else ``~/.cache/hu-roi``.
 
@@ -34,7 +39,7 @@ log = logging.getLogger(__name__)
 
 #: Bumped when the stored format changes; the field names of ImageHeader are part of the
 #: version too, so a changed ImageHeader invalidates old caches automatically.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _FIELDS = tuple(f.name for f in dataclasses.fields(ImageHeader))
 _TUPLE_FIELDS = frozenset(f.name for f in dataclasses.fields(ImageHeader) if "tuple" in str(f.type))
 _VERSION = f"{SCHEMA_VERSION}:{','.join(_FIELDS)}"
@@ -59,9 +64,14 @@ _PATH_FIRST = _FIELDS[0] == "path"
 _TUPLE_POS = tuple(i for i, f in enumerate(_STORED) if f in _TUPLE_FIELDS)
 
 
+#: Fields never stored (direct identifiers); cached headers carry "" instead.
+_NOT_STORED = frozenset({"patient_name", "patient_birth_date"})
+
+
 def _encode(h: ImageHeader) -> str:
     """JSON array of the header's fields in :data:`_STORED` order (the path is the key)."""
-    return json.dumps([getattr(h, f) for f in _STORED], separators=(",", ":"))
+    vals = ["" if f in _NOT_STORED else getattr(h, f) for f in _STORED]
+    return json.dumps(vals, separators=(",", ":"))
 
 
 def _decode(text: str, path: str) -> ImageHeader | None:
@@ -180,7 +190,10 @@ class HeaderCache:
     @staticmethod
     def _key(path: str | os.PathLike[str]) -> tuple[str, int, int]:
         st = os.stat(path)
-        return os.path.abspath(path), st.st_size, st.st_mtime_ns
+        # Names that are not valid UTF-8 reach Python as lone surrogates, which SQLite
+        # cannot store: key them by their bytes, escaped.
+        key = os.fsencode(os.path.abspath(path)).decode("utf-8", "backslashreplace")
+        return key, st.st_size, st.st_mtime_ns
 
     def get(self, path: str | os.PathLike[str]) -> ImageHeader | None:
         """The cached header of ``path`` if the file is unchanged, else ``None``.

@@ -643,7 +643,10 @@ def _describe(key: str, hs: list[ImageHeader]) -> SeriesInfo:
         placed,
         key=lambda h: (float(np.dot(h.position, normal)), h.path),  # type: ignore[arg-type]
     )
-    order += [h for h in hs if h not in placed]  # multi-frame files without top-level IPP
+    # Multi-frame files without top-level IPP go last.  Identity, not ==: comparing frozen
+    # dataclasses field by field made this quadratic in the number of slices.
+    placed_ids = {id(h) for h in placed}
+    order += [h for h in hs if id(h) not in placed_ids]
     spacing = float("nan")
     if len(placed) >= 2:
         pos = np.array([h.position for h in order if h.position is not None], dtype=float)
