@@ -154,7 +154,7 @@ def run_index(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------
-def _optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
+def _optional_commands() -> list[Callable[[argparse._SubParsersAction], object]]:
     """Parser builders of the feature modules (imported lazily: ``--help`` stays fast)."""
     from hu_roi.commands import registered
 

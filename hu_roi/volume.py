@@ -50,7 +50,7 @@ class Volume:
     orientation: np.ndarray
     pixel_spacing_mm: tuple[float, float]
     slice_origins_lps_mm: np.ndarray
-    slice_indices: np.ndarray = field(default=None)  # type: ignore[assignment]
+    slice_indices: np.ndarray = field(default=None)  # type: ignore[arg-type]  # None -> 0..n-1
     info: SeriesInfo | None = None
     padding_hu: float | None = None
 
