@@ -285,7 +285,7 @@ def _run_main(*args: str) -> subprocess.CompletedProcess:
 
 
 def _hu_roi(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HU_ROI_CACHE_DIR=os.environ.get("HU_ROI_CACHE_DIR", "/nonexistent"))
+    env = dict(os.environ)  # HU_ROI_CACHE_DIR: the session's private cache (conftest.py)
     return subprocess.run(
         [sys.executable, "-m", "hu_roi.cli", *args],
         capture_output=True,

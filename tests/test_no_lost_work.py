@@ -384,7 +384,7 @@ def test_disk_full_keeps_previous_output(tmp_path: Path, command: str) -> None:
     out.parent.mkdir()
     out.write_text("previous results\n")
     args = (
-        ["measure", "--dicom", str(tmp_path / "dicom"), "--rois", str(rois)]
+        ["measure", "--dicom", str(tmp_path / "dicom"), "--rois", str(rois), "--no-cache"]
         if command == "measure"
         else ["index", str(tmp_path / "dicom"), "--no-cache"]
     )

@@ -127,7 +127,8 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _hu_roi(*args: str, cache: Path | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONWARNINGS="default")
-    env["HU_ROI_CACHE_DIR"] = str(cache) if cache else "/nonexistent/hu-roi-cache"
+    if cache:  # else the session's private cache dir (tests/conftest.py)
+        env["HU_ROI_CACHE_DIR"] = str(cache)
     proc = subprocess.run(
         [sys.executable, "-m", "hu_roi.cli", *args],
         capture_output=True,
