@@ -51,7 +51,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy import ndimage
 
 from hu_roi.measure import PADDING_HU_LIMIT, Measurement, add_flags
 from hu_roi.series import SeriesInfo
@@ -156,6 +155,8 @@ def auto_air_check(volume: Volume, *, max_slices: int = AUTO_AIR_MAX_SLICES) -> 
     -------
     AirCheck
     """
+    from scipy import ndimage  # imported when used: `hu-roi --help` stays fast
+
     total = 0.0
     count = 0
     struct = np.ones((3, 3), dtype=bool)

@@ -34,17 +34,14 @@ import io
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
-from hu_roi.analysis.schemas import (
-    LONGITUDINAL_SCHEMA,
-    MEASUREMENT_SCHEMA,
-    TIMEPOINTS,
-    longitudinal_from_measurements,
-)
 from hu_roi.errors import SchemaError
+
+if TYPE_CHECKING:  # pandas and the schemas are imported when used: `hu-roi --help` stays fast
+    import pandas as pd
 
 __all__ = [
     "LSC_HU",
@@ -78,6 +75,10 @@ def read_measurement_targets(path: str | Path) -> pd.DataFrame:
     Reference and phantom rows are dropped before validation (they may lack a timepoint or
     level and are not part of the longitudinal table).
     """
+    import pandas as pd
+
+    from hu_roi.analysis.schemas import MEASUREMENT_SCHEMA
+
     p = Path(path)
     if not p.is_file():
         raise SchemaError(f"measurement CSV: {str(p)!r} does not exist or is not a file")
@@ -109,6 +110,10 @@ def longitudinal_table(measurements: pd.DataFrame) -> pd.DataFrame:
     -------
     pandas.DataFrame
     """
+    import pandas as pd
+
+    from hu_roi.analysis.schemas import TIMEPOINTS, longitudinal_from_measurements
+
     out = longitudinal_from_measurements(measurements)
     if out.empty:
         return out
@@ -139,6 +144,8 @@ def longitudinal_table(measurements: pd.DataFrame) -> pd.DataFrame:
 
 
 def _cell(v: object) -> str:
+    import pandas as pd
+
     if v is None or v is pd.NA:
         return ""
     if isinstance(v, bool | np.bool_):
@@ -150,6 +157,8 @@ def _cell(v: object) -> str:
 
 def write_longitudinal_csv(table: pd.DataFrame, path: str | Path | None) -> None:
     """Write the table (declared columns first); ``None`` or ``-`` writes to stdout."""
+    from hu_roi.analysis.schemas import LONGITUDINAL_SCHEMA
+
     cols = list(LONGITUDINAL_SCHEMA.names) + [
         c for c in table.columns if c not in LONGITUDINAL_SCHEMA.names
     ]
