@@ -203,19 +203,16 @@ def index(a: dict[str, Any]) -> dict[str, Any]:
 
 def batch(a: dict[str, Any]) -> dict[str, Any]:
     """hu-roi measure (hu_roi.batch.measure_batch), optionally with the header cache."""
-    import functools
-
-    import hu_roi.io
     from hu_roi.batch import measure_batch
 
+    cache = None
     if a.get("cache"):
         from hu_roi.io.cache import HeaderCache
 
         cache = HeaderCache(a["cache"])
-        hu_roi.io.index_folder = functools.partial(hu_roi.io.index_folder, cache=cache)
     base = _rss_mb()
     t = _start()
-    res = measure_batch(a["root"], a["rois"], workers=a.get("workers", 1))
+    res = measure_batch(a["root"], a["rois"], workers=a.get("workers", 1), cache=cache)
     dt = _stop(t)
     status: dict[str, int] = {}
     for m in res.measurements:
