@@ -399,6 +399,26 @@ def _series_fields(info: SeriesInfo | None) -> dict[str, Any]:
     }
 
 
+def _identity_fields(roi: Roi, info: SeriesInfo | None) -> dict[str, Any]:
+    """The ROI's labels and its series' header facts (the ROI's own ids fill the gaps)."""
+    sf = _series_fields(info)
+    for k in ("series_instance_uid", "series_key", "study_date"):
+        if not sf[k]:
+            sf[k] = getattr(roi, k)
+    return dict(
+        roi_id=roi.roi_id,
+        patient_id=roi.patient_id,
+        timepoint=roi.timepoint,
+        level=roi.level,
+        irradiated=roi.irradiated,
+        lesion_type=roi.lesion_type,
+        kind=roi.kind,
+        shape=roi.shape.type,
+        density_mg_cm3=roi.density_mg_cm3,
+        **sf,
+    )
+
+
 def _series_problem_flags(info: SeriesInfo | None) -> list[str]:
     if info is None:
         return []
@@ -415,24 +435,9 @@ def failed_measurement(
     roi_file: str = "",
 ) -> Measurement:
     """The row of an ROI that could not be measured (qc_status ``fail``, empty statistics)."""
-    sf = _series_fields(info)
-    if not sf["series_instance_uid"]:
-        sf["series_instance_uid"] = roi.series_instance_uid
-    if not sf["series_key"]:
-        sf["series_key"] = roi.series_key
-    if not sf["study_date"]:
-        sf["study_date"] = roi.study_date
     flags = list(dict.fromkeys([*codes, *_series_problem_flags(info)]))
     nan = math.nan
     return Measurement(
-        roi_id=roi.roi_id,
-        patient_id=roi.patient_id,
-        timepoint=roi.timepoint,
-        level=roi.level,
-        irradiated=roi.irradiated,
-        lesion_type=roi.lesion_type,
-        kind=roi.kind,
-        shape=roi.shape.type,
         slice_index=None,
         n_voxels=0,
         area_mm2=None,
@@ -446,8 +451,7 @@ def failed_measurement(
         reader=reader,
         roi_file=roi_file,
         detail=detail,
-        density_mg_cm3=roi.density_mg_cm3,
-        **sf,
+        **_identity_fields(roi, info),
     )
 
 
@@ -547,20 +551,7 @@ def measure_roi(
         flags.append("cortical-contamination")
     # reference slice: the one slice of a 2D shape; for a sphere the slice nearest its centre
     slice_k = _centre_k(volume, roi, rm)
-    sf = _series_fields(info)
-    if not sf["series_instance_uid"]:
-        sf["series_instance_uid"] = roi.series_instance_uid
-    if not sf["series_key"]:
-        sf["series_key"] = roi.series_key
     return Measurement(
-        roi_id=roi.roi_id,
-        patient_id=roi.patient_id,
-        timepoint=roi.timepoint,
-        level=roi.level,
-        irradiated=roi.irradiated,
-        lesion_type=roi.lesion_type,
-        kind=roi.kind,
-        shape=roi.shape.type,
         slice_index=int(volume.slice_indices[slice_k]),
         n_voxels=n,
         area_mm2=area,
@@ -568,14 +559,13 @@ def measure_roi(
         qc_flags=tuple(dict.fromkeys(flags)),
         reader=reader,
         roi_file=roi_file,
-        density_mg_cm3=roi.density_mg_cm3,
         slice_position_mm=float(volume.slice_positions_mm[slice_k]),
         slice_indices=rm.slice_indices,
         n_outside=rm.n_outside,
         n_padding=n_pad,
         cortical_fraction=cort,
         **_stats(x),
-        **sf,
+        **_identity_fields(roi, info),
     )
 
 
