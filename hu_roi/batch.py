@@ -130,6 +130,32 @@ def load_roi_inputs(paths: str | Path | Sequence[str | Path]) -> list[tuple[Path
     return out
 
 
+def _measure_one_by_one(
+    info: SeriesInfo, todo: Sequence[_Item], accept: Sequence[str]
+) -> list[tuple[int, Measurement]]:
+    """Fallback when the slices of all ROIs of a series do not load together: each ROI on
+    its own slices, so one broken slice fails only the ROIs that touch it."""
+    from hu_roi.io import load_series
+
+    out: list[tuple[int, Measurement]] = []
+    for it in todo:
+        try:
+            vol = load_series(info, slices=sorted(slices_needed(it.roi, info)), accept=accept)
+        except (DicomReadError, SeriesProblemError, OSError, ValueError) as exc:
+            m = failed_measurement(
+                it.roi,
+                ["series-load-failed"],
+                info=info,
+                detail=str(exc),
+                reader=it.reader,
+                roi_file=it.roi_file,
+            )
+        else:
+            m = measure_roi(vol, it.roi, reader=it.reader, roi_file=it.roi_file)
+        out.append((it.order, m))
+    return out
+
+
 def measure_series(
     info: SeriesInfo, items: Sequence[_Item], accepted: Sequence[str] = ACCEPTED_PROBLEMS
 ) -> tuple[list[tuple[int, Measurement]], AirCheck | None]:
@@ -202,6 +228,8 @@ def measure_series(
             )
         return out, None
     except (DicomReadError, OSError, ValueError) as exc:
+        if len(todo) > 1:  # a broken slice: fail only the ROIs that need it
+            return out + _measure_one_by_one(info, todo, accept), None
         for it in todo:
             out.append(
                 (
