@@ -130,6 +130,16 @@ def load_roi_inputs(paths: str | Path | Sequence[str | Path]) -> list[tuple[Path
     return out
 
 
+def _fail_row(
+    it: _Item, codes: Sequence[str], info: SeriesInfo | None, detail: str
+) -> tuple[int, Measurement]:
+    """(order, fail row) of an item that could not be measured, with the reason."""
+    m = failed_measurement(
+        it.roi, codes, info=info, detail=detail, reader=it.reader, roi_file=it.roi_file
+    )
+    return it.order, m
+
+
 def _measure_one_by_one(
     info: SeriesInfo, todo: Sequence[_Item], accept: Sequence[str]
 ) -> list[tuple[int, Measurement]]:
@@ -142,17 +152,9 @@ def _measure_one_by_one(
         try:
             vol = load_series(info, slices=sorted(slices_needed(it.roi, info)), accept=accept)
         except (DicomReadError, SeriesProblemError, OSError, ValueError) as exc:
-            m = failed_measurement(
-                it.roi,
-                ["series-load-failed"],
-                info=info,
-                detail=str(exc),
-                reader=it.reader,
-                roi_file=it.roi_file,
-            )
+            out.append(_fail_row(it, ["series-load-failed"], info, str(exc)))
         else:
-            m = measure_roi(vol, it.roi, reader=it.reader, roi_file=it.roi_file)
-        out.append((it.order, m))
+            out.append((it.order, measure_roi(vol, it.roi, reader=it.reader, roi_file=it.roi_file)))
     return out
 
 
@@ -172,20 +174,7 @@ def measure_series(
         check_loadable(info, accept)
     except SeriesProblemError as exc:
         codes = ["series-refused", *(f"series-{p}" for p in exc.problems)]
-        return [
-            (
-                it.order,
-                failed_measurement(
-                    it.roi,
-                    codes,
-                    info=info,
-                    detail=str(exc),
-                    reader=it.reader,
-                    roi_file=it.roi_file,
-                ),
-            )
-            for it in items
-        ], None
+        return [_fail_row(it, codes, info, str(exc)) for it in items], None
     need: set[int] = set()
     todo: list[_Item] = []
     for it in items:
@@ -193,58 +182,18 @@ def measure_series(
             need.update(slices_needed(it.roi, info))
             todo.append(it)
         except RoiPlacementError as exc:
-            out.append(
-                (
-                    it.order,
-                    failed_measurement(
-                        it.roi,
-                        [exc.code],
-                        info=info,
-                        detail=str(exc),
-                        reader=it.reader,
-                        roi_file=it.roi_file,
-                    ),
-                )
-            )
+            out.append(_fail_row(it, [exc.code], info, str(exc)))
     if not todo:
         return out, None
     try:
         vol = load_series(info, slices=sorted(need), accept=accept)
     except SeriesProblemError as exc:
         codes = ["series-refused", *(f"series-{p}" for p in exc.problems)]
-        for it in todo:
-            out.append(
-                (
-                    it.order,
-                    failed_measurement(
-                        it.roi,
-                        codes,
-                        info=info,
-                        detail=str(exc),
-                        reader=it.reader,
-                        roi_file=it.roi_file,
-                    ),
-                )
-            )
-        return out, None
+        return out + [_fail_row(it, codes, info, str(exc)) for it in todo], None
     except (DicomReadError, OSError, ValueError) as exc:
         if len(todo) > 1:  # a broken slice: fail only the ROIs that need it
             return out + _measure_one_by_one(info, todo, accept), None
-        for it in todo:
-            out.append(
-                (
-                    it.order,
-                    failed_measurement(
-                        it.roi,
-                        ["series-load-failed"],
-                        info=info,
-                        detail=str(exc),
-                        reader=it.reader,
-                        roi_file=it.roi_file,
-                    ),
-                )
-            )
-        return out, None
+        return out + [_fail_row(it, ["series-load-failed"], info, str(exc)) for it in todo], None
     for it in todo:
         out.append((it.order, measure_roi(vol, it.roi, reader=it.reader, roi_file=it.roi_file)))
     # always computed (cheap); apply_calibration uses it only for scans without a
@@ -358,20 +307,7 @@ def measure_batch(
         else:
             err = f"{type(tr.error).__name__}: {tr.error}".splitlines()[0]
             logger.error("series %s: measurement task failed: %s", k, err)
-            rows = [
-                (
-                    it.order,
-                    failed_measurement(
-                        it.roi,
-                        ["series-load-failed"],
-                        info=infos[k],
-                        detail=err,
-                        reader=it.reader,
-                        roi_file=it.roi_file,
-                    ),
-                )
-                for it in v
-            ]
+            rows = [_fail_row(it, ["series-load-failed"], infos[k], err) for it in v]
             air = None
         _collect(k, rows, air, results, air_checks)
     ordered = [results[i] for i in range(len(items))]
