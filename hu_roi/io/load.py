@@ -796,6 +796,35 @@ def _decode_pydicom(
     return arr, slope, intercept, pad_v
 
 
+def _fast_path(h: PixelHeader) -> Callable[..., None] | None:
+    """The direct reader for this file (native or one compressed syntax), or None for the
+    pydicom path.  Every direct path handles single-frame, one-sample 16-bit images
+    without a modality LUT; the compressed ones also need MONOCHROME data stored in
+    9-16 bits (RLE handles any, like pydicom)."""
+    if (
+        h.bits_allocated != 16
+        or h.samples_per_pixel != 1
+        or h.number_of_frames != 1
+        or h.has_modality_lut
+    ):
+        return None
+    if h.transfer_syntax in _NATIVE:
+        return _fast_native if h.pixel_length != _UNDEFINED else None
+    if h.pixel_length != _UNDEFINED:  # compressed data are always encapsulated
+        return None
+    if h.transfer_syntax == _RLE and _RLE_AVAILABLE:
+        return _fast_rle
+    mono16 = 8 < h.bits_stored <= 16 and h.photometric_interpretation in (
+        "MONOCHROME1",
+        "MONOCHROME2",
+    )
+    if mono16 and h.transfer_syntax in _JPEG_LOSSLESS and _GDCM_AVAILABLE:
+        return _fast_gdcm
+    if mono16 and h.transfer_syntax in _JPEG_LS and _JLS_AVAILABLE:
+        return _fast_jls
+    return None
+
+
 def load_slice_into(path: str, dest: np.ndarray) -> float | None:
     """Read one image file into ``dest`` (HU), choosing the fastest exact path.
 
@@ -834,59 +863,9 @@ def load_slice_into(path: str, dest: np.ndarray) -> float | None:
                 f"{path}: image size {h.rows}x{h.columns} differs from the series' "
                 f"{rows}x{cols}; the file changed since it was indexed"
             )
-        if (
-            h is not None
-            and h.transfer_syntax in _NATIVE
-            and h.bits_allocated == 16
-            and h.samples_per_pixel == 1
-            and h.number_of_frames == 1
-            and not h.has_modality_lut
-            and h.pixel_length != _UNDEFINED
-        ):
-            _fast_native(fh, h, dest, path)
-            pad = h.pixel_padding_value
-            return None if pad is None else pad * h.rescale_slope + h.rescale_intercept
-        if (
-            h is not None
-            and h.transfer_syntax == _RLE
-            and _RLE_AVAILABLE
-            and h.bits_allocated == 16
-            and h.samples_per_pixel == 1
-            and h.number_of_frames == 1
-            and not h.has_modality_lut
-            and h.pixel_length == _UNDEFINED
-        ):
-            _fast_rle(fh, h, dest, path)
-            pad = h.pixel_padding_value
-            return None if pad is None else pad * h.rescale_slope + h.rescale_intercept
-        if (
-            h is not None
-            and h.transfer_syntax in _JPEG_LOSSLESS
-            and _GDCM_AVAILABLE
-            and h.bits_allocated == 16
-            and 8 < h.bits_stored <= 16
-            and h.samples_per_pixel == 1
-            and h.number_of_frames == 1
-            and h.photometric_interpretation in ("MONOCHROME1", "MONOCHROME2")
-            and not h.has_modality_lut
-            and h.pixel_length == _UNDEFINED
-        ):
-            _fast_gdcm(fh, h, dest, path)
-            pad = h.pixel_padding_value
-            return None if pad is None else pad * h.rescale_slope + h.rescale_intercept
-        if (
-            h is not None
-            and h.transfer_syntax in _JPEG_LS
-            and _JLS_AVAILABLE
-            and h.bits_allocated == 16
-            and 8 < h.bits_stored <= 16
-            and h.samples_per_pixel == 1
-            and h.number_of_frames == 1
-            and h.photometric_interpretation in ("MONOCHROME1", "MONOCHROME2")
-            and not h.has_modality_lut
-            and h.pixel_length == _UNDEFINED
-        ):
-            _fast_jls(fh, h, dest, path)
+        fast = _fast_path(h) if h is not None else None
+        if fast is not None and h is not None:
+            fast(fh, h, dest, path)
             pad = h.pixel_padding_value
             return None if pad is None else pad * h.rescale_slope + h.rescale_intercept
     plugin = DECODING_PLUGINS.get(h.transfer_syntax, "") if h is not None else ""
