@@ -36,7 +36,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from hu_roi.errors import DicomReadError
-from hu_roi.series import SeriesInfo, SliceRef
+from hu_roi.series import PROBLEM_CODES, SeriesInfo, SliceRef
 
 log = logging.getLogger(__name__)
 
@@ -687,9 +687,8 @@ def _describe(key: str, hs: list[ImageHeader]) -> SeriesInfo:
     folders = {os.path.dirname(h.path) for h in hs}
     folder = os.path.commonpath(list(folders)) if folders else ""
     # Problem order follows PROBLEM_CODES so outputs are stable.
-    from hu_roi.series import PROBLEM_CODES
-
-    ordered = tuple(code for code in PROBLEM_CODES if code in set(problems))
+    found = set(problems)
+    ordered = tuple(code for code in PROBLEM_CODES if code in found)
     return SeriesInfo(
         series_key=key,
         series_instance_uid=first.series_instance_uid,
