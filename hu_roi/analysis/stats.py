@@ -567,7 +567,9 @@ def _rank_sum_r(
             achieved = _pwilcox(math.trunc(qu) - 1, nx, ny)
             lo, hi = -math.inf, float(diffs[ql])
         if achieved - alpha > alpha / 2:
-            logger.info("requested conf.level not achievable; result.conf_level is the achieved one")
+            logger.info(
+                "requested conf.level not achievable; result.conf_level is the achieved one"
+            )
             conf_level = 1 - achieved
         estimate = _median(diffs)
         return RankSumResult(
@@ -875,7 +877,9 @@ def signed_rank(
             achieved = _psignrank(math.trunc(qu) - 1, ni)
             lo, hi = -math.inf, float(walsh[ql])
         if achieved - alpha > alpha / 2:
-            logger.info("requested conf.level not achievable; result.conf_level is the achieved one")
+            logger.info(
+                "requested conf.level not achievable; result.conf_level is the achieved one"
+            )
             conf_level = 1 - _signif(achieved, 2)
         return SignedRankResult(
             statistic=statistic,
@@ -949,7 +953,9 @@ def signed_rank(
                     break
             if alpha >= 1 or 1 - conf_level < alpha * 0.75:
                 conf_level = 1 - min(1.0, alpha)
-                logger.info("requested conf.level not achievable; result.conf_level is the achieved one")
+                logger.info(
+                    "requested conf.level not achievable; result.conf_level is the achieved one"
+                )
             if alpha < 1:
                 lo = root(_qnorm(alpha / 2, lower_tail=False))
                 hi = root(_qnorm(alpha / 2))
@@ -964,7 +970,9 @@ def signed_rank(
                     break
             if alpha >= 1 or 1 - conf_level < alpha * 0.75:
                 conf_level = 1 - min(1.0, alpha)
-                logger.info("requested conf.level not achievable; result.conf_level is the achieved one")
+                logger.info(
+                    "requested conf.level not achievable; result.conf_level is the achieved one"
+                )
             lo = root(_qnorm(alpha, lower_tail=False)) if alpha < 1 else _median(xc)
             hi = math.inf
         else:
@@ -976,7 +984,9 @@ def signed_rank(
                     break
             if alpha >= 1 or 1 - conf_level < alpha * 0.75:
                 conf_level = 1 - min(1.0, alpha)
-                logger.info("requested conf.level not achievable; result.conf_level is the achieved one")
+                logger.info(
+                    "requested conf.level not achievable; result.conf_level is the achieved one"
+                )
             lo = -math.inf
             hi = root(_qnorm(alpha)) if alpha < 1 else _median(xc)
         estimate = _uniroot(lambda d: w_stat(d, False), mumin, mumax, 1e-4)
