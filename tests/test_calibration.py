@@ -316,3 +316,56 @@ def test_ge_water_phantom_passes_water_and_air_checks():
     # air outside the phantom, padding excluded
     ac = auto_air_check(vol)
     assert ac.ok is True and abs(ac.mean_hu + 1000) < 50
+
+
+@pytest.mark.parametrize("density", [0.3, 0.55, 0.6, 0.7, 0.9])
+def test_border_connected_equals_scipy_label(density):
+    # independent reference: scipy's connected-component labelling (4-connectivity)
+    from scipy import ndimage
+
+    from hu_roi.calibration import _border_connected
+
+    rng = np.random.default_rng(int(density * 100))
+    for shape in [(1, 1), (1, 7), (7, 1), (40, 40), (37, 91), (128, 64)]:
+        mask = rng.random(shape) < density
+        lab, n = ndimage.label(mask)
+        border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+        expected = np.isin(lab, border[border > 0])
+        np.testing.assert_array_equal(_border_connected(mask), expected)
+
+
+def test_border_connected_follows_a_spiral_and_skips_enclosed_holes():
+    from hu_roi.calibration import _border_connected
+
+    # a corridor that winds inward: many rounds of row/column filling are needed
+    n = 41
+    wall = np.zeros((n, n), bool)
+    for k in range(0, n // 2, 2):
+        wall[k, k : n - k] = wall[n - 1 - k, k : n - k] = True
+        wall[k : n - k, k] = wall[k : n - k, n - 1 - k] = True
+        wall[k + 1, k] = False  # a door into the next ring
+    mask = ~wall
+    got = _border_connected(mask)
+    from scipy import ndimage
+
+    lab, _ = ndimage.label(mask)
+    border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    np.testing.assert_array_equal(got, np.isin(lab, border[border > 0]))
+    img = body_slice(lung=-600.0) < -500
+    lungs = img & (np.hypot(*(np.mgrid[0:128, 0:128] - 63.5)) < 20)
+    assert lungs.any() and not (_border_connected(img) & lungs).any()
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3])
+def test_erode_square_equals_scipy_binary_erosion(radius):
+    from scipy import ndimage
+
+    from hu_roi.calibration import _erode_square
+
+    rng = np.random.default_rng(radius)
+    for shape in [(5, 5), (30, 47), (64, 64)]:
+        mask = rng.random(shape) < 0.8
+        expected = ndimage.binary_erosion(
+            mask, structure=np.ones((3, 3), bool), iterations=radius, border_value=1
+        )
+        np.testing.assert_array_equal(_erode_square(mask, radius), expected)
