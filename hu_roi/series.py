@@ -8,6 +8,7 @@ the loader needs to read pixels.  It is a frozen dataclass; the I/O layer
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -135,19 +136,25 @@ class SeriesInfo:
         """Number of images (slices) in the series."""
         return len(self.slices)
 
-    @property
+    # cached_property writes to the instance __dict__, which a frozen dataclass allows;
+    # the arrays are read-only because every caller shares them.
+    @cached_property
     def normal(self) -> np.ndarray:
-        """Unit slice normal X × Y, shape (3,)."""
+        """Unit slice normal X × Y, shape (3,), read-only."""
         x = np.asarray(self.orientation[:3], dtype=float)
         y = np.asarray(self.orientation[3:], dtype=float)
         n = np.cross(x, y)
-        return n / np.linalg.norm(n)
+        n /= np.linalg.norm(n)
+        n.flags.writeable = False
+        return n
 
-    @property
+    @cached_property
     def positions_along_normal_mm(self) -> np.ndarray:
-        """Slice positions projected on the normal (mm), shape (n_slices,), ascending."""
+        """Slice positions projected on the normal (mm), shape (n_slices,), ascending, read-only."""
         p = np.array([s.position_lps_mm for s in self.slices], dtype=float).reshape(-1, 3)
-        return p @ self.normal
+        along = p @ self.normal
+        along.flags.writeable = False
+        return along
 
     @property
     def refusing_problems(self) -> tuple[str, ...]:

@@ -135,6 +135,43 @@ def test_bad_entry_is_a_miss(tree: Path, tmp_path: Path) -> None:
     assert res.series == ref.series
 
 
+@pytest.mark.parametrize("bad", ["[1, 2", "[1],[2]", "{}", '"text"'])
+def test_one_bad_entry_spoils_only_itself(tree: Path, tmp_path: Path, bad: str) -> None:
+    # get_many parses a whole chunk as one JSON array; a bad entry must not shift the others
+    db = tmp_path / FILE_NAME
+    with HeaderCache(db) as cache:
+        ref = index_folder(tree, cache=cache)
+    victim = str(tree / "a" / sorted(os.listdir(tree / "a"))[1])
+    con = sqlite3.connect(db)
+    with con:
+        assert con.execute("UPDATE headers SET header=? WHERE path=?", (bad, victim)).rowcount == 1
+    con.close()
+    with HeaderCache(db) as cache:
+        res = index_folder(tree, cache=cache)
+        assert (cache.hits, cache.misses) == (6, 2)  # the victim and the text file
+    # (identifiers aside: the cache never holds them)
+    assert [(s.series_key, s.slices, s.problems) for s in res.series] == [
+        (s.series_key, s.slices, s.problems) for s in ref.series
+    ]
+
+
+def test_get_many_matches_get_across_query_chunks(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hu_roi.io.cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "QUERY_CHUNK", 2)  # several queries for 8 paths
+    files = sorted(str(p) for p in tree.rglob("*") if p.is_file())
+    with HeaderCache(tmp_path / FILE_NAME) as cache:
+        index_folder(tree, cache=cache)
+        cache.flush()
+        os.utime(files[0], ns=(1, 1))  # changed since it was cached: a miss
+        one_by_one = [cache.get(f) for f in files]
+        many = cache.get_many(files + [str(tmp_path / "gone.dcm")])
+    assert many[:-1] == one_by_one and many[-1] is None
+    assert one_by_one[0] is None and sum(h is not None for h in many) == 6
+
+
 def test_old_version_is_dropped(tree: Path, tmp_path: Path) -> None:
     db = tmp_path / FILE_NAME
     with HeaderCache(db) as cache:

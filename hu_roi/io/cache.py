@@ -30,6 +30,7 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -45,6 +46,9 @@ _TUPLE_FIELDS = frozenset(f.name for f in dataclasses.fields(ImageHeader) if "tu
 _VERSION = f"{SCHEMA_VERSION}:{','.join(_FIELDS)}"
 #: Pending writes kept in memory before they are written in one transaction.
 FLUSH_EVERY = 2000
+#: Paths per ``SELECT ... IN (...)`` of :meth:`HeaderCache.get_many` (SQLite allows 32766
+#: parameters since 3.32, 999 before).
+QUERY_CHUNK = 900
 FILE_NAME = "headers.sqlite3"
 
 
@@ -75,7 +79,11 @@ def _encode(h: ImageHeader) -> str:
 
 
 def _decode(text: str, path: str) -> ImageHeader | None:
-    vals = json.loads(text)
+    return _from_values(json.loads(text), path)
+
+
+def _from_values(vals: object, path: str) -> ImageHeader | None:
+    """The header stored as the JSON array ``vals`` (None when it has the wrong shape)."""
     if not isinstance(vals, list) or len(vals) != len(_STORED):
         return None
     for i in _TUPLE_POS:
@@ -84,6 +92,27 @@ def _decode(text: str, path: str) -> ImageHeader | None:
     if _PATH_FIRST:
         return ImageHeader(path, *vals)
     return ImageHeader(path=path, **dict(zip(_STORED, vals, strict=True)))
+
+
+def _decode_many(texts: list[str], paths: list[str]) -> list[ImageHeader | None]:
+    """:func:`_decode` of many entries with one JSON parse (per entry if one is bad)."""
+    try:
+        arrays = json.loads("[" + ",".join(texts) + "]")
+    except ValueError:
+        arrays = None
+    if not isinstance(arrays, list) or len(arrays) != len(texts):  # a bad entry shifted them
+        arrays = None
+    out: list[ImageHeader | None] = []
+    for k, (text, path) in enumerate(zip(texts, paths, strict=True)):
+        try:
+            if arrays is None:
+                out.append(_decode(text, path))
+            else:
+                out.append(_from_values(arrays[k], path))
+        except (ValueError, TypeError, KeyError) as exc:
+            log.debug("bad cache entry for %s: %s", path, exc)
+            out.append(None)
+    return out
 
 
 class HeaderCache:
@@ -188,8 +217,11 @@ class HeaderCache:
 
     # -- the index_folder interface -------------------------------------------------
     @staticmethod
-    def _key(path: str | os.PathLike[str]) -> tuple[str, int, int]:
-        st = os.stat(path)
+    def _key(
+        path: str | os.PathLike[str], st: os.stat_result | None = None
+    ) -> tuple[str, int, int]:
+        if st is None:
+            st = os.stat(path)
         # Names that are not valid UTF-8 reach Python as lone surrogates, which SQLite
         # cannot store: key them by their bytes, escaped.
         key = os.fsencode(os.path.abspath(path)).decode("utf-8", "backslashreplace")
@@ -226,6 +258,59 @@ class HeaderCache:
         else:
             self.hits += 1
         return h
+
+    def get_many(
+        self,
+        paths: Sequence[str],
+        stats: Sequence[os.stat_result | None] | None = None,
+    ) -> list[ImageHeader | None]:
+        """:meth:`get` for many files with one query per :data:`QUERY_CHUNK` paths.
+
+        Parameters
+        ----------
+        paths : sequence of str
+        stats : sequence of os.stat_result or None, optional
+            ``os.stat`` of each path when the caller has it already (saves a second
+            stat); None entries are stat-ed here.
+
+        Returns
+        -------
+        list of ImageHeader or None
+            None for a file not cached, changed since, or that cannot be stat-ed (the
+            index then reads it and reports the reason).
+        """
+        out: list[ImageHeader | None] = [None] * len(paths)
+        keys: dict[str, tuple[int, int, int]] = {}
+        for i, p in enumerate(paths):
+            try:
+                key, size, mtime = self._key(p, stats[i] if stats is not None else None)
+            except OSError:
+                continue
+            keys[key] = (i, size, mtime)
+        rows: list[tuple[str, int, int, str]] = []
+        if self._db is not None and keys:
+            names = list(keys)
+            with self._lock:
+                try:
+                    for k in range(0, len(names), QUERY_CHUNK):
+                        chunk = names[k : k + QUERY_CHUNK]
+                        marks = ",".join("?" * len(chunk))
+                        rows += self._db.execute(
+                            f"SELECT path, size, mtime_ns, header FROM headers "
+                            f"WHERE path IN ({marks})",
+                            chunk,
+                        ).fetchall()
+                except sqlite3.Error as exc:
+                    self._failed(exc)
+                    rows = []
+        fresh = [(keys[r[0]][0], r[3]) for r in rows if keys[r[0]][1:] == (r[1], r[2])]
+        decoded = _decode_many([t for _, t in fresh], [paths[i] for i, _ in fresh])
+        for (i, _), h in zip(fresh, decoded, strict=True):
+            out[i] = h
+        n_hit = sum(h is not None for h in out)
+        self.hits += n_hit
+        self.misses += len(paths) - n_hit
+        return out
 
     def put(self, path: str | os.PathLike[str], header: ImageHeader) -> None:
         """Remember ``header`` for the current size and mtime of ``path``."""
