@@ -224,7 +224,8 @@ def measure_batch(
     rois : path or sequence of paths
         ROI files and/or folders of ``*.rois.json``.
     workers : int
-        Local processes (per-series tasks); 1 runs in this process.
+        Local processes (per-series tasks, and reading the headers the cache does not
+        hold); 1 runs in this process.
     scheduler : str, distributed.Client or None
         Address of a running dask scheduler (or a client): run the per-series tasks
         there instead (see :mod:`hu_roi.parallel`; workers must see the same paths).
@@ -252,7 +253,7 @@ def measure_batch(
     if not root.exists():
         raise BatchInputError(f"no such DICOM folder: {root}")
     roisets = load_roi_inputs(rois)
-    idx = index_folder(root, progress=progress, cache=cache)
+    idx = index_folder(root, progress=progress, cache=cache, workers=workers)
     items: list[_Item] = []
     results: dict[int, Measurement] = {}
     groups: dict[str, list[_Item]] = defaultdict(list)
@@ -382,7 +383,8 @@ def add_measure_parser(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=1,
         metavar="N",
-        help="local worker processes (one task per series; default 1)",
+        help="local worker processes (one task per series; also read the headers the "
+        "cache does not hold; default 1)",
     )
     p.add_argument(
         "--scheduler",

@@ -108,15 +108,27 @@ def add_index_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     p.add_argument("--no-cache", action="store_true", help="do not use the header cache")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes reading headers not in the cache (default: usable CPUs, at most 8; "
+        "1 = none)",
+    )
     p.set_defaults(func=run_index)
 
 
 def run_index(args: argparse.Namespace) -> int:
     from hu_roi.io import index_folder
+    from hu_roi.io.dicom import default_index_workers
 
     root = Path(args.dicom_dir)
     if not root.exists():
         raise CliError(f"no such file or folder: {root}")
+    workers = default_index_workers() if args.workers is None else args.workers
+    if workers < 1:
+        raise CliError(f"--workers must be ≥ 1; got {workers}")
     cache = None
     if not args.no_cache:
         try:
@@ -125,7 +137,7 @@ def run_index(args: argparse.Namespace) -> int:
             cache = None
         else:
             cache = HeaderCache.default()
-    res = index_folder(root, progress=not args.quiet, cache=cache)
+    res = index_folder(root, progress=not args.quiet, cache=cache, workers=workers)
     write_csv(args.out, INDEX_COLUMNS, index_rows(res.series))
     if args.out and args.out != "-":
         out = Path(args.out)

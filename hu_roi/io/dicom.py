@@ -532,6 +532,62 @@ def fallback_series_key(h: ImageHeader) -> str:
 
 #: Files per header-cache query in :func:`index_folder`.
 _INDEX_CHUNK = 512
+#: :func:`index_folder` reads headers in worker processes only when at least this many
+#: are not in the cache (starting the processes costs more than reading a few files).
+PARALLEL_INDEX_MIN_FILES = 256
+
+
+def default_index_workers() -> int:
+    """Worker processes for reading headers when the caller does not say: the usable CPUs
+    of this process, at most 8 (header reading is bound by the file system beyond that)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
+def _read_headers(paths: list[str]) -> list[ImageHeader | str]:
+    """:func:`read_header` of each path; a file that fails becomes its one-line reason.
+
+    One task of a parallel index (module level and picklable for the worker processes).
+    """
+    out: list[ImageHeader | str] = []
+    for p in paths:
+        try:
+            out.append(read_header(p))
+        except DicomReadError as exc:
+            out.append(str(exc))
+        except OSError as exc:
+            out.append(f"cannot read file: {exc.strerror or exc}")
+    return out
+
+
+def _read_missing(paths: list[str], workers: int, progress: bool) -> list[ImageHeader | str]:
+    """Headers (or reasons) of ``paths``, in order; in worker processes when worth it."""
+    if workers <= 1 or len(paths) < PARALLEL_INDEX_MIN_FILES:
+        if not (progress and sys.stderr.isatty()):
+            return _read_headers(paths)
+        from tqdm import tqdm
+
+        out: list[ImageHeader | str] = []
+        for p in tqdm(paths, desc="index", unit="file", leave=False):
+            out += _read_headers([p])
+        return out
+    from hu_roi.parallel import map_tasks
+
+    # Several chunks per worker keep both busy to the end; each chunk is one pickled result.
+    size = max(32, min(512, -(-len(paths) // (workers * 8))))
+    chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
+    done = map_tasks(_read_headers, chunks, workers=workers, progress=progress, desc="index")
+    out = []
+    for chunk, res in zip(chunks, done, strict=True):
+        if res.ok:
+            out += res.unwrap()
+        else:  # the worker process died (out of memory, killed): its files are reported
+            reason = f"not indexed: the worker process reading it failed ({res.error!r})"
+            out += [reason] * len(chunk)
+    return out
 
 
 def index_folder(
@@ -539,6 +595,7 @@ def index_folder(
     *,
     progress: bool = False,
     cache: object | None = None,
+    workers: int = 1,
 ) -> IndexResult:
     """Scan a DICOM tree (header only) and group its images into series.
 
@@ -550,6 +607,10 @@ def index_folder(
         Show a tqdm progress bar on stderr (only when stderr is a terminal).
     cache : HeaderCache or None
         Optional persistent header cache (see :mod:`hu_roi.io.cache`).
+    workers : int
+        Local processes that read the headers not found in the cache (when there are at
+        least :data:`PARALLEL_INDEX_MIN_FILES` of them); 1 reads them here.  The result
+        does not depend on it.
 
     Returns
     -------
@@ -559,46 +620,38 @@ def index_folder(
     ------
     FileNotFoundError
         When ``root`` does not exist.
+    ValueError
+        ``workers < 1``.
     """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1; got {workers}")
     if not os.path.exists(root):
         raise FileNotFoundError(f"no such file or folder: {root}")
     result = IndexResult()
     found = list(_iter_files_stat(root, result.skipped))
     result.n_files = len(found)
-    headers: list[ImageHeader] = []
-    bar = None
-    if progress and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(found), desc="index", unit="file", leave=False)
-    # Cache lookups go in chunks (one query each); misses are read in file order.
-    for start in range(0, len(found), _INDEX_CHUNK):
-        chunk = found[start : start + _INDEX_CHUNK]
-        paths = [p for p, _ in chunk]
-        cached: list[ImageHeader | None] = (
-            cache.get_many(paths, [st for _, st in chunk])  # type: ignore[attr-defined]
-            if cache is not None
-            else [None] * len(chunk)
-        )
-        for f, h in zip(paths, cached, strict=True):
-            try:
-                if h is None:
-                    h = read_header(f)
-                    if cache is not None:
-                        cache.put(f, h)  # type: ignore[attr-defined]
-            except DicomReadError as exc:
-                result.skipped.append(SkippedFile(f, str(exc)))
-                continue
-            except OSError as exc:
-                result.skipped.append(SkippedFile(f, f"cannot read file: {exc.strerror or exc}"))
-                continue
-            headers.append(h)
-        if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
+    paths = [p for p, _ in found]
+    got: list[ImageHeader | str | None] = [None] * len(found)
+    if cache is not None:  # one query per chunk
+        for start in range(0, len(found), _INDEX_CHUNK):
+            chunk = found[start : start + _INDEX_CHUNK]
+            got[start : start + len(chunk)] = cache.get_many(  # type: ignore[attr-defined]
+                [p for p, _ in chunk], [st for _, st in chunk]
+            )
+    missing = [i for i, h in enumerate(got) if h is None]
+    read = _read_missing([paths[i] for i in missing], workers, progress)
+    for i, h in zip(missing, read, strict=True):
+        got[i] = h
+        if cache is not None and isinstance(h, ImageHeader):
+            cache.put(paths[i], h)  # type: ignore[attr-defined]
     if cache is not None:
         cache.flush()  # type: ignore[attr-defined]
+    headers: list[ImageHeader] = []
+    for p, entry in zip(paths, got, strict=True):
+        if isinstance(entry, ImageHeader):
+            headers.append(entry)
+        else:  # the one-line reason it could not be read
+            result.skipped.append(SkippedFile(p, str(entry)))
     result.series = group_series(headers, result.skipped)
     return result
 
