@@ -13,11 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hu_roi.io import index_folder
 from hu_roi.io.load import NEVER_LOADABLE
 from hu_roi.series import PROBLEM_CODES, SeriesInfo
 
-from ._series import PLUGIN_STATE, SeriesHandle, register
+from ._series import PLUGIN_STATE, SeriesHandle, index_cached, register
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +120,7 @@ def read_dicom(path: str | list[str]) -> list[tuple]:
     seen: set[str] = set()
     for target, files in targets.items():
         try:
-            res = index_folder(target)
+            res = index_cached(target)
         except Exception as exc:  # noqa: BLE001 - readers never raise
             _notify(f"hu-roi: cannot read {target}: {exc}")
             continue

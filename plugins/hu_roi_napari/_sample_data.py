@@ -54,11 +54,11 @@ def make_sample_data() -> list[tuple]:
     if not dicom.is_dir():
         _notify(f"hu-roi: sample data not found at {dicom}; run scripts/make_sample_dicom.py")
         return []
-    from hu_roi.io import index_folder
+    from ._series import index_cached
 
     # index only the folder of the sample scan (fast); the widget indexes the whole cohort
     first = dicom / "P01" / "T0"
-    idx = index_folder(first if first.is_dir() else dicom)
+    idx = index_cached(first if first.is_dir() else dicom)
     rs = load_roiset(roi_file) if roi_file.exists() else None
     series = [s for s in idx.series if is_measurable(s)]
     # the first measurable series that carries target ROIs (P01 baseline, bone kernel)

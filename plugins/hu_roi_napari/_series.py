@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from hu_roi.io import load_series
+from hu_roi.io import IndexResult, index_folder, load_series
 from hu_roi.series import SeriesInfo
 from hu_roi.volume import Volume
 
@@ -37,6 +37,7 @@ __all__ = [
     "header_metadata",
     "timepoint_from_path",
     "PLUGIN_STATE",
+    "index_cached",
 ]
 
 #: Default display window: bone (contrast limits, HU) = W1400/L500.
@@ -63,6 +64,18 @@ class PluginState:
 
 
 PLUGIN_STATE = PluginState()
+
+
+def index_cached(root: str | Path) -> IndexResult:
+    """:func:`hu_roi.io.index_folder` with the per-user header cache.
+
+    Re-opening a folder then reads no header again (a 300-file series: ~1 s -> ~0.03 s).
+    The cache never stores patient names or birth dates, and the plugin never shows them.
+    """
+    from hu_roi.io.cache import HeaderCache
+
+    with HeaderCache.default() as cache:
+        return index_folder(root, cache=cache)
 
 
 class SeriesHandle:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from hu_roi.io import IndexResult, index_folder
+from hu_roi.io import IndexResult
 from hu_roi.io.load import NEVER_LOADABLE
 from hu_roi.measure import Measurement, failed_measurement, measure_roi
 from hu_roi.rasterize import RoiPlacementError, slices_needed
@@ -30,7 +30,14 @@ from hu_roi.series import SeriesInfo
 from hu_roi.util import atomic_write_text
 
 from ._rois_layer import ROI_KEYS, rois_from_layer, rois_layer_data
-from ._series import PLUGIN_STATE, SeriesHandle, register, series_label, timepoint_from_path
+from ._series import (
+    PLUGIN_STATE,
+    SeriesHandle,
+    index_cached,
+    register,
+    series_label,
+    timepoint_from_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +169,7 @@ class Session:
         next to the folder (created on first save).
         """
         self.root = Path(root)
-        self.index = index_folder(self.root)
+        self.index = index_cached(self.root)
         self._build_reading_list()
         if roi_file is None:
             roi_file = self._default_roi_file()

@@ -128,6 +128,26 @@ def test_open_is_lazy(make_napari_viewer, study):
     assert len(h._cache) <= 2 < h.info.n_slices
 
 
+def test_reopening_a_folder_reads_no_header(make_napari_viewer, study, monkeypatch):
+    """The reader and the session index through the per-user header cache."""
+    from hu_roi_napari._session import Session
+
+    import hu_roi.io.dicom as dicom_mod
+
+    viewer = make_napari_viewer()
+    first = viewer.open(str(study / "T0"), plugin="hu-roi")
+
+    def refuse(path):  # noqa: ANN001, ANN202
+        raise AssertionError(f"header read again: {path}")
+
+    monkeypatch.setattr(dicom_mod, "read_header", refuse)
+    again = viewer.open(str(study / "T0"), plugin="hu-roi")
+    assert len(again) == len(first) == 1 and again[0].name.startswith(first[0].name)
+    session = Session(viewer)
+    session.open_folder(study / "T0")  # the cache was filled by the reader
+    assert len(session.index.series) == len(first) + 1  # + the refused localizer
+
+
 def test_open_one_file_opens_its_series(make_napari_viewer, study):
     """Dropping one file of a series opens that whole series (not a one-slice stack)."""
     viewer = make_napari_viewer()
