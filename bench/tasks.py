@@ -188,7 +188,7 @@ def index(a: dict[str, Any]) -> dict[str, Any]:
     base = _rss_mb()
     t = _start()
     cache = HeaderCache(db) if db else None
-    res = index_folder(a["folder"], cache=cache)
+    res = index_folder(a["folder"], cache=cache, workers=a.get("workers", 1))
     if cache is not None:
         cache.close()
     dt = _stop(t)
@@ -277,6 +277,72 @@ def batch_floor(a: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": _stop(t), "base_mb": base, "n_slices": len(paths)}
 
 
+def napari_open(a: dict[str, Any]) -> dict[str, Any]:
+    """napari: open a folder and its 300-slice series with the plugin until the slice is drawn.
+
+    Timed (``seconds``): ``Session.open_folder`` (header cache in ``cache_dir``, warm) +
+    ``open_series`` + ``viewer.screenshot`` (a real render under Xvfb), in a fresh viewer,
+    so napari's one-time set-up of its first layers (unit registry, shaders, font atlas)
+    is included.  Then ``scroll`` slices are shown one by one, each drawn, and a second
+    folder ``next`` is opened the same way (``next_s``: napari warm).
+    ``eager=True``: the same steps with the layer data loaded whole first (load_series of
+    every slice) instead of the lazy array -- the comparison.
+    """
+    import napari
+    import numpy as np
+
+    from hu_roi.io import load_series
+
+    os.environ["HU_ROI_CACHE_DIR"] = a["cache_dir"]
+    from hu_roi_napari._series import SeriesHandle
+    from hu_roi_napari._session import Session
+
+    if a.get("eager"):
+
+        def whole(self, perm=(0, 1, 2)):  # type: ignore[no-untyped-def]
+            hu = load_series(self.info, accept=self.accept).hu.astype(np.float32)
+            return hu.transpose(perm)
+
+        SeriesHandle.lazy_array = whole  # type: ignore[method-assign]
+    viewer = napari.Viewer(show=True)
+    viewer.screenshot(canvas_only=True, flash=False)  # window and GL context: untimed
+
+    def open_and_draw(path: str) -> tuple[Any, Any, Any]:
+        session = Session(viewer)
+        session.open_folder(path)
+        (info,) = session.index.series  # type: ignore[union-attr]
+        handle = session.open_series(info.series_key)
+        shot = viewer.screenshot(canvas_only=True, flash=False)
+        return session, handle, shot
+
+    base = _rss_mb()
+    t = _start()
+    session, handle, shot = open_and_draw(a["folder"])
+    first = _stop(t)
+    loaded_first = len(handle._cache)
+    n = handle.info.n_slices
+    steps = [int(k) for k in np.linspace(0, n - 1, a.get("scroll", 20))]
+    t = time.perf_counter()
+    for k in steps:
+        session.show_slice(k)
+        viewer.screenshot(canvas_only=True, flash=False)
+    per_slice = (time.perf_counter() - t) / len(steps)
+    loaded_scroll = len(handle._cache)
+    t = time.perf_counter()
+    open_and_draw(a["next"])
+    nxt = time.perf_counter() - t
+    return {
+        "seconds": first,
+        "base_mb": base,
+        "next_s": nxt,
+        "n_slices": n,
+        "loaded_first": loaded_first,
+        "scroll_s": per_slice,
+        "loaded_after_scroll": loaded_scroll,
+        "shot_std": float(np.std(shot[..., :3])),
+    }
+
+
 TASKS = {
     f.__name__: f
     for f in (
@@ -289,6 +355,7 @@ TASKS = {
         batch,
         batch_sitk,
         batch_floor,
+        napari_open,
     )
 }
 
