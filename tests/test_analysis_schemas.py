@@ -119,3 +119,13 @@ def _doc_columns(section: str) -> list[str]:
 )
 def test_docs_list_the_declared_columns(section: str, schema: object) -> None:
     assert _doc_columns(section) == list(schema.names)  # type: ignore[attr-defined]
+
+
+def test_zero_byte_csv_is_refused_but_header_only_is_an_empty_table(tmp_path: Path) -> None:
+    empty = tmp_path / "measurements.csv"
+    empty.write_bytes(b"")
+    with pytest.raises(SchemaError, match="is empty"):
+        MEASUREMENT_SCHEMA.read_csv(empty)
+    header_only = tmp_path / "header.csv"
+    header_only.write_text(",".join(MEASUREMENT_SCHEMA.names) + "\n")
+    assert len(MEASUREMENT_SCHEMA.read_csv(header_only)) == 0

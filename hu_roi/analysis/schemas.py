@@ -254,7 +254,12 @@ class TableSchema:
                 f"{self.name}: {str(path)!r} is not a readable CSV file: {exc}"
             ) from exc
         except pd.errors.EmptyDataError:
-            raw = pd.DataFrame(columns=list(self.names))
+            # 0 bytes: an interrupted export or the wrong file, never "no rows" (that file
+            # still has its header line)
+            raise SchemaError(
+                f"{self.name}: {str(path)!r} is empty (not even a header row); "
+                "re-export it or pass the right file"
+            ) from None
         return self.validate(raw, source=str(path))
 
     def validate(self, df: pd.DataFrame, *, source: str | None = None) -> pd.DataFrame:
