@@ -224,6 +224,8 @@ class LazySeriesArray:
             raise ValueError(f"perm must order the axes 0, 1, 2; got {tuple(perm)}")
         self.handle = handle
         self.perm = tuple(int(p) for p in perm)
+        #: slices that could not be read (shown blank, reported once each)
+        self.unreadable: set[int] = set()
         info = handle.info
         series_shape = (info.n_slices, info.rows, info.columns)
         self.shape: tuple[int, int, int] = tuple(series_shape[p] for p in self.perm)  # type: ignore[assignment]
@@ -252,15 +254,48 @@ class LazySeriesArray:
         ks = np.arange(self.handle.info.n_slices)[series_key[0]]  # IndexError when out
         plane = (series_key[1], series_key[2])
         if np.ndim(ks) == 0:
-            out = self.handle.slice_float32(int(ks))[plane]
+            out = self._planes([int(ks)])[0][plane]
             kept = [a for a in (1, 2) if not isinstance(series_key[a], int)]
         else:
-            stack = self.handle.slices_float32(ks.tolist())
-            out = stack[(slice(None), *plane)]
+            out = self._planes(ks.tolist())[(slice(None), *plane)]
             kept = [a for a in (0, 1, 2) if not isinstance(series_key[a], int)]
         # `out` has the kept series axes in series order; return them in this array's order
         order = [kept.index(p) for p in self.perm if p in kept]
         return out.transpose(order) if order != sorted(order) else out
+
+    def _planes(self, ks: list[int]) -> np.ndarray:
+        """Slices ``ks``; one that cannot be read is NaN (blank) and reported once.
+
+        napari asks for slices while drawing, where an exception would only leave a
+        traceback in the console and a stale picture.
+        """
+        from hu_roi.errors import HuRoiError
+
+        try:
+            return self.handle.slices_float32(ks)
+        except (HuRoiError, OSError):
+            pass  # find which: read one by one
+        info = self.handle.info
+        out = np.full((len(ks), info.rows, info.columns), np.nan, dtype=np.float32)
+        for j, k in enumerate(ks):
+            try:
+                out[j] = self.handle.slice_float32(k)
+            except (HuRoiError, OSError) as exc:
+                if k not in self.unreadable:
+                    self.unreadable.add(k)
+                    why = "" if PLUGIN_STATE.blinded else f": {exc}"
+                    _warn(f"hu-roi: slice {k + 1} of {info.n_slices} cannot be read{why}")
+        return out
+
+
+def _warn(msg: str) -> None:
+    """A napari warning notification (a log warning without napari)."""
+    try:
+        from napari.utils.notifications import show_warning
+
+        show_warning(msg)
+    except Exception:  # noqa: BLE001 - headless use
+        log.warning(msg)
 
 
 def _expand_key(key: Any, ndim: int) -> tuple[Any, ...] | None:

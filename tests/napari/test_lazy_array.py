@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,3 +89,27 @@ def test_one_slice_reads_one_slice(series, monkeypatch):  # type: ignore[no-unty
     h2 = mod.SeriesHandle(series[0])
     np.testing.assert_array_equal(mod.LazySeriesArray(h2)[...], series[1])
     assert read[-1] == list(range(7)) and len(h2._cache) == 0
+
+
+def test_unreadable_slice_is_blank_and_reported_once(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    import hu_roi_napari._series as mod
+
+    hu = np.arange(4 * 5 * 6, dtype=float).reshape(4, 5, 6)
+    files = write_ct_series(tmp_path, hu, slice_positions=[0.0, 1.0, 2.0, 3.0])
+    (info,) = index_folder(tmp_path).series
+    broken = info.slices[2].path
+    Path(broken).write_bytes(Path(broken).read_bytes()[:-20])  # pixel data cut short
+    warnings: list[str] = []
+    monkeypatch.setattr(mod, "_warn", warnings.append)
+    arr = mod.LazySeriesArray(mod.SeriesHandle(info))
+    assert np.isnan(arr[2]).all()
+    np.testing.assert_array_equal(arr[1], hu[1])
+    whole = arr[...]
+    assert np.isnan(whole[2]).all() and not np.isnan(whole[[0, 1, 3]]).any()
+    np.testing.assert_array_equal(whole[[0, 1, 3]], hu[[0, 1, 3]])
+    assert len(warnings) == 1 and "slice 3 of 4 cannot be read" in warnings[0]
+    assert len(files) == 4
+    # blinded reading: the reason (which may name the file's folder) is left out
+    monkeypatch.setattr(mod.PLUGIN_STATE, "blinded", True)
+    mod.LazySeriesArray(mod.SeriesHandle(info))[2]
+    assert warnings[-1] == "hu-roi: slice 3 of 4 cannot be read"
