@@ -190,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hu-roi`` console script."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # also during the imports, before any work
+        print("hu-roi: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # File names that are not valid UTF-8 must not crash a CSV or a message.
@@ -213,9 +221,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("hu-roi: interrupted", file=sys.stderr)
-        return 130
     except (CliError, HuRoiError, OSError) as exc:
         # Cannot run (bad input, no such folder, disk full...): one line, no traceback.
         # Outputs are written atomically, so a previous file is left as it was.

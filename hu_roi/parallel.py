@@ -25,6 +25,7 @@ cluster they are sent with cloudpickle, so the worker must be able to import hu_
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -170,11 +171,35 @@ def _run_inline(call: Callable[[Any], T], args: list[Any], bar: _Progress) -> li
     return out
 
 
+def ignore_sigint() -> None:
+    """Worker-process initializer: Ctrl-C is for the parent process only.
+
+    A terminal sends SIGINT to the whole process group; a worker interrupted while it
+    holds the pool's queue lock can leave the parent waiting forever on shutdown.  The
+    parent stops its workers itself (:func:`stop_workers`).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and terminate the worker processes (on Ctrl-C)."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()
+        return
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            proc.terminate()
+        except (OSError, AttributeError, ValueError):
+            pass
+
+
 def _run_processes(
     call: Callable[[Any], T], args: list[Any], workers: int, bar: _Progress
 ) -> list[TaskResult[T]]:
     out: list[TaskResult[T] | None] = [None] * len(args)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=ignore_sigint) as pool:
         futures = {pool.submit(call, a): i for i, a in enumerate(args)}
         try:
             for fut in as_completed(futures):
@@ -184,8 +209,8 @@ def _run_processes(
                 except Exception as exc:  # includes BrokenProcessPool (a worker died)
                     out[i] = TaskResult(i, error=exc)
                 bar.update()
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+        except BaseException:  # Ctrl-C: do not wait for the running tasks
+            stop_workers(pool)
             raise
     return out  # type: ignore[return-value]
 

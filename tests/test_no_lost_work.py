@@ -407,9 +407,8 @@ def test_disk_full_keeps_previous_output(tmp_path: Path, command: str) -> None:
 # ---------------------------------------------------------------------------------------
 # Ctrl-C
 # ---------------------------------------------------------------------------------------
-@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
-def test_ctrl_c_during_index_exits_130_and_keeps_output(tmp_path: Path) -> None:
-    """SIGINT while a big tree is indexed: exit 130, one line, the old CSV untouched."""
+def _big_tree(tmp_path: Path) -> tuple[Path, Path]:
+    """20,000 small non-DICOM files (hard links of one blob) and an existing index.csv."""
     blob = tmp_path / "blob"
     blob.write_bytes(os.urandom(96))
     tree = tmp_path / "tree"
@@ -419,9 +418,16 @@ def test_ctrl_c_during_index_exits_130_and_keeps_output(tmp_path: Path) -> None:
         os.link(blob, tree / f"d{i // 1000:02d}" / f"f{i:05d}.dcm")
     out = tmp_path / "index.csv"
     out.write_text("previous index\n")
+    return tree, out
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
+def test_ctrl_c_during_index_exits_130_and_keeps_output(tmp_path: Path) -> None:
+    """SIGINT while a big tree is indexed: exit 130, one line, the old CSV untouched."""
+    tree, out = _big_tree(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "hu_roi.cli", "index", str(tree), "--out", str(out),
-         "--no-cache", "--quiet"],
+         "--no-cache", "--quiet", "--workers", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
     )  # fmt: skip
     # wait until the child has a file of the tree open: imports done, indexing under way
@@ -442,3 +448,38 @@ def test_ctrl_c_during_index_exits_130_and_keeps_output(tmp_path: Path) -> None:
     assert err.strip().splitlines() == ["hu-roi: interrupted"], err
     assert out.read_text() == "previous index\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blob", "index.csv", "tree"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
+def test_ctrl_c_to_the_process_group_with_workers(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal reaches the worker processes too: still one line, exit 130,
+    the old CSV untouched, no worker left behind (it hung before workers ignored SIGINT)."""
+    tree, out = _big_tree(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hu_roi.cli", "index", str(tree), "--out", str(out),
+         "--no-cache", "--quiet", "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        start_new_session=True,  # its own process group, like a terminal's foreground job
+    )  # fmt: skip
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.monotonic() + 60  # wait until the worker processes exist
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if children.read_text().split():
+                break
+        except OSError:
+            pass
+        time.sleep(0.01)
+    time.sleep(0.1)  # and are reading
+    workers = children.read_text().split() if proc.poll() is None else []
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the index finished before the signal (machine too fast for this tree)")
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["hu-roi: interrupted"], err
+    assert out.read_text() == "previous index\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blob", "index.csv", "tree"]
+    time.sleep(0.5)
+    assert workers, "the workers were running when the signal came"
+    assert [w for w in workers if Path(f"/proc/{w}").exists()] == [], "worker left running"

@@ -47,6 +47,7 @@ import numpy as np
 import pydicom
 
 from hu_roi.errors import DicomReadError, SeriesProblemError
+from hu_roi.parallel import ignore_sigint, stop_workers
 from hu_roi.series import PROBLEM_CODES, SeriesInfo
 from hu_roi.volume import Volume
 
@@ -903,18 +904,22 @@ def _run_processes(paths: list[str], out: np.ndarray, workers: int) -> list[floa
     bounds = np.linspace(0, n, n_chunks + 1).astype(int)
     pads: list[float | None] = [None] * n
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=ignore_sigint) as pool:
         futures = {
             pool.submit(_load_chunk, paths[a:b], out.shape[1], out.shape[2], out.dtype.str): (a, b)
             for a, b in zip(bounds[:-1], bounds[1:], strict=True)
             if b > a
         }
-        for fut in as_completed(futures):
-            a, b = futures[fut]
-            chunk, chunk_pads = fut.result()
-            out[a:b] = chunk
-            pads[a:b] = chunk_pads
-            del chunk
+        try:
+            for fut in as_completed(futures):
+                a, b = futures[fut]
+                chunk, chunk_pads = fut.result()
+                out[a:b] = chunk
+                pads[a:b] = chunk_pads
+                del chunk
+        except BaseException:  # Ctrl-C or a failed chunk: do not wait for the others
+            stop_workers(pool)
+            raise
     return pads
 
 
