@@ -460,13 +460,19 @@ def bench_napari(rep: Report, root: Path, repeats: int) -> None:
             note,
         )
     rep.check(
-        "napari: first slice on screen in under a second",
+        "napari: first slice on screen in under a second, napari already running",
         lazy["next_s"] < 1.0,
-        f"{lazy['next_s']:.2f} s when napari has drawn a layer before (whole volume first: "
-        f"{eager['next_s']:.2f} s); {lazy['seconds']:.2f} s in a fresh napari, which spends "
-        "most of it setting up its first layers (unit registry, shaders) whatever the data "
-        f"(whole volume first: {eager['seconds']:.2f} s); {lazy['loaded_first']} slices "
-        f"read to show the first, {lazy['loaded_after_scroll']} after scrolling through 20",
+        f"{lazy['next_s']:.2f} s to open the folder and draw the series' slice (whole volume "
+        f"first: {eager['next_s']:.2f} s); {lazy['loaded_first']} slices read to show it, "
+        f"{lazy['loaded_after_scroll']} after scrolling through 20 "
+        f"({lazy['scroll_s'] * 1000:.0f} ms per slice drawn)",
+    )
+    rep.check(
+        "napari: the same as the first layer of a freshly started napari",
+        lazy["seconds"] < 1.0,
+        f"{lazy['seconds']:.2f} s (whole volume first: {eager['seconds']:.2f} s): napari sets "
+        "up its first layers then (unit registry, shaders, fonts), "
+        f"{lazy['seconds'] - lazy['next_s']:.2f} s more than for the next series",
     )
 
 
