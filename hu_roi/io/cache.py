@@ -235,29 +235,8 @@ class HeaderCache:
         OSError
             When the file cannot be stat-ed (the index reports it as unreadable).
         """
-        key, size, mtime = self._key(path)
-        if self._db is None:
-            self.misses += 1
-            return None
-        with self._lock:
-            try:
-                row = self._db.execute(
-                    "SELECT size, mtime_ns, header FROM headers WHERE path=?", (key,)
-                ).fetchone()
-            except sqlite3.Error as exc:
-                self._failed(exc)
-                row = None
-        h = None
-        if row is not None and row[0] == size and row[1] == mtime:
-            try:
-                h = _decode(row[2], str(path))
-            except (ValueError, TypeError, KeyError) as exc:
-                log.debug("bad cache entry for %s: %s", key, exc)
-        if h is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return h
+        st = os.stat(path)
+        return self.get_many([str(path)], [st])[0]
 
     def get_many(
         self,
@@ -280,6 +259,9 @@ class HeaderCache:
             index then reads it and reports the reason).
         """
         out: list[ImageHeader | None] = [None] * len(paths)
+        if self._db is None:  # disabled: nothing to look up, no stat needed
+            self.misses += len(paths)
+            return out
         keys: dict[str, tuple[int, int, int]] = {}
         for i, p in enumerate(paths):
             try:
@@ -288,21 +270,19 @@ class HeaderCache:
                 continue
             keys[key] = (i, size, mtime)
         rows: list[tuple[str, int, int, str]] = []
-        if self._db is not None and keys:
-            names = list(keys)
-            with self._lock:
-                try:
-                    for k in range(0, len(names), QUERY_CHUNK):
-                        chunk = names[k : k + QUERY_CHUNK]
-                        marks = ",".join("?" * len(chunk))
-                        rows += self._db.execute(
-                            f"SELECT path, size, mtime_ns, header FROM headers "
-                            f"WHERE path IN ({marks})",
-                            chunk,
-                        ).fetchall()
-                except sqlite3.Error as exc:
-                    self._failed(exc)
-                    rows = []
+        names = list(keys)
+        with self._lock:
+            try:
+                for k in range(0, len(names), QUERY_CHUNK):
+                    chunk = names[k : k + QUERY_CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    rows += self._db.execute(
+                        f"SELECT path, size, mtime_ns, header FROM headers WHERE path IN ({marks})",
+                        chunk,
+                    ).fetchall()
+            except sqlite3.Error as exc:
+                self._failed(exc)
+                rows = []
         fresh = [(keys[r[0]][0], r[3]) for r in rows if keys[r[0]][1:] == (r[1], r[2])]
         decoded = _decode_many([t for _, t in fresh], [paths[i] for i, _ in fresh])
         for (i, _), h in zip(fresh, decoded, strict=True):
