@@ -25,6 +25,7 @@ cluster they are sent with cloudpickle, so the worker must be able to import hu_
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterable
@@ -169,6 +170,19 @@ def _run_inline(call: Callable[[Any], T], args: list[Any], bar: _Progress) -> li
             out.append(TaskResult(i, error=exc))
         bar.update()
     return out
+
+
+def usable_cpus(at_most: int = 8) -> int:
+    """CPUs this process may run on (its affinity mask, else ``os.cpu_count``), capped.
+
+    The default number of local threads or processes for reading and decoding: beyond
+    about 8 the file system, not the CPUs, limits them.
+    """
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        n = os.cpu_count() or 1
+    return max(1, min(at_most, n))
 
 
 def ignore_sigint() -> None:

@@ -36,6 +36,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from hu_roi.errors import DicomReadError
+from hu_roi.parallel import map_tasks, usable_cpus
 from hu_roi.series import PROBLEM_CODES, SeriesInfo, SliceRef
 
 log = logging.getLogger(__name__)
@@ -539,12 +540,8 @@ PARALLEL_INDEX_MIN_FILES = 256
 
 def default_index_workers() -> int:
     """Worker processes for reading headers when the caller does not say: the usable CPUs
-    of this process, at most 8 (header reading is bound by the file system beyond that)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        n = os.cpu_count() or 1
-    return max(1, min(8, n))
+    of this process, at most 8 (:func:`hu_roi.parallel.usable_cpus`)."""
+    return usable_cpus()
 
 
 def _read_headers(paths: list[str]) -> list[ImageHeader | str]:
@@ -574,8 +571,6 @@ def _read_missing(paths: list[str], workers: int, progress: bool) -> list[ImageH
         for p in tqdm(paths, desc="index", unit="file", leave=False):
             out += _read_headers([p])
         return out
-    from hu_roi.parallel import map_tasks
-
     # Several chunks per worker keep both busy to the end; each chunk is one pickled result.
     size = max(32, min(512, -(-len(paths) // (workers * 8))))
     chunks = [paths[i : i + size] for i in range(0, len(paths), size)]

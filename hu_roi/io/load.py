@@ -47,7 +47,7 @@ import numpy as np
 import pydicom
 
 from hu_roi.errors import DicomReadError, SeriesProblemError
-from hu_roi.parallel import ignore_sigint, stop_workers
+from hu_roi.parallel import ignore_sigint, stop_workers, usable_cpus
 from hu_roi.series import PROBLEM_CODES, SeriesInfo
 from hu_roi.volume import Volume
 
@@ -879,7 +879,7 @@ def load_slice_into(path: str, dest: np.ndarray) -> float | None:
 # The loader
 # ---------------------------------------------------------------------------------------
 def _default_workers(n_items: int) -> int:
-    return max(1, min(8, os.cpu_count() or 1, n_items))
+    return max(1, min(usable_cpus(), n_items))
 
 
 def _run(fn: Callable[[int], float | None], n: int, workers: int) -> list[float | None]:
@@ -947,7 +947,7 @@ def load_series(
         Reading/decoding threads, or processes for long compressed series whose decoder
         holds the GIL (JPEG 2000, JPEG-LS, JPEG lossless).  Default: 1 for uncompressed and RLE
         series (fastest when files are in the page cache; pass 4-8 for network shares or
-        cold disks, where threads overlap I/O waits), else the number of CPUs (at most 8).
+        cold disks, where threads overlap I/O waits), else the usable CPUs (at most 8).
     max_bytes : int
         Refuse before allocating when the HU array would be larger than this.
 
