@@ -7,7 +7,6 @@ warning, and everything else opens lazily (one slice read per displayed plane).
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -16,9 +15,7 @@ from typing import Any
 from hu_roi.io.load import NEVER_LOADABLE
 from hu_roi.series import PROBLEM_CODES, SeriesInfo
 
-from ._series import PLUGIN_STATE, SeriesHandle, index_cached, register
-
-log = logging.getLogger(__name__)
+from ._series import PLUGIN_STATE, SeriesHandle, index_cached, notify, register
 
 __all__ = ["napari_get_reader", "read_dicom", "series_layers", "describe_refusal"]
 
@@ -40,15 +37,6 @@ _NOT_DICOM_SUFFIXES = (
     ".yaml",
     ".yml",
 )
-
-
-def _notify(msg: str, *, warning: bool = True) -> None:
-    try:
-        from napari.utils.notifications import show_info, show_warning
-
-        (show_warning if warning else show_info)(msg)
-    except Exception:  # noqa: BLE001 - no napari (headless use): log instead
-        log.warning(msg)
 
 
 def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
@@ -91,14 +79,14 @@ def series_layers(
             refused.append(describe_refusal(info, blinded=blinded))
             continue
         if accept:
-            _notify(
+            notify(
                 f"hu-roi: opened with accepted problem(s) {', '.join(accept)} "
                 "(the display spaces slices evenly; measurements use each slice's position)"
             )
         h = register(SeriesHandle(info, root=root, accept=accept))
         out.append(h.layer_data(blinded=blinded, label=labels.get(info.series_key, "Case")))
     for msg in refused:
-        _notify(msg)
+        notify(msg)
     return out
 
 
@@ -122,7 +110,7 @@ def read_dicom(path: str | list[str]) -> list[tuple]:
         try:
             res = index_cached(target)
         except Exception as exc:  # noqa: BLE001 - readers never raise
-            _notify(f"hu-roi: cannot read {target}: {exc}")
+            notify(f"hu-roi: cannot read {target}: {exc}")
             continue
         series = [s for s in res.series if s.series_key not in seen]
         if files is not None:
@@ -132,7 +120,7 @@ def read_dicom(path: str | list[str]) -> list[tuple]:
             reasons = [
                 s.reason for s in res.skipped if files is None or os.path.realpath(s.path) in files
             ]
-            _notify(
+            notify(
                 f"hu-roi: no DICOM image series found in {target} ({len(reasons)} file(s) "
                 "skipped" + (f", e.g. {reasons[0]}" if reasons else "") + ")"
             )
@@ -140,7 +128,7 @@ def read_dicom(path: str | list[str]) -> list[tuple]:
         try:
             layers.extend(series_layers(series, root=target))
         except Exception as exc:  # noqa: BLE001 - readers never raise
-            _notify(f"hu-roi: cannot open series of {target}: {exc}")
+            notify(f"hu-roi: cannot open series of {target}: {exc}")
     if not layers:
         # npe2's "null layer" sentinel: read fine, nothing to show (the notification says why)
         return [(None,)]

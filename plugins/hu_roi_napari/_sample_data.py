@@ -43,16 +43,15 @@ def make_sample_data() -> list[tuple]:
     """
     from hu_roi.roi import load_roiset, match_series
 
-    from ._reader import _notify
     from ._rois_layer import rois_layer_data
-    from ._series import PLUGIN_STATE, SeriesHandle, register
+    from ._series import PLUGIN_STATE, SeriesHandle, notify, register
     from ._session import accepted_problems, is_measurable
 
     root = sample_dicom_dir()
     dicom = root / "dicom"
     roi_file = root / "rois" / "sample.rois.json"
     if not dicom.is_dir():
-        _notify(f"hu-roi: sample data not found at {dicom}; run scripts/make_sample_dicom.py")
+        notify(f"hu-roi: sample data not found at {dicom}; run scripts/make_sample_dicom.py")
         return []
     from ._series import index_cached
 
@@ -71,7 +70,7 @@ def make_sample_data() -> list[tuple]:
             break
     if chosen is None:
         if not series:
-            _notify(f"hu-roi: no measurable CT series in {dicom}")
+            notify(f"hu-roi: no measurable CT series in {dicom}")
             return []
         chosen = series[0]
     if rs is not None:

@@ -132,17 +132,32 @@ class SeriesHandle:
         """HU of slice ``k`` as float32 (the display dtype)."""
         return np.asarray(self.slice_hu(k), dtype=np.float32)
 
+    def _stack(self, idx: list[int]) -> tuple[np.ndarray, float | None]:
+        """HU of the sorted, unique, non-empty slices ``idx`` stacked, and their padding HU.
+
+        Up to :data:`CACHE_SLICES` slices go through the cache; more (a 3-D view of a
+        long series) are read in one :func:`load_series` call, not cached (the cache
+        would evict some before they are stacked).
+        """
+        if len(idx) > CACHE_SLICES:
+            vol = load_series(self.info, slices=idx, accept=self.accept)
+            self.n_loads += 1
+            return vol.hu, vol.padding_hu
+        self._load(idx)
+        with self._lock:
+            arrays = [self._cache[i] for i in idx]
+            pads = {self._padding.get(i) for i in idx} - {None}
+        return np.stack(arrays), (pads.pop() if len(pads) == 1 else None)
+
     def volume(self, slices: Sequence[int]) -> Volume:
         """Partial :class:`Volume` holding exactly ``slices`` (sorted, unique), with ``info``.
 
         Same voxels as ``load_series(info, slices=slices)``; cached slices are not re-read.
         """
         idx = sorted({int(s) for s in slices})
-        self._load(idx)
-        with self._lock:
-            arrays = [self._cache[i] for i in idx]
-            pads = {self._padding.get(i) for i in idx} - {None}
-        hu = np.stack(arrays) if arrays else np.empty((0, self.info.rows, self.info.columns))
+        hu, pad = (
+            self._stack(idx) if idx else (np.empty((0, self.info.rows, self.info.columns)), None)
+        )
         origins = np.array([self.info.slices[i].position_lps_mm for i in idx], dtype=float)
         return Volume(
             hu=hu,
@@ -151,28 +166,16 @@ class SeriesHandle:
             slice_origins_lps_mm=origins.reshape(-1, 3),
             slice_indices=np.asarray(idx, dtype=int),
             info=self.info,
-            padding_hu=pads.pop() if len(pads) == 1 else None,
+            padding_hu=pad,
         )
 
     def slices_float32(self, ks: Sequence[int]) -> np.ndarray:
-        """HU of slices ``ks`` (any order, repeats allowed) as float32, shape (len(ks), R, C).
-
-        Up to :data:`CACHE_SLICES` distinct slices go through the cache; more (a 3-D
-        view of a long series) are read in one :func:`load_series` call, not cached.
-        """
+        """HU of slices ``ks`` (any order, repeats allowed) as float32, shape (len(ks), R, C)."""
         info = self.info
         uniq = sorted({int(k) for k in ks})
         if not uniq:
             return np.empty((0, info.rows, info.columns), dtype=np.float32)
-        if len(uniq) <= CACHE_SLICES:
-            self._load(uniq)
-            with self._lock:
-                planes = [self._cache[k] for k in uniq]
-            stack = np.stack(planes).astype(np.float32, copy=False)
-        else:
-            vol = load_series(info, slices=uniq, accept=self.accept)
-            self.n_loads += 1
-            stack = vol.hu.astype(np.float32, copy=False)
+        stack = self._stack(uniq)[0].astype(np.float32, copy=False)
         pos = np.searchsorted(uniq, np.asarray(ks, dtype=int))
         return stack if len(pos) == len(uniq) and np.all(np.diff(pos) == 1) else stack[pos]
 
@@ -284,17 +287,17 @@ class LazySeriesArray:
                 if k not in self.unreadable:
                     self.unreadable.add(k)
                     why = "" if PLUGIN_STATE.blinded else f": {exc}"
-                    _warn(f"hu-roi: slice {k + 1} of {info.n_slices} cannot be read{why}")
+                    notify(f"hu-roi: slice {k + 1} of {info.n_slices} cannot be read{why}")
         return out
 
 
-def _warn(msg: str) -> None:
-    """A napari warning notification (a log warning without napari)."""
+def notify(msg: str, *, warning: bool = True) -> None:
+    """A napari notification (a log message without napari, e.g. headless use)."""
     try:
-        from napari.utils.notifications import show_warning
+        from napari.utils.notifications import show_info, show_warning
 
-        show_warning(msg)
-    except Exception:  # noqa: BLE001 - headless use
+        (show_warning if warning else show_info)(msg)
+    except Exception:  # noqa: BLE001 - no napari: log instead
         log.warning(msg)
 
 

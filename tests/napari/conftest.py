@@ -74,7 +74,7 @@ def notes(monkeypatch) -> list[str]:
     import hu_roi_napari._reader as rd
 
     seen: list[str] = []
-    monkeypatch.setattr(rd, "_notify", lambda msg, warning=True: seen.append(msg))
+    monkeypatch.setattr(rd, "notify", lambda msg, warning=True: seen.append(msg))
     return seen
 
 

@@ -89,6 +89,9 @@ def test_one_slice_reads_one_slice(series, monkeypatch):  # type: ignore[no-unty
     h2 = mod.SeriesHandle(series[0])
     np.testing.assert_array_equal(mod.LazySeriesArray(h2)[...], series[1])
     assert read[-1] == list(range(7)) and len(h2._cache) == 0
+    # the measurement's partial volume takes the same way (it failed with a KeyError
+    # when asked for more slices than the cache holds)
+    np.testing.assert_array_equal(h2.volume(range(7)).hu, series[1])
 
 
 def test_unreadable_slice_is_blank_and_reported_once(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
@@ -100,7 +103,7 @@ def test_unreadable_slice_is_blank_and_reported_once(tmp_path, monkeypatch):  # 
     broken = info.slices[2].path
     Path(broken).write_bytes(Path(broken).read_bytes()[:-20])  # pixel data cut short
     warnings: list[str] = []
-    monkeypatch.setattr(mod, "_warn", warnings.append)
+    monkeypatch.setattr(mod, "notify", warnings.append)
     arr = mod.LazySeriesArray(mod.SeriesHandle(info))
     assert np.isnan(arr[2]).all()
     np.testing.assert_array_equal(arr[1], hu[1])
