@@ -34,14 +34,13 @@ import io
 import os
 import re
 import secrets
-import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from random import Random
 
 from hu_roi.errors import SchemaError
-from hu_roi.util import atomic_write_bytes
+from hu_roi.util import atomic_write_bytes, read_regular_file
 
 __all__ = [
     "MAP_COLUMNS",
@@ -169,18 +168,13 @@ MAX_TABLE_BYTES = 1024**3
 
 
 def _read_csv_text(path: Path) -> str:
-    st = path.stat()  # before opening: opening a named pipe would block
-    if not stat.S_ISREG(st.st_mode):
-        raise SchemaError(f"{path}: not a regular file (named pipe, device or folder)")
-    if st.st_size > MAX_TABLE_BYTES:
-        raise SchemaError(
-            f"{path}: {st.st_size / 1024**2:.0f} MB is larger than the "
-            f"{MAX_TABLE_BYTES / 1024**2:.0f} MB a hu-roi table can be; wrong file?"
-        )
+    data, _ = read_regular_file(path, MAX_TABLE_BYTES, "a hu-roi table", SchemaError)
     try:
-        return path.read_text(encoding="utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise SchemaError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
+    # the universal newlines Path.read_text gave
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def load_pseudonyms(path: str | os.PathLike[str]) -> PseudonymMap:

@@ -45,7 +45,6 @@ import logging
 import math
 import os
 import re
-import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -57,7 +56,7 @@ import numpy as np
 from hu_roi import __version__
 from hu_roi.errors import RoiConflictError, RoiFormatError
 from hu_roi.series import SeriesInfo
-from hu_roi.util import atomic_write_bytes
+from hu_roi.util import atomic_write_bytes, read_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -591,22 +590,7 @@ MAX_ROI_FILE_BYTES = 64 * 1024**2
 
 def _read_roi_bytes(p: Path) -> tuple[bytes, os.stat_result]:
     """Bytes and stat of an ROI file; named pipes, devices and huge files are refused."""
-    st0 = os.stat(p)
-    if not stat.S_ISREG(st0.st_mode):
-        raise RoiFormatError(f"{p}: not a regular file (a pipe, device or folder); not read")
-    if st0.st_size > MAX_ROI_FILE_BYTES:
-        raise RoiFormatError(
-            f"{p}: {st0.st_size / 1024**2:.0f} MiB is far too large for an ROI file "
-            f"(limit {MAX_ROI_FILE_BYTES // 1024**2} MiB); not read"
-        )
-    with open(p, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):  # replaced between stat and open
-            raise RoiFormatError(f"{p}: not a regular file; not read")
-        data = fh.read(MAX_ROI_FILE_BYTES + 1)
-    if len(data) > MAX_ROI_FILE_BYTES:
-        raise RoiFormatError(f"{p}: grew beyond {MAX_ROI_FILE_BYTES // 1024**2} MiB while read")
-    return data, st
+    return read_regular_file(p, MAX_ROI_FILE_BYTES, "an ROI file", RoiFormatError)
 
 
 @contextlib.contextmanager

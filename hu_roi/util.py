@@ -1,8 +1,9 @@
-"""Small shared helpers: atomic file writes."""
+"""Small shared helpers: atomic file writes, bounded reads of regular files."""
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -55,3 +56,48 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "
     as ``\\udcXX`` escapes so the output stays valid UTF-8 text.
     """
     atomic_write_bytes(path, text.encode(encoding, errors="backslashreplace"))
+
+
+def read_regular_file(
+    path: str | os.PathLike[str], max_bytes: int, what: str, error: type[Exception]
+) -> tuple[bytes, os.stat_result]:
+    """Bytes and stat of a regular file of at most ``max_bytes``, else ``error``.
+
+    Named pipes (opening one blocks until a writer comes), devices and folders are refused
+    before they are opened -- and again after, should the path have been replaced in
+    between -- and a file larger than ``max_bytes`` is refused before it is read (or when
+    it grows beyond while read), so no input can block a run or exhaust memory.
+
+    Parameters
+    ----------
+    path : path-like
+    max_bytes : int
+    what : str
+        What the file should be, for the message (e.g. ``"an ROI file"``).
+    error : exception class
+        Raised with a one-line message naming the file.
+
+    Raises
+    ------
+    error
+        Not a regular file, or too large.
+    OSError
+        The file cannot be stat-ed or read (e.g. FileNotFoundError).
+    """
+    p = os.fspath(path)
+    limit = f"{max_bytes / 1024**2:.0f} MiB"
+    if not stat.S_ISREG(os.stat(p).st_mode):
+        raise error(f"{p}: not a regular file (a pipe, device or folder); not read")
+    with open(p, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):  # replaced between stat and open
+            raise error(f"{p}: not a regular file; not read")
+        if st.st_size > max_bytes:
+            raise error(
+                f"{p}: {st.st_size / 1024**2:.0f} MiB is too large for {what} (limit {limit}); "
+                "not read"
+            )
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise error(f"{p}: grew beyond {limit} while read")
+    return data, st

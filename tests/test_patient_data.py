@@ -403,3 +403,20 @@ def test_pseudonymize_refuses_a_named_pipe(tmp_path: Path) -> None:
         pseudonymize_csv(fifo, tmp_path / "out.csv", PseudonymMap({"A": "S1"}))
     with pytest.raises(SchemaError, match="not a regular file"):
         load_pseudonyms(fifo)
+
+
+def test_pseudonymize_reads_crlf_and_bom_and_refuses_a_huge_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hu_roi.pseudonym as pseudonym
+
+    src = tmp_path / "m.csv"
+    # Excel's way: BOM and CRLF, and a quoted note with a line break inside
+    src.write_bytes(b'\xef\xbb\xbfpatient_id,note\r\nA,"one\r\ntwo"\r\n')
+    n = pseudonymize_csv(src, tmp_path / "out.csv", PseudonymMap({"A": "S1"}))
+    assert n == 1
+    assert (tmp_path / "out.csv").read_text() == 'patient_id,note\nS1,"one\ntwo"\n'
+    monkeypatch.setattr(pseudonym, "MAX_TABLE_BYTES", 10)
+    with pytest.raises(SchemaError, match="too large for a hu-roi table"):
+        pseudonymize_csv(src, tmp_path / "out2.csv", PseudonymMap({"A": "S1"}))
+    assert not (tmp_path / "out2.csv").exists()
