@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bad_input.make_corpus import CASES, OMITTED, PHANTOM_HU, SHAPE, SPACING, make_corpus
+from cli_helpers import run_main as _run_main
 
 from hu_roi.errors import DicomReadError, HuRoiError, SeriesProblemError
 from hu_roi.io import index_folder, load_series
@@ -69,23 +70,6 @@ def _hu_roi(*args: str, timeout: float = CLI_TIMEOUT_S, **kw) -> subprocess.Comp
         cwd=kw.pop("cwd", REPO),
         **kw,
     )
-
-
-def _run_main(*args: str) -> subprocess.CompletedProcess:
-    """``hu-roi ARGS`` in this process (fast; for the many small checks).  A traceback
-    would surface here as an exception and fail the test."""
-    import contextlib
-    import io
-
-    from hu_roi.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main(list(args))
-        except SystemExit as exc:  # argparse usage errors
-            rc = exc.code if isinstance(exc.code, int) else 2
-    return subprocess.CompletedProcess(list(args), rc, out.getvalue(), err.getvalue())
 
 
 def _index_in_subprocess(folder: Path) -> list:

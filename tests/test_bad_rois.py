@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run_main as _run_main
 from dicom_factory import write_ct_series
 
 from hu_roi.errors import HuRoiError, RoiFormatError
@@ -265,23 +266,6 @@ def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
         folder / "dicom", np.full((4, 24, 24), 40.0), pixel_spacing=(0.8, 0.8), series_uid=UID
     )
     return folder / "dicom"
-
-
-def _run_main(*args: str) -> subprocess.CompletedProcess:
-    """``hu-roi ARGS`` in this process (fast; for the many small checks).  A traceback
-    would surface here as an exception and fail the test."""
-    import contextlib
-    import io
-
-    from hu_roi.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main(list(args))
-        except SystemExit as exc:  # argparse usage errors
-            rc = exc.code if isinstance(exc.code, int) else 2
-    return subprocess.CompletedProcess(list(args), rc, out.getvalue(), err.getvalue())
 
 
 def _hu_roi(*args: str) -> subprocess.CompletedProcess:
