@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -53,6 +53,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+#: Logged when the requested confidence level cannot be reached (R warns likewise).
+_CONF_NOT_ACHIEVED = "requested conf.level not achievable; result.conf_level is the achieved one"
 
 _DBL_EPSILON = float(np.finfo(float).eps)
 _ALTERNATIVES = ("two.sided", "less", "greater")
@@ -567,9 +569,7 @@ def _rank_sum_r(
             achieved = _pwilcox(math.trunc(qu) - 1, nx, ny)
             lo, hi = -math.inf, float(diffs[ql])
         if achieved - alpha > alpha / 2:
-            logger.info(
-                "requested conf.level not achievable; result.conf_level is the achieved one"
-            )
+            logger.info(_CONF_NOT_ACHIEVED)
             conf_level = 1 - achieved
         estimate = _median(diffs)
         return RankSumResult(
@@ -654,6 +654,23 @@ def _rank_sum_r(
         conf_level_requested=requested,
         exact=False,
     )
+
+
+def _widen_alpha(
+    alpha: float, conf_level: float, too_narrow: Callable[[float], bool]
+) -> tuple[float, float]:
+    """R's ``repeat { ...; if (too narrow) alpha <- alpha * 2 else break }`` of the
+    asymptotic one-sample interval, then the achieved confidence level.
+
+    Returns the widened ``alpha`` and the confidence level to report (lowered, with a
+    log message, when the requested one cannot be reached).
+    """
+    while too_narrow(alpha):
+        alpha = alpha * 2
+    if alpha >= 1 or 1 - conf_level < alpha * 0.75:
+        conf_level = 1 - min(1.0, alpha)
+        logger.info(_CONF_NOT_ACHIEVED)
+    return alpha, conf_level
 
 
 def _safe_div(a: float, b: float) -> float:
@@ -877,9 +894,7 @@ def signed_rank(
             achieved = _psignrank(math.trunc(qu) - 1, ni)
             lo, hi = -math.inf, float(walsh[ql])
         if achieved - alpha > alpha / 2:
-            logger.info(
-                "requested conf.level not achievable; result.conf_level is the achieved one"
-            )
+            logger.info(_CONF_NOT_ACHIEVED)
             conf_level = 1 - _signif(achieved, 2)
         return SignedRankResult(
             statistic=statistic,
@@ -944,49 +959,24 @@ def signed_rank(
             )
 
         if alternative == "two.sided":
-            while True:
-                mindiff = w_min - _qnorm(alpha / 2, lower_tail=False)
-                maxdiff = w_max - _qnorm(alpha / 2)
-                if mindiff < 0 or maxdiff > 0:
-                    alpha = alpha * 2
-                else:
-                    break
-            if alpha >= 1 or 1 - conf_level < alpha * 0.75:
-                conf_level = 1 - min(1.0, alpha)
-                logger.info(
-                    "requested conf.level not achievable; result.conf_level is the achieved one"
-                )
+            alpha, conf_level = _widen_alpha(
+                alpha,
+                conf_level,
+                lambda a: w_min - _qnorm(a / 2, lower_tail=False) < 0 or w_max - _qnorm(a / 2) > 0,
+            )
             if alpha < 1:
                 lo = root(_qnorm(alpha / 2, lower_tail=False))
                 hi = root(_qnorm(alpha / 2))
             else:
                 lo = hi = _median(xc)
         elif alternative == "greater":
-            while True:
-                mindiff = w_min - _qnorm(alpha, lower_tail=False)
-                if mindiff < 0:
-                    alpha = alpha * 2
-                else:
-                    break
-            if alpha >= 1 or 1 - conf_level < alpha * 0.75:
-                conf_level = 1 - min(1.0, alpha)
-                logger.info(
-                    "requested conf.level not achievable; result.conf_level is the achieved one"
-                )
+            alpha, conf_level = _widen_alpha(
+                alpha, conf_level, lambda a: w_min - _qnorm(a, lower_tail=False) < 0
+            )
             lo = root(_qnorm(alpha, lower_tail=False)) if alpha < 1 else _median(xc)
             hi = math.inf
-        else:
-            while True:
-                maxdiff = w_max - _qnorm(alpha / 2)
-                if maxdiff > 0:
-                    alpha = alpha * 2
-                else:
-                    break
-            if alpha >= 1 or 1 - conf_level < alpha * 0.75:
-                conf_level = 1 - min(1.0, alpha)
-                logger.info(
-                    "requested conf.level not achievable; result.conf_level is the achieved one"
-                )
+        else:  # R uses alpha/2 here too
+            alpha, conf_level = _widen_alpha(alpha, conf_level, lambda a: w_max - _qnorm(a / 2) > 0)
             lo = -math.inf
             hi = root(_qnorm(alpha)) if alpha < 1 else _median(xc)
         estimate = _uniroot(lambda d: w_stat(d, False), mumin, mumax, 1e-4)
