@@ -57,17 +57,20 @@ ensure_venv() {
     "$PY" -m pip install -q --upgrade pip
   fi
   stamp="$VENV/.hu-roi-installed"
-  hash="$(sha256sum "$HU_ROI_ROOT/pyproject.toml" | cut -c1-16)"
+  # The stamp covers the pinned versions too: a changed constraints.txt reinstalls.
+  hash="$(cat "$HU_ROI_ROOT/pyproject.toml" "$HU_ROI_ROOT/constraints.txt" | sha256sum | cut -c1-16)"
   if [ -f "$stamp" ]; then
     # Installed for this pyproject.toml with these extras (or, for the core, with any).
     grep -qx -- "$hash-$extras" "$stamp" && return 0
     [ -z "$extras" ] && grep -q -- "^$hash-" "$stamp" && return 0
   fi
   log "installing hu-roi[${extras}] into .venv (first time takes a few minutes)"
+  # -c: the versions pinned in constraints.txt (reproducible installs; README explains
+  # how to update them).
   if [ -n "$extras" ]; then
-    "$PY" -m pip install -q -e "$HU_ROI_ROOT[$extras]"
+    "$PY" -m pip install -q -c "$HU_ROI_ROOT/constraints.txt" -e "$HU_ROI_ROOT[$extras]"
   else
-    "$PY" -m pip install -q -e "$HU_ROI_ROOT"
+    "$PY" -m pip install -q -c "$HU_ROI_ROOT/constraints.txt" -e "$HU_ROI_ROOT"
   fi
   echo "$hash-$extras" >>"$stamp"
 }
