@@ -101,3 +101,31 @@ def read_regular_file(
     if len(data) > max_bytes:
         raise error(f"{p}: grew beyond {limit} while read")
     return data, st
+
+
+def show(value: object, limit: int = 80) -> str:
+    """``value`` as it may be echoed in a message, CSV detail or summary line: its ``repr``
+    cut to about ``limit`` characters.
+
+    ``repr`` escapes newlines and every other control or invisible character, so a value
+    read from a file (an ``roi_id`` with a newline, a 3 MB string) can neither forge a line
+    on the terminal nor become a huge one.
+
+    Parameters
+    ----------
+    value : object
+        Usually a str from an input file or the command line.
+    limit : int
+        Longest result (characters); longer ones end in ``…``.
+
+    Returns
+    -------
+    str
+    """
+    if isinstance(value, str) and len(value) > limit:
+        value = value[:limit]  # repr of the head only: a huge string is never copied whole
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond Python's 4300-digit str() limit
+        text = f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= limit else text[: max(limit - 1, 1)] + "…"
