@@ -4,10 +4,13 @@ Steps of :func:`measure_batch`:
 
 1. load every ROI file (``*.rois.json``; a folder is searched recursively);
 2. index the DICOM folder (headers only);
-3. match every ROI to its series (:func:`hu_roi.roi.match_series`); unmatched ROIs become
-   ``fail`` rows with the reason.  An ROI without UID, series_key and study_date but with a
-   timepoint is matched within the study date of the other ROIs of the same patient and
-   timepoint that do name their series (when they agree on one date);
+3. match every ROI to its series (:func:`hu_roi.series_lookup.SeriesResolver`, the rule the
+   viewer uses too; old path-based keys of series without UID resolve with the info flag
+   ``series-key-legacy``); unmatched ROIs become ``fail`` rows with the reason, and so do
+   target ROIs without a patient ID in the ROI and in DICOM
+   (:func:`hu_roi.series_lookup.patient_id_rule`).  An ROI without UID, series_key and
+   study_date but with a timepoint is matched within the study date of the other ROIs of
+   the same patient and timepoint that do name their series (when they agree on one date);
 4. per series (one task each; ``workers > 1`` runs tasks in local processes): work out from
    the header which slices the ROIs touch (:func:`hu_roi.rasterize.slices_needed`), load
    only those (``load_series(info, slices=...)``), measure every ROI with
@@ -42,13 +45,15 @@ from hu_roi.measure import (
     MIN_VOXELS,
     PADDING_HU_LIMIT,
     Measurement,
+    add_flags,
     failed_measurement,
     measure_roi,
 )
 from hu_roi.parallel import map_tasks
 from hu_roi.rasterize import RoiPlacementError, slices_needed
-from hu_roi.roi import Roi, RoiSet, find_roi_files, load_roiset, match_series
+from hu_roi.roi import Roi, RoiSet, find_roi_files, load_roiset
 from hu_roi.series import SeriesInfo
+from hu_roi.series_lookup import LEGACY_FLAG, LEGACY_HOWS, SeriesResolver, patient_id_rule
 
 logger = logging.getLogger(__name__)
 
@@ -261,10 +266,14 @@ def measure_batch(
     # study date of each (patient, timepoint), learnt from ROIs that name their series: an
     # ROI without UID/series_key/study_date is then matched within that date only
     date_hint: dict[tuple[str, str | None], set[str]] = defaultdict(set)
+    # one series rule with the viewer (hu_roi.series_lookup); old path-based keys of series
+    # without UID still resolve, noted once per key and flagged on the row
+    resolver = SeriesResolver(idx.series)
+    legacy: dict[int, str] = {}
     for _, rs in roisets:
         for roi in rs.rois:
             if roi.series_instance_uid or roi.series_key:
-                mt = match_series(roi, idx.series)
+                mt = resolver.resolve(roi)
                 if mt.info is not None and mt.info.study_date:
                     date_hint[(roi.patient_id, roi.timepoint)].add(mt.info.study_date)
     for f, rs in roisets:
@@ -279,12 +288,28 @@ def measure_batch(
                 and len(hint) == 1
             ):
                 probe = replace(roi, study_date=next(iter(hint)))
-            mt = match_series(probe, idx.series)
+            mt = resolver.resolve(probe)
             if mt.info is None:
                 results[it.order] = failed_measurement(
                     roi, [mt.reason], detail=mt.detail, reader=rs.reader, roi_file=str(f)
                 )
                 continue
+            if mt.how in LEGACY_HOWS:
+                legacy[it.order] = mt.detail
+            pid = patient_id_rule(roi, mt.info)
+            if pid.code:
+                results[it.order] = failed_measurement(
+                    roi,
+                    [pid.code],
+                    info=mt.info,
+                    detail=pid.detail,
+                    reader=rs.reader,
+                    roi_file=str(f),
+                )
+                continue
+            if pid.patient_id != roi.patient_id:  # the ROI's empty ID filled from DICOM
+                it = replace(it, roi=replace(roi, patient_id=pid.patient_id))
+                items[it.order] = it
             infos[mt.info.series_key] = mt.info
             groups[mt.info.series_key].append(it)
     air_checks: dict[str, AirCheck] = {}
@@ -311,6 +336,8 @@ def measure_batch(
             rows = [_fail_row(it, ["series-load-failed"], infos[k], err) for it in v]
             air = None
         _collect(k, rows, air, results, air_checks)
+    for i, note in legacy.items():
+        results[i] = add_flags(results[i], LEGACY_FLAG, detail=note)
     ordered = [results[i] for i in range(len(items))]
     calibrated, fits = apply_calibration(ordered, infos, air_checks)
     meta = {

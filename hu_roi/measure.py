@@ -89,6 +89,18 @@ QC_FLAGS: dict[str, QcFlag] = dict(
             "matching rule, hu_roi.roi.match_series",
         ),
         _f(
+            "series-key-legacy",
+            "info",
+            "The ROI names its series (no SeriesInstanceUID) by an old path-based series_key; matched by the folder or by patient, study date and extent (see the detail column)",
+            "hu_roi.series_lookup",
+        ),
+        _f(
+            "patient-id-missing",
+            "fail",
+            "A target ROI has no patient_id (the study code) and the DICOM PatientID is empty: the row cannot enter the longitudinal table",
+            "hu_roi.series_lookup.patient_id_rule",
+        ),
+        _f(
             "series-refused",
             "fail",
             "The series has a problem that makes measurements wrong (see the series-<problem> flag) and was not loaded",

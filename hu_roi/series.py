@@ -17,7 +17,7 @@ import numpy as np
 PROBLEM_CODES: dict[str, str] = {
     "not-ct": "Modality is not CT, or the pixel values are not Hounsfield units",
     "localizer": "Scout/localizer image (ImageType LOCALIZER or a single projection image)",
-    "empty-uid": "SeriesInstanceUID is empty or missing; grouped by the fallback key",
+    "empty-uid": "SeriesInstanceUID is empty or missing; grouped by content (no path)",
     "missing-slices": "A gap between slice positions larger than 1.5x the usual spacing",
     "non-uniform-spacing": "Slice spacing varies by more than 1% (but no gap)",
     "duplicate-positions": "Two or more images share one slice position",
@@ -77,7 +77,7 @@ class SeriesInfo:
     ----------
     series_key : str
         Stable identifier: the SeriesInstanceUID when present, otherwise a documented
-        fallback key (see :func:`hu_roi.io.dicom.fallback_series_key`).
+        content key of the images (see :func:`hu_roi.io.dicom.content_series_key`).
     series_instance_uid : str
         SeriesInstanceUID, ``""`` when empty or missing.
     slices : tuple of SliceRef

@@ -7,14 +7,21 @@ series and names the problems of each series (codes in :data:`hu_roi.series.PROB
 Grouping
 --------
 Images are grouped by SeriesInstanceUID.  When that tag is empty or missing (seen in real,
-partly anonymised Siemens data), the fallback key is built from
+partly anonymised Siemens data), by their content: images with the same
 
-    folder, StudyDate, Modality, FrameOfReferenceUID, SeriesNumber, SeriesDescription,
-    ImageOrientationPatient (rounded to 1e-4), Rows, Columns
+    PatientID, StudyInstanceUID, StudyDate, StudyTime, FrameOfReferenceUID, Modality,
+    SeriesNumber, SeriesDescription, ImageOrientationPatient (rounded to 1e-4), Rows,
+    Columns
 
-and the series gets ``series_key = "nouid-" + sha1(key)[:16]`` and the ``empty-uid``
-problem.  AcquisitionNumber is not part of the key because sequential (step-and-shoot)
-acquisitions change it from one slice group to the next.
+form one series, with ``series_key = content_series_key(...)`` (``"nouid-"`` + 16 hex
+digits of a SHA-1 over those fields and the sorted SOPInstanceUIDs, or the sorted
+positions when SOPInstanceUIDs are empty) and the ``empty-uid`` problem.  No path enters
+the grouping or the key: the key is the same for any spelling, copy or location of the
+folder, and a copy of such a series in two folders of one tree is one series with
+``duplicate-positions`` (as two copies of a series with a UID are).  AcquisitionNumber is
+not part of the key because sequential (step-and-shoot) acquisitions change it from one
+slice group to the next.  ROIs that carry the older, path-based key are resolved by
+:mod:`hu_roi.series_lookup`.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import stat
 import sys
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -510,13 +517,20 @@ def _iter_files_stat(
             yield path, st
 
 
-def _fallback_key(h: ImageHeader) -> tuple[object, ...]:
-    ori = tuple(round(v, 4) for v in h.orientation) if h.orientation else None
+def _content_fields(h: ImageHeader) -> tuple[object, ...]:
+    """The header facts that put an image without SeriesInstanceUID into its series.
+
+    Only the file's content: never its path, so the grouping (and the key) is the same
+    for any spelling or location of the folder.
+    """
+    ori = tuple(round(v, 4) + 0.0 for v in h.orientation) if h.orientation else None
     return (
-        os.path.dirname(h.path),
+        h.patient_id,
+        h.study_instance_uid,
         h.study_date,
-        h.modality,
+        h.study_time,
         h.frame_of_reference_uid,
+        h.modality,
         h.series_number,
         h.series_description,
         ori,
@@ -525,10 +539,39 @@ def _fallback_key(h: ImageHeader) -> tuple[object, ...]:
     )
 
 
-def fallback_series_key(h: ImageHeader) -> str:
-    """The documented series key of an image whose SeriesInstanceUID is empty or missing."""
-    digest = hashlib.sha1(repr(_fallback_key(h)).encode()).hexdigest()[:16]
-    return f"nouid-{digest}"
+def content_series_key(headers: Sequence[ImageHeader]) -> str:
+    """The ``series_key`` of a series whose images have no SeriesInstanceUID.
+
+    ``"nouid-"`` + the first 16 hex digits of the SHA-1 of the repr of
+    ``(content fields, members)``: the content fields of :func:`_content_fields` (patient,
+    study UID/date/time, frame of reference, modality, SeriesNumber, SeriesDescription,
+    orientation rounded to 1e-4, Rows, Columns) and the sorted SOPInstanceUIDs of the
+    images -- or, when any of them is empty, their sorted ImagePositionPatient rounded to
+    0.001 mm.  It depends on the files' content only, never on their paths.
+
+    Parameters
+    ----------
+    headers : sequence of ImageHeader
+        The images of one series (all with the same content fields).
+    """
+    if not headers:
+        raise ValueError("content_series_key needs at least one header")
+    sops = [h.sop_instance_uid for h in headers]
+    members: tuple[object, ...]
+    if all(sops):
+        members = ("sop", tuple(sorted(sops)))
+    else:
+        members = (
+            "position",
+            tuple(
+                sorted(
+                    tuple(round(v, 3) + 0.0 for v in h.position) if h.position else ()
+                    for h in headers
+                )
+            ),
+        )
+    text = repr((_content_fields(headers[0]), members))
+    return "nouid-" + hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 #: Files per header-cache query in :func:`index_folder`.
@@ -653,7 +696,7 @@ def index_folder(
 
 def group_series(headers: list[ImageHeader], skipped: list[SkippedFile]) -> list[SeriesInfo]:
     """Group image headers into series and describe each (see module docstring)."""
-    groups: dict[str, list[ImageHeader]] = defaultdict(list)
+    groups: dict[object, list[ImageHeader]] = defaultdict(list)
     seen_sop: dict[str, str] = {}
     for h in headers:
         if h.sop_instance_uid:
@@ -664,9 +707,14 @@ def group_series(headers: list[ImageHeader], skipped: list[SkippedFile]) -> list
                 )
                 continue
             seen_sop[h.sop_instance_uid] = h.path
-        key = h.series_instance_uid or fallback_series_key(h)
-        groups[key].append(h)
-    series = [_describe(key, hs) for key, hs in groups.items()]
+        # without a UID: by content, never by folder (a copy of a series in two folders of
+        # the tree is one series with duplicate positions, as with a duplicated UID)
+        group = h.series_instance_uid or ("nouid", _content_fields(h))
+        groups[group].append(h)
+    series = [
+        _describe(g if isinstance(g, str) else content_series_key(hs), hs)
+        for g, hs in groups.items()
+    ]
     series.sort(key=lambda s: (s.patient_id, s.study_date, s.study_time, s.series_key))
     return series
 

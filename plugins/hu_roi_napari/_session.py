@@ -25,8 +25,9 @@ from hu_roi.io import IndexResult
 from hu_roi.io.load import NEVER_LOADABLE
 from hu_roi.measure import Measurement, failed_measurement, measure_roi
 from hu_roi.rasterize import RoiPlacementError, slices_needed
-from hu_roi.roi import LEVELS, Roi, RoiSet, load_roiset, match_series, save_roiset
+from hu_roi.roi import LEVELS, Roi, RoiSet, load_roiset, save_roiset
 from hu_roi.series import SeriesInfo
+from hu_roi.series_lookup import SeriesResolver
 from hu_roi.util import atomic_write_text
 
 from ._rois_layer import ROI_KEYS, rois_from_layer, rois_layer_data
@@ -148,6 +149,8 @@ class Session:
         self._by_series: dict[str, list[Roi]] = {}
         self._last_signature: tuple = ()
         self._by_series_src: tuple[RoiSet, IndexResult] | None = None
+        #: old series keys already noted (hu_roi.series_lookup logs one line per key)
+        self._noted_keys: set[str] = set()
         #: ids made for ROIs drawn since the ROI file was last read or saved: they follow
         #: level/kind changes (an id of a stored ROI never changes)
         self.fresh_ids: set[str] = set()
@@ -292,13 +295,16 @@ class Session:
     def rois_of(self, info: SeriesInfo) -> list[Roi]:
         """Stored ROIs whose series (core matching rule) is ``info``."""
         if self.index is None:
-            return [r for r in self.roiset.rois if match_series(r, [info]).info is not None]
+            one = SeriesResolver([info], noted=self._noted_keys)
+            return [r for r in self.roiset.rois if one.resolve(r).info is not None]
         src = self._by_series_src
         if src is None or src[0] is not self.roiset or src[1] is not self.index:
-            # match every ROI once per ROI-set/index version (RoiSet is immutable)
+            # match every ROI once per ROI-set/index version (RoiSet is immutable), with the
+            # rule of hu-roi measure (old path-based keys resolve, noted once per key)
             by: dict[str, list[Roi]] = {}
+            resolver = SeriesResolver(self.index.series, noted=self._noted_keys)
             for r in self.roiset.rois:
-                m = match_series(r, self.index.series)
+                m = resolver.resolve(r)
                 if m.info is not None:
                     by.setdefault(m.info.series_key, []).append(r)
             self._by_series, self._by_series_src = by, (self.roiset, self.index)
