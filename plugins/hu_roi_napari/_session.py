@@ -14,7 +14,8 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,12 @@ class Session:
         #: ids made for ROIs drawn since the ROI file was last read or saved: they follow
         #: level/kind changes (an id of a stored ROI never changes)
         self.fresh_ids: set[str] = set()
+        #: True while the session adds its own layers (the widget must not adopt them)
+        self.adding_layers = False
+        #: set by the widget: adopts plugin layers added to the viewer and still waiting
+        #: for adoption (see :meth:`settle`)
+        self.on_settle: Callable[[], None] | None = None
+        self._settling = False
 
     # -- notifications to the UI ---------------------------------------------------------
     def _emit(self, what: str) -> None:
@@ -163,6 +170,49 @@ class Session:
             except Exception:  # noqa: BLE001 - a broken listener must not break the session
                 log.exception("listener failed on %s", what)
 
+    def settle(self) -> None:
+        """Adopt layers that wait for adoption before acting on the layers.
+
+        The widget adopts a layer added by the reader or the sample data on the next turn
+        of Qt's event loop, when its Shapes layer has been added too.  Whether that turn
+        comes before the next action depends on the machine's load (napari's ``open``
+        runs the loop only when its progress bar redraws), so every action that shows,
+        renames or replaces layers first settles the pending adoption: actions then run
+        in the order they were asked for, on a busy machine as on an idle one.
+        """
+        if self.on_settle is None or self._settling:
+            return
+        self._settling = True
+        try:
+            self.on_settle()
+        finally:
+            self._settling = False
+
+    @contextmanager
+    def _adding(self) -> Iterator[None]:
+        """Mark layers inserted meanwhile as the session's own (never adopted)."""
+        self.adding_layers = True
+        try:
+            yield
+        finally:
+            self.adding_layers = False
+
+    def _claim_name(self, layer: Any, name: str) -> None:
+        """Give a layer of the session exactly ``name``.
+
+        napari keeps layer names unique by appending `` [1]`` to a name another layer
+        holds.  The session's layers are the ones the dock and its messages speak of, so
+        they always carry their own label; any other layer holding that name (a layer
+        left from an earlier series, a second copy of the same series, a layer renamed
+        when blinded mode started) yields and gets napari's suffix instead.
+        """
+        if self.viewer is not None:
+            for other in list(self.viewer.layers):
+                if other is not layer and other.name == name:
+                    other.name = f"{name} [1]"  # napari counts up when that is taken too
+        if layer is not None:
+            layer.name = name
+
     # -- folder and reading list ---------------------------------------------------------
     def open_folder(self, root: str | Path, *, roi_file: str | Path | None = None) -> IndexResult:
         """Index ``root`` with the core and build the reading list.
@@ -171,6 +221,7 @@ class Session:
         ``root/../rois`` or ``root`` if there is exactly one; else ``<root>.rois.json``
         next to the folder (created on first save).
         """
+        self.settle()
         self.root = Path(root)
         self.index = index_cached(self.root)
         self._build_reading_list()
@@ -209,6 +260,7 @@ class Session:
 
     def set_blinded(self, on: bool, seed: int | None = None) -> None:
         """Switch blinded reading on/off (reshuffles the reading list with ``seed``)."""
+        self.settle()
         cur = self.current.info.series_key if self.current else None
         self.blinded = bool(on)
         if seed is not None:
@@ -324,6 +376,7 @@ class Session:
         ``keep_edits=False`` drops the shown Shapes layer without reading it back (used
         after the ROI set was replaced from disk).
         """
+        self.settle()
         info = key if isinstance(key, SeriesInfo) else self.find_series(key)
         if self.shapes_layer is not None and keep_edits:
             self.sync()
@@ -346,8 +399,11 @@ class Session:
                 self._refill_layers(reuse, data, kw, sdata, skw)
                 self.viewer.reset_view()  # another series: fit it in the canvas
             else:
-                self.image_layer = self.viewer.add_image(data, **kw)
-                self.shapes_layer = self.viewer.add_shapes(sdata, **skw)
+                self._claim_name(None, kw["name"])
+                self._claim_name(None, skw["name"])
+                with self._adding():
+                    self.image_layer = self.viewer.add_image(data, **kw)
+                    self.shapes_layer = self.viewer.add_shapes(sdata, **skw)
             self._connect_shapes()
             self._goto_first_roi(rois)
             self.viewer.layers.selection.active = self.shapes_layer
@@ -378,8 +434,13 @@ class Session:
             sdata, skw, _ = rois_layer_data(
                 h, self.rois_of(h.info), name=self._rois_name(), blinded=self.blinded
             )
-            shapes_layer = self.viewer.add_shapes(sdata, **skw)
+            self._claim_name(None, skw["name"])
+            with self._adding():
+                shapes_layer = self.viewer.add_shapes(sdata, **skw)
         self.shapes_layer = shapes_layer
+        if self.viewer is not None:
+            self._claim_name(image_layer, self.label(h.info))
+            self._claim_name(shapes_layer, self._rois_name())
         self._connect_shapes()
         self._goto_first_roi([])
         self.measure()
@@ -442,7 +503,7 @@ class Session:
         img, shp = pair
         for lay, k in ((img, kw), (shp, skw)):
             _set_transform(lay, k)
-            lay.name = k["name"]
+            self._claim_name(lay, k["name"])
             lay.metadata = k["metadata"]
         img.data = data
         if len(shp.data):
@@ -485,6 +546,7 @@ class Session:
 
     def next_series(self, step: int = 1) -> SeriesHandle | None:
         """Open the next (or previous, ``step=-1``) series of the reading list."""
+        self.settle()
         if not self.reading_list:
             return None
         pos = min(max(self.position + step, 0), len(self.reading_list) - 1)
@@ -813,6 +875,7 @@ class Session:
 
         Returns True when a newer autosave exists (call :meth:`restore_autosave`).
         """
+        self.settle()
         p = Path(path)
         if p.exists():
             self.roiset = load_roiset(p)

@@ -582,3 +582,64 @@ def test_mouse_draw_and_drag_updates_table_live(make_napari_viewer, study, qtbot
     send(QMouseEvent.Type.MouseButtonRelease, px(3, 20, 30), Qt.MouseButton.NoButton)
     qtbot.waitUntil(lambda: w.session.roiset.rois[0] != roi, timeout=3000)
     assert w.session.roiset.rois[0].shape.center_mm[0] > roi.shape.center_mm[0]  # moved +X
+
+
+def _add_reader_layers(viewer, path) -> list:
+    """Add the reader's layers without running Qt's event loop in between.
+
+    ``viewer.open`` runs the event loop only when its progress bar happens to redraw,
+    which depends on the machine's load; this is the deterministic slow-machine case.
+    """
+    from hu_roi_napari._reader import read_dicom
+    from napari.layers import Layer
+
+    return [viewer.add_layer(Layer.create(d, kw, t)) for d, kw, t in read_dicom(str(path))]
+
+
+def _assert_session_names(w) -> None:
+    """The shown series' layers carry exactly the session's names; all names are unique."""
+    s = w.session
+    names = [lay.name for lay in w.viewer.layers]
+    assert s.image_layer.name == s.label(s.current.info), names
+    assert s.shapes_layer.name == s._rois_name(), names
+    assert len(set(names)) == len(names), names
+
+
+def test_layer_opened_before_blinding_never_takes_the_case_label(widget, study, qtbot):
+    """A layer still waiting to be adopted when blinded mode starts: no 'Case 01 [1]'."""
+    viewer, w = widget
+    w.open_folder(study, roi_file=study.parent / "race.rois.json")
+    (img,) = _add_reader_layers(viewer, study / "T2")  # adoption still pending
+    w.set_blinded(True, seed=11)
+    assert w.session.image_layer is img  # adopted first, then blinded
+    _assert_session_names(w)
+    w.open_series(w.session.current.info.series_key)
+    w.session.add_roi("ellipse", _disc_ellipse(2, 12, 12, 5.0, 6.0), level="L4")
+    _wait_table(qtbot, w, lambda rows: len(rows) == 1)
+    qtbot.wait(50)  # any timer still pending has fired
+    assert w.session.image_layer is img
+    _assert_session_names(w)
+    assert all(lay.name.startswith(("Case", "ROIs")) for lay in viewer.layers)
+    for other in w.session.reading_list:  # paging through the list keeps the names exact
+        w.open_series(other.series_key)
+        _assert_session_names(w)
+
+
+def test_session_layers_keep_their_names_when_another_layer_holds_them(widget, study, qtbot):
+    """Layers left from earlier series (same label) never push a suffix onto the shown one."""
+    viewer, w = widget
+    w.open_folder(study, roi_file=study.parent / "names.rois.json")
+    keys = {s.series_description: s.series_key for s in w.session.reading_list}
+    w.open_series(keys["Spine A"])
+    first = w.session.image_layer
+    # the same series dropped again: it is adopted as the current series
+    _add_reader_layers(viewer, study / "T0")
+    qtbot.waitUntil(lambda: w.session.image_layer is not first, timeout=3000)
+    _assert_session_names(w)
+    for blinded in (False, True, False):
+        w.set_blinded(blinded, seed=3)
+        for key in (keys["Spine B"], keys["Spine A"], keys["Spine B"]):
+            w.open_series(key)
+            _assert_session_names(w)
+        qtbot.wait(20)
+        _assert_session_names(w)

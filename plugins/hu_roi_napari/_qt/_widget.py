@@ -79,6 +79,11 @@ def _num(v: Any, fmt: str = "{:.1f}") -> str:
     return fmt.format(v)
 
 
+def _is_plugin_layer(layer: Any) -> bool:
+    """A layer made by this plugin: a series image or a Shapes layer of ROIs."""
+    return handle_of_layer(layer) is not None or "hu_roi_rois" in (layer.metadata or {})
+
+
 class _CloseGuard(QObject):
     """Event filter on the main window: ask before closing with unsaved ROI edits."""
 
@@ -147,8 +152,12 @@ class HuRoiWidget(QWidget):
 
         self._guard = _CloseGuard(self)
         self._guarded: QWidget | None = None
+        #: plugin layers added to the viewer (reader, sample data) and not yet adopted
+        self._pending: list[Any] = [lay for lay in napari_viewer.layers if _is_plugin_layer(lay)]
+        self.session.on_settle = self.adopt_pending
         napari_viewer.layers.events.inserted.connect(self._on_layer_inserted)
-        QTimer.singleShot(0, self._adopt_existing)
+        if self._pending:
+            QTimer.singleShot(0, self.adopt_pending)
 
     # ------------------------------------------------------------------ building the UI
     def _build_study_tab(self) -> QWidget:
@@ -612,34 +621,32 @@ class HuRoiWidget(QWidget):
         return self.confirm_discard()
 
     # ------------------------------------------------------------------ layer adoption
-    def _adopt_existing(self) -> None:
-        if self.session.current is not None:
-            return
-        shapes = [lay for lay in self.viewer.layers if "hu_roi_rois" in (lay.metadata or {})]
-        images = [lay for lay in self.viewer.layers if handle_of_layer(lay) is not None]
-        if images:
-            self._adopt(images[-1], shapes)
-
     def _on_layer_inserted(self, event: Any) -> None:
         lay = event.value
-        if lay is self.session.shapes_layer or lay is self.session.image_layer:
+        s = self.session
+        if s.adding_layers or lay is s.shapes_layer or lay is s.image_layer:
+            return  # the session's own layers
+        if not _is_plugin_layer(lay):
             return
-        if handle_of_layer(lay) is None and "hu_roi_rois" not in (lay.metadata or {}):
-            return
-        QTimer.singleShot(0, self._adopt_existing_new)
+        # adopted on the next turn of the event loop, when the reader's Shapes layer is
+        # there too, or earlier by the session's next action (Session.settle)
+        self._pending.append(lay)
+        QTimer.singleShot(0, self.adopt_pending)
 
-    def _adopt_existing_new(self) -> None:
-        mine = {id(self.session.shapes_layer), id(self.session.image_layer)}
-        shapes = [
-            lay
-            for lay in self.viewer.layers
-            if "hu_roi_rois" in (lay.metadata or {}) and id(lay) not in mine
-        ]
-        images = [
-            lay
-            for lay in self.viewer.layers
-            if handle_of_layer(lay) is not None and id(lay) not in mine
-        ]
+    def adopt_pending(self) -> None:
+        """Make the last plugin image layer added to the viewer the current series.
+
+        Runs once per batch of inserted layers: from a timer, or from
+        :meth:`Session.settle` before the session's next action, whichever comes first.
+        """
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        s = self.session
+        mine = {id(s.shapes_layer), id(s.image_layer)}
+        layers = [lay for lay in self.viewer.layers if id(lay) not in mine]
+        images = [lay for lay in pending if handle_of_layer(lay) is not None and lay in layers]
+        shapes = [lay for lay in layers if "hu_roi_rois" in (lay.metadata or {})]
         if images:
             self._adopt(images[-1], shapes)
 
@@ -834,13 +841,14 @@ class HuRoiWidget(QWidget):
         """Stop timers and drop references to the viewer (the window is closing)."""
         self._timer.stop()
         self._preview_timer.stop()
+        self._pending.clear()
         try:
             self.viewer.layers.events.inserted.disconnect(self._on_layer_inserted)
         except Exception:  # noqa: BLE001 - already gone
             pass
         sess = self.session
         if sess is not None:
-            sess.on_change = sess.on_redraw = None
+            sess.on_change = sess.on_redraw = sess.on_settle = None
             sess.listeners.clear()
             if sess.shapes_layer is not None:
                 sess.shapes_layer.events.data.disconnect(sess._on_data)
