@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hu_roi.errors import GeometryError
+from hu_roi.series import orientation_problem
 
 if TYPE_CHECKING:
     from hu_roi.series import SeriesInfo
@@ -59,10 +60,11 @@ class Volume:
         if hu.ndim != 3:
             raise GeometryError(f"Volume.hu must be 3-D (slice, row, column); got shape {hu.shape}")
         ori = np.asarray(self.orientation, dtype=float).reshape(2, 3)
-        if not np.allclose(np.linalg.norm(ori, axis=1), 1.0, atol=1e-3):
-            raise GeometryError(f"orientation rows must be unit vectors; got {ori.tolist()}")
-        if abs(float(ori[0] @ ori[1])) > 1e-3:
-            raise GeometryError(f"orientation X and Y must be orthogonal; got {ori.tolist()}")
+        why = orientation_problem(ori.ravel())  # the index's tolerance: one verdict
+        if why:
+            raise GeometryError(
+                f"orientation must be two orthonormal vectors ({why}); got {ori.tolist()}"
+            )
         origins = np.asarray(self.slice_origins_lps_mm, dtype=float).reshape(-1, 3)
         if origins.shape[0] != hu.shape[0]:
             raise GeometryError(

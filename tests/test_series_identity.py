@@ -347,3 +347,40 @@ def test_real_siemens_target_without_study_code_is_a_named_fail(tmp_path):
     roi = _roi(key, pid="", date="20221208")
     (m,) = _measure(tmp_path, SIEMENS, [roi])
     assert m.qc_status == "fail" and m.qc_flags[0] == PATIENT_ID_MISSING
+
+
+# ------------------------------------------------ one orientation tolerance (item 9)
+@pytest.mark.parametrize("dot", [0.0, 0.5e-3, 0.9e-3, 1.5e-3, 3e-3, 8e-3])
+def test_index_and_measure_one_verdict_on_orientation(tmp_path, dot):
+    from hu_roi.errors import GeometryError
+    from hu_roi.series import ORIENTATION_TOL
+    from hu_roi.volume import Volume
+
+    y = (dot, float(np.sqrt(1 - dot * dot)), 0.0)  # unit, |X·Y| = dot
+    write_ct_series(tmp_path / "s", _hu(), orientation=(1.0, 0.0, 0.0, *y))
+    res = index_folder(tmp_path / "s")
+    indexed = bool(res.series)
+    roi = Roi.from_dict(
+        {
+            "roi_id": "r",
+            "patient_id": "TEST",
+            "kind": "target",
+            "level": "L1",
+            "timepoint": "T0",
+            "shape": {"type": "circle", "center_mm": [15.5, 15.5, 2.0], "radius_mm": 4.0},
+        }
+    )
+    (m,) = _measure(tmp_path, tmp_path / "s", [roi])
+    try:
+        Volume(np.zeros((1, 2, 2)), [1.0, 0, 0, *y], (1.0, 1.0), [[0.0, 0, 0]])
+        volume_ok = True
+    except GeometryError:
+        volume_ok = False
+    expected = dot <= ORIENTATION_TOL
+    assert indexed == volume_ok == expected
+    if expected:
+        assert m.qc_status == "pass" and m.mean_hu == 200.0
+    else:
+        assert m.qc_status == "fail", m
+        assert all("not two orthonormal vectors" in k.reason for k in res.skipped)
+        assert len(res.skipped) == 5 and "tolerance" in res.skipped[0].reason

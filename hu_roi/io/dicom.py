@@ -44,7 +44,7 @@ from pydicom.errors import InvalidDicomError
 
 from hu_roi.errors import DicomReadError
 from hu_roi.parallel import map_tasks, usable_cpus
-from hu_roi.series import PROBLEM_CODES, SeriesInfo, SliceRef
+from hu_roi.series import PROBLEM_CODES, SeriesInfo, SliceRef, orientation_problem
 
 log = logging.getLogger(__name__)
 
@@ -433,14 +433,12 @@ def _read_header(path: str | os.PathLike[str]) -> ImageHeader:
             )
         if header.pixel_spacing is not None and min(header.pixel_spacing) <= 0:
             raise DicomReadError(f"PixelSpacing {header.pixel_spacing} is not positive")
-        x, y = np.array(header.orientation[:3]), np.array(header.orientation[3:])  # type: ignore[index]
-        if (
-            abs(np.linalg.norm(x) - 1) > 1e-2
-            or abs(np.linalg.norm(y) - 1) > 1e-2
-            or abs(x @ y) > 1e-2
-        ):
+        # the tolerance of every Volume too: index and measure give one verdict
+        why = orientation_problem(header.orientation)  # type: ignore[arg-type]
+        if why:
             raise DicomReadError(
-                f"ImageOrientationPatient {header.orientation} is not two orthonormal vectors"
+                f"ImageOrientationPatient {header.orientation} ({why}) is not two "
+                "orthonormal vectors"
             )
     return header
 
