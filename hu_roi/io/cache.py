@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 #: Bumped when the stored format changes; the field names of ImageHeader are part of the
 #: version too, so a changed ImageHeader invalidates old caches automatically.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4: free-text tags are stored with identifiers redacted
 _FIELDS = tuple(f.name for f in dataclasses.fields(ImageHeader))
 _TUPLE_FIELDS = frozenset(f.name for f in dataclasses.fields(ImageHeader) if "tuple" in str(f.type))
 _VERSION = f"{SCHEMA_VERSION}:{','.join(_FIELDS)}"

@@ -207,6 +207,85 @@ def _str(ds: pydicom.Dataset, keyword: str) -> str:
     return s
 
 
+#: What a patient identifier inside a free-text tag is replaced with.
+REDACTED = "[redacted]"
+#: Shortest name component redacted (shorter ones, "Li", would hit ordinary words).
+MIN_NAME_PART = 3
+#: ImageHeader fields of free text (LO/SH/CS values a person typed or a device copied):
+#: identifiers found in them are redacted when the header is read.
+FREE_TEXT_FIELDS = ("series_description", "manufacturer", "model", "kernel", "contrast_agent")
+
+
+def _date_forms(da: str) -> list[str]:
+    """A DICOM date ``YYYYMMDD`` as written in free text: DICOM, ISO and common forms."""
+    m = re.fullmatch(r"(\d{4})(\d{2})(\d{2})", da.strip())
+    if not m:
+        return []
+    y, mo, d = m.groups()
+    return [
+        f"{y}{mo}{d}",
+        f"{y}-{mo}-{d}",
+        f"{y}/{mo}/{d}",
+        f"{y}.{mo}.{d}",
+        f"{d}.{mo}.{y}",
+        f"{d}/{mo}/{y}",
+        f"{d}-{mo}-{y}",
+        f"{mo}/{d}/{y}",
+    ]
+
+
+def identifier_pattern(name: str, patient_id: str, birth_date: str) -> re.Pattern[str] | None:
+    """A case-insensitive pattern of the patient's identifiers as they appear in free text.
+
+    Parameters
+    ----------
+    name : str
+        PatientName (PN: ``Family^Given^Middle^Prefix^Suffix``, groups split by ``=``).
+        The whole name and each component of at least :data:`MIN_NAME_PART` characters
+        (split at ``^``, ``=``, blanks and punctuation) are matched anywhere.
+    patient_id : str
+        PatientID: matched anywhere when it has at least 3 characters, else only as a
+        whole word (between non-alphanumeric characters).
+    birth_date : str
+        PatientBirthDate ``YYYYMMDD``: matched in the forms of :func:`_date_forms` (DICOM,
+        ISO ``YYYY-MM-DD``, ``DD.MM.YYYY`` ...).
+
+    Returns
+    -------
+    re.Pattern or None
+        None when there is nothing to look for.
+    """
+    words: set[str] = set()
+    name = name.strip()
+    if name:
+        for group in name.split("="):
+            g = group.strip("^ ")
+            if len(g) >= MIN_NAME_PART:
+                words.add(g)
+                words.add(re.sub(r"\^+", " ", g).strip())
+            for part in re.split(r"[\W_]+", g):
+                if len(part) >= MIN_NAME_PART:
+                    words.add(part)
+    pid = patient_id.strip()
+    if len(pid) >= 3:
+        words.add(pid)
+    words.update(_date_forms(birth_date))
+    alts = [re.escape(w) for w in sorted(words, key=lambda w: (-len(w), w)) if w]
+    if pid and len(pid) < 3:
+        alts.append(r"(?<![^\W_])" + re.escape(pid) + r"(?![^\W_])")
+    if not alts:
+        return None
+    return re.compile("|".join(alts), re.IGNORECASE)
+
+
+def redact_identifiers(text: str, pattern: re.Pattern[str] | None) -> str:
+    """``text`` with every match of ``pattern`` (:func:`identifier_pattern`) replaced by
+    :data:`REDACTED`."""
+    if not text or pattern is None:
+        return text
+    return pattern.sub(REDACTED, text)
+
+
 def _float(ds: pydicom.Dataset, keyword: str) -> float | None:
     v = ds.get(keyword, None)
     if v is None or v == "":
@@ -371,6 +450,15 @@ def _read_header(path: str | os.PathLike[str]) -> ImageHeader:
             f"image size {rows}x{cols}x{frames} is implausible; refused before reading pixels"
         )
     try:
+        # identifiers typed into free text (a name in SeriesDescription) never leave here:
+        # not into the index, the header cache or a CSV (docs/safety.md)
+        ids = identifier_pattern(
+            _str(ds, "PatientName"), _str(ds, "PatientID"), _str(ds, "PatientBirthDate")
+        )
+
+        def text(keyword: str) -> str:
+            return redact_identifiers(_str(ds, keyword), ids)
+
         header = ImageHeader(
             path=p,
             sop_class_uid=sop_class,
@@ -380,13 +468,13 @@ def _read_header(path: str | os.PathLike[str]) -> ImageHeader:
             series_instance_uid=_str(ds, "SeriesInstanceUID"),
             frame_of_reference_uid=_str(ds, "FrameOfReferenceUID"),
             modality=_str(ds, "Modality").upper(),
-            manufacturer=_str(ds, "Manufacturer"),
-            model=_str(ds, "ManufacturerModelName"),
+            manufacturer=text("Manufacturer"),
+            model=text("ManufacturerModelName"),
             kvp=_float(ds, "KVP"),
-            kernel=_str(ds, "ConvolutionKernel"),
+            kernel=text("ConvolutionKernel"),
             slice_thickness_mm=_float(ds, "SliceThickness"),
-            contrast_agent=_str(ds, "ContrastBolusAgent"),
-            series_description=_str(ds, "SeriesDescription"),
+            contrast_agent=text("ContrastBolusAgent"),
+            series_description=text("SeriesDescription"),
             series_number=_int(ds, "SeriesNumber"),
             acquisition_number=_int(ds, "AcquisitionNumber"),
             instance_number=_int(ds, "InstanceNumber"),
