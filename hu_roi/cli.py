@@ -62,32 +62,57 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-def index_rows(series: Sequence[object]) -> list[dict[str, str]]:
-    """One dict per series with the :data:`INDEX_COLUMNS` (strings, CSV-ready)."""
+def index_rows(series: Sequence[object], *, formula_escape: bool = True) -> list[dict[str, str]]:
+    """One dict per series with the :data:`INDEX_COLUMNS` (strings, CSV-ready).
+
+    Text taken from the headers (``series_description``, ``kernel``...) is escaped for
+    spreadsheets (:func:`hu_roi.csvtext.escape_cell`) unless ``formula_escape`` is False;
+    numbers never are.
+    """
+    from hu_roi.csvtext import escape_cell
+
     rows = []
     for s in series:
-        row = {c: _fmt(getattr(s, c, "")) for c in INDEX_COLUMNS}
-        row["problems"] = ";".join(s.problems)  # type: ignore[attr-defined]
+        row = {}
+        for c in INDEX_COLUMNS:
+            v = getattr(s, c, "")
+            cell = ";".join(s.problems) if c == "problems" else _fmt(v)  # type: ignore[attr-defined]
+            row[c] = escape_cell(cell) if formula_escape and isinstance(v, str) else cell
         rows.append(row)
     return rows
 
 
-def write_csv(path: str | Path | None, columns: list[str], rows: list[dict[str, str]]) -> None:
-    """Write rows to ``path`` atomically, or to stdout when ``path`` is None or '-'."""
-    if path is None or str(path) == "-":
-        w = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-        return
+def csv_text(columns: list[str], rows: list[dict[str, str]]) -> str:
+    """A CSV table as text (header, then the rows; ``\\n`` line ends)."""
     import io
-
-    from hu_roi.util import atomic_write_text
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
-    atomic_write_text(Path(path), buf.getvalue())
+    return buf.getvalue()
+
+
+def write_csv(path: str | Path | None, columns: list[str], rows: list[dict[str, str]]) -> None:
+    """Write rows to ``path`` atomically, or to stdout when ``path`` is None or '-' (the
+    rules of :class:`hu_roi.util.OutputSet`: a device or FIFO as a stream, a symbolic
+    link's target, never a folder)."""
+    from hu_roi.util import OutputSet
+
+    with OutputSet() as outs:
+        outs.add("-" if path is None else path, csv_text(columns, rows))
+
+
+def add_formula_escape_option(p: argparse.ArgumentParser) -> None:
+    """``--no-formula-escape`` (every command that writes CSV tables)."""
+    p.add_argument(
+        "--no-formula-escape",
+        dest="formula_escape",
+        action="store_false",
+        help="write text cells as they are (by default a text cell starting with = + - @ "
+        "gets a leading apostrophe, so spreadsheets do not run it as a formula; see "
+        "docs/safety.md)",
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -116,19 +141,35 @@ def add_index_parser(sub: argparse._SubParsersAction) -> None:
         help="processes reading headers not in the cache (default: usable CPUs, at most 8; "
         "1 = none)",
     )
+    add_formula_escape_option(p)
     p.set_defaults(func=run_index)
 
 
+def skipped_path(out: str | Path) -> Path:
+    """Where ``index --out FILE.csv`` lists the skipped files: ``FILE.skipped.csv``."""
+    p = Path(out)
+    return p.with_name(p.stem + ".skipped.csv")
+
+
 def run_index(args: argparse.Namespace) -> int:
+    from hu_roi.csvtext import escape_cell
     from hu_roi.io import index_folder
     from hu_roi.io.dicom import default_index_workers
+    from hu_roi.util import OutputSet, printable
 
     root = Path(args.dicom_dir)
     if not root.exists():
-        raise CliError(f"no such file or folder: {root}")
+        raise CliError(f"no such file or folder: {printable(root)}")
     workers = default_index_workers() if args.workers is None else args.workers
     if workers < 1:
         raise CliError(f"--workers must be ≥ 1; got {workers}")
+    # every file of the tree is read: none of them may be overwritten by an output
+    outs = OutputSet([("a file of DICOM_DIR", root)])
+    out = args.out or "-"
+    side = skipped_path(out) if out != "-" else None
+    outs.check(out)
+    if side is not None:
+        outs.check(side, sidecar_of=out)
     cache = None
     if not args.no_cache:
         try:
@@ -138,15 +179,24 @@ def run_index(args: argparse.Namespace) -> int:
         else:
             cache = HeaderCache.default()
     res = index_folder(root, progress=not args.quiet, cache=cache, workers=workers)
-    write_csv(args.out, INDEX_COLUMNS, index_rows(res.series))
-    if args.out and args.out != "-":
-        out = Path(args.out)
-        skipped_path = out.with_name(out.stem + ".skipped.csv")
-        write_csv(
-            skipped_path,
-            SKIPPED_COLUMNS,
-            [{"path": s.path, "reason": s.reason} for s in res.skipped],
+    esc = escape_cell if getattr(args, "formula_escape", True) else str
+    with outs:
+        outs.add(
+            out,
+            csv_text(
+                INDEX_COLUMNS,
+                index_rows(res.series, formula_escape=getattr(args, "formula_escape", True)),
+            ),
         )
+        if side is not None:
+            outs.add(
+                side,
+                csv_text(
+                    SKIPPED_COLUMNS,
+                    [{"path": esc(s.path), "reason": esc(s.reason)} for s in res.skipped],
+                ),
+                sidecar_of=out,
+            )
     if not args.quiet:
         n_ok = sum(1 for s in res.series if not s.refusing_problems)
         print(
@@ -155,11 +205,11 @@ def run_index(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         for s in res.skipped[:20]:
-            print(f"  skipped {s.path}: {s.reason}", file=sys.stderr)
+            print(printable(f"  skipped {s.path}: {s.reason}"), file=sys.stderr)
         if len(res.skipped) > 20:
             print(f"  … and {len(res.skipped) - 20} more", file=sys.stderr)
-        if args.out and args.out != "-":
-            print(f"  wrote {args.out}", file=sys.stderr)
+        if out != "-":
+            print(f"  wrote {printable(out)}", file=sys.stderr)
     return 0
 
 
@@ -186,6 +236,69 @@ def build_parser() -> argparse.ArgumentParser:
     for add in _optional_commands():
         add(sub)
     return parser
+
+
+#: Longest error message printed (lines); further lines are counted, not shown.
+MAX_ERROR_LINES = 20
+
+
+def input_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "cannot run" (bad input, missing file, full disk): printed
+    as an ``error:`` message with exit 2.  Anything else is a bug in hu-roi and keeps its
+    traceback.  Evaluated when an exception arrives, so pandas is not imported for it."""
+    import json
+
+    errors: list[type[BaseException]] = [
+        CliError,
+        HuRoiError,
+        OSError,  # missing file, permission, disk full (also DicomReadError, OutputError)
+        UnicodeError,  # an input file that is not UTF-8 text
+        json.JSONDecodeError,
+        csv.Error,  # e.g. a field over the csv module's size limit
+    ]
+    pd = sys.modules.get("pandas")
+    if pd is not None:  # pandas' own input errors (dates or numbers out of its range)
+        errors += [
+            pd.errors.ParserError,
+            pd.errors.EmptyDataError,
+            pd.errors.OutOfBoundsDatetime,
+            pd.errors.OutOfBoundsTimedelta,
+        ]
+    return tuple(errors)
+
+
+def error_lines(command: str, exc: BaseException) -> list[str]:
+    """The lines printed on stderr for an error: ``hu-roi <command>: error: <message>``.
+
+    A multi-line message (a schema error listing its problems) is shown up to
+    :data:`MAX_ERROR_LINES` lines, then ``… and N more``; every line has its control
+    characters escaped, and continuation lines are indented, so no text from an input can
+    forge a line of its own.
+    """
+    from hu_roi.util import printable
+
+    if (
+        isinstance(exc, OSError)
+        and not isinstance(exc, HuRoiError)
+        and exc.strerror
+        and exc.filename is not None
+    ):
+        # "[Errno 2] No such file or directory: '…'" → "No such file or directory: …"
+        msg = f"{exc.strerror}: {printable(str(exc.filename))}"
+        if exc.filename2 is not None:
+            msg += f" -> {printable(str(exc.filename2))}"
+    else:
+        msg = str(exc) or type(exc).__name__
+    lines = [printable(x) for x in msg.splitlines() if x.strip()] or [type(exc).__name__]
+    head, rest = lines[0], lines[1:]
+    more = 0
+    if len(lines) > MAX_ERROR_LINES:
+        rest, more = rest[: MAX_ERROR_LINES - 1], len(rest) - (MAX_ERROR_LINES - 1)
+    out = [f"hu-roi {command}: error: {head}"]
+    out += [x if x.startswith((" ", "\t")) else f"  {x}" for x in rest]
+    if more:
+        out.append(f"  … and {more} more")
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -221,11 +334,11 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (CliError, HuRoiError, OSError) as exc:
-        # Cannot run (bad input, no such folder, disk full...): one line, no traceback.
-        # Outputs are written atomically, so a previous file is left as it was.
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"hu-roi {args.command}: error: {msg}", file=sys.stderr)
+    except input_errors() as exc:
+        # Cannot run (bad input, no such folder, disk full...): the message, no traceback.
+        # Outputs are written all or nothing, so a previous file is left as it was.
+        for line in error_lines(args.command, exc):
+            print(line, file=sys.stderr)
         return 2
 
 

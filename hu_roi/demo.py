@@ -3,8 +3,8 @@
 1. ``hu-roi index`` of the synthetic CT cohort in ``sample_dicom/dicom``;
 2. ``hu-roi measure`` of its stored ROI set (``sample_dicom/rois``), calibration checks included;
 3. ``hu-roi longitudinal`` of those measurements, printed as a short table;
-4. ``hu-roi analyze`` of a synthetic 60-patient trial (``hu_roi.analysis.synthetic``) into
-   the trial's tables, figures and HTML report.
+4. ``hu-roi analyze`` of a synthetic 60-patient trial (``hu_roi.analysis.synthetic``, its
+   tables in ``trial_data/``) into the trial's tables, figures and HTML report (``trial/``).
 """
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ def _summary(longitudinal_csv: Path) -> list[str]:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from hu_roi.analysis.synthetic import write_trial
+    from hu_roi.analysis.synthetic import make_trial
     from hu_roi.cli import CliError, main
+    from hu_roi.util import OutputSet
 
     sample = Path(args.sample)
     dicom, rois = sample / "dicom", sample / "rois"
@@ -99,8 +100,13 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     print("\n".join(_summary(out / "longitudinal.csv")))
     print("[4/4] trial analysis of a synthetic 60-patient trial (paper's counts)")
-    trial = out / "trial"
-    meas, clin = write_trial(trial / "data")
+    # the input tables beside the report folder, not in it: analyze replaces its folder
+    trial, data = out / "trial", out / "trial_data"
+    meas, clin = data / "measurements.csv", data / "clinical.csv"
+    meas_df, clin_df = make_trial()
+    with OutputSet() as outs:
+        outs.add(meas, meas_df.to_csv(index=False))
+        outs.add(clin, clin_df.to_csv(index=False))
     step(
         [
             "analyze",
@@ -119,6 +125,7 @@ def run_demo(args: argparse.Namespace) -> int:
         ("measurements.csv", "one row per ROI: HU statistics, calibration and QC flags"),
         ("longitudinal.csv", "patient × level: HU at T0..T3, ΔHU and %Δ vs T0"),
         ("trial/report.html", "the trial's Tables 1-5 and figures (open in a browser)"),
+        ("trial_data", "the synthetic trial's measurement and clinical CSVs analysed"),
     ]:
         print(f"  {out / name}  — {what}")
     sys.stdout.flush()

@@ -7,8 +7,15 @@ so a value read back is bit-identical to the one measured), empty for missing/Na
 booleans ``true``/``false``; ``study_date`` as ISO ``YYYY-MM-DD`` when the DICOM date has 8
 digits; lists (``qc_flags``, ``slice_indices``) ``;``-separated.
 
+Text cells (ROI ids, header text, paths, ``detail``...) that start with ``=``, ``+``, ``-``
+or ``@`` get a leading apostrophe so spreadsheets do not run them as formulas
+(:func:`hu_roi.csvtext.escape_cell`; ``formula_escape=False`` turns it off); numbers are
+never changed, and hu-roi's readers undo the escape.
+
 A sidecar ``<csv>.meta.json`` records tool version, date, settings and input paths, so the
-CSV itself stays a plain table.  An empty input gives a CSV with the header only.
+CSV itself stays a plain table.  An empty input gives a CSV with the header only.  The CSV
+and its sidecar are written together or not at all (:class:`hu_roi.util.OutputSet`); a
+CSV written to a stream (stdout, ``/dev/null``, a FIFO) has no sidecar.
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from hu_roi import __version__
+from hu_roi.csvtext import escape_cell
 from hu_roi.measure import Measurement
-from hu_roi.util import atomic_write_text
+from hu_roi.util import OutputSet
 
 __all__ = [
     "MEASUREMENT_COLUMNS",
@@ -33,6 +41,8 @@ __all__ = [
     "columns",
     "format_cell",
     "measurement_row",
+    "measurements_csv_text",
+    "meta_text",
     "write_measurements_csv",
     "meta_path",
 ]
@@ -92,8 +102,12 @@ def columns(*, include_identifiers: bool = False) -> tuple[str, ...]:
     return MEASUREMENT_COLUMNS + EXTRA_COLUMNS + (IDENTIFIER_COLUMNS if include_identifiers else ())
 
 
-def format_cell(value: Any) -> str:
-    """One CSV cell (see the module docstring for the formats)."""
+def format_cell(value: Any, *, formula_escape: bool = False) -> str:
+    """One CSV cell (see the module docstring for the formats).
+
+    With ``formula_escape``, text (a ``str``, or a list holding one) that starts with a
+    formula trigger gets a leading apostrophe; numbers and booleans never do.
+    """
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -101,7 +115,11 @@ def format_cell(value: Any) -> str:
     if isinstance(value, float):
         return "" if not math.isfinite(value) else repr(value)
     if isinstance(value, tuple | list):
-        return ";".join(format_cell(v) for v in value)
+        text = ";".join(format_cell(v) for v in value)
+        is_text = any(isinstance(v, str) for v in value)
+        return escape_cell(text) if formula_escape and is_text else text
+    if isinstance(value, str):
+        return escape_cell(value) if formula_escape else value
     return str(value)
 
 
@@ -112,14 +130,16 @@ def _iso_date(d: str) -> str:
     return d
 
 
-def measurement_row(m: Measurement, *, include_identifiers: bool = False) -> dict[str, str]:
+def measurement_row(
+    m: Measurement, *, include_identifiers: bool = False, formula_escape: bool = True
+) -> dict[str, str]:
     """The CSV cells of one measurement, keyed by column name."""
     row = {}
     for c in columns(include_identifiers=include_identifiers):
         v = m.qc_status if c == "qc_status" else getattr(m, c)
         if c == "study_date":
             v = _iso_date(v or "")
-        row[c] = format_cell(v)
+        row[c] = format_cell(v, formula_escape=formula_escape)
     return row
 
 
@@ -130,7 +150,10 @@ def meta_path(csv_path: str | Path) -> Path:
 
 
 def measurements_csv_text(
-    measurements: Iterable[Measurement], *, include_identifiers: bool = False
+    measurements: Iterable[Measurement],
+    *,
+    include_identifiers: bool = False,
+    formula_escape: bool = True,
 ) -> str:
     """The CSV as a string (header, then one line per measurement)."""
     buf = io.StringIO()
@@ -139,8 +162,57 @@ def measurements_csv_text(
     )
     w.writeheader()
     for m in measurements:
-        w.writerow(measurement_row(m, include_identifiers=include_identifiers))
+        w.writerow(
+            measurement_row(
+                m, include_identifiers=include_identifiers, formula_escape=formula_escape
+            )
+        )
     return buf.getvalue()
+
+
+def meta_text(
+    measurements: Sequence[Measurement],
+    csv_path: str | Path,
+    *,
+    include_identifiers: bool = False,
+    formula_escape: bool = True,
+    meta: Mapping[str, Any] | None = None,
+) -> str:
+    """The sidecar ``<csv>.meta.json`` of a measurement CSV, as JSON text."""
+    info: dict[str, Any] = {
+        "tool": f"hu-roi {__version__}",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "csv": Path(csv_path).name,
+        "n_rows": len(measurements),
+        "n_fail": sum(1 for m in measurements if m.qc_status == "fail"),
+        "n_warn": sum(1 for m in measurements if m.qc_status == "warn"),
+        "includes_identifiers": include_identifiers,
+        "formula_escape": formula_escape,
+        "columns": list(columns(include_identifiers=include_identifiers)),
+    }
+    if meta:
+        info.update(meta)
+    return json.dumps(info, indent=1, default=str) + "\n"
+
+
+def add_measurements_csv(
+    outs: OutputSet,
+    measurements: Sequence[Measurement],
+    path: str | Path,
+    *,
+    include_identifiers: bool = False,
+    formula_escape: bool = True,
+    meta: Mapping[str, Any] | None = None,
+) -> None:
+    """Stage the measurement CSV and its sidecar in ``outs`` (written at its commit; no
+    sidecar when ``path`` is a stream such as ``-`` or ``/dev/null``)."""
+    opts = {"include_identifiers": include_identifiers, "formula_escape": formula_escape}
+    outs.add(path, measurements_csv_text(measurements, **opts))
+    outs.add(
+        meta_path(path),
+        meta_text(measurements, path, meta=meta, **opts),
+        sidecar_of=path,
+    )
 
 
 def write_measurements_csv(
@@ -148,16 +220,21 @@ def write_measurements_csv(
     path: str | Path,
     *,
     include_identifiers: bool = False,
+    formula_escape: bool = True,
     meta: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write the measurement CSV (atomically) and its sidecar ``<csv>.meta.json``.
+    """Write the measurement CSV and its sidecar ``<csv>.meta.json``, both or neither.
 
     Parameters
     ----------
     measurements : sequence of Measurement
     path : str or Path
+        A file (missing folders are created), ``-`` for stdout, or a device/FIFO (then
+        without sidecar).
     include_identifiers : bool
         Add patient name and birth date columns (off by default).
+    formula_escape : bool
+        Escape text cells that a spreadsheet would run as a formula (default True).
     meta : mapping, optional
         Extra provenance (settings, input paths...) merged into the sidecar.
 
@@ -165,23 +242,19 @@ def write_measurements_csv(
     -------
     Path
         The CSV path.
+
+    Raises
+    ------
+    hu_roi.util.OutputError
+        The CSV or its sidecar cannot be written; neither was changed.
     """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(
-        p, measurements_csv_text(measurements, include_identifiers=include_identifiers)
-    )
-    info: dict[str, Any] = {
-        "tool": f"hu-roi {__version__}",
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "csv": p.name,
-        "n_rows": len(measurements),
-        "n_fail": sum(1 for m in measurements if m.qc_status == "fail"),
-        "n_warn": sum(1 for m in measurements if m.qc_status == "warn"),
-        "includes_identifiers": include_identifiers,
-        "columns": list(columns(include_identifiers=include_identifiers)),
-    }
-    if meta:
-        info.update(meta)
-    atomic_write_text(meta_path(p), json.dumps(info, indent=1, default=str) + "\n")
-    return p
+    with OutputSet() as outs:
+        add_measurements_csv(
+            outs,
+            measurements,
+            path,
+            include_identifiers=include_identifiers,
+            formula_escape=formula_escape,
+            meta=meta,
+        )
+    return Path(path)

@@ -33,6 +33,7 @@ import argparse
 import io
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,7 @@ __all__ = [
     "CARRIED_FLAGS",
     "read_measurement_targets",
     "longitudinal_table",
+    "longitudinal_csv_text",
     "write_longitudinal_csv",
     "add_longitudinal_parser",
     "run_longitudinal",
@@ -155,29 +157,47 @@ def _cell(v: object) -> str:
     return str(v)
 
 
-def write_longitudinal_csv(table: pd.DataFrame, path: str | Path | None) -> None:
-    """Write the table (declared columns first); ``None`` or ``-`` writes to stdout."""
+def longitudinal_csv_text(table: pd.DataFrame, *, formula_escape: bool = True) -> str:
+    """The table as CSV text (declared columns first).
+
+    Text cells that a spreadsheet would run as a formula get a leading apostrophe
+    (:func:`hu_roi.csvtext.escape_cell`) unless ``formula_escape`` is False.
+    """
+    import csv
+
     from hu_roi.analysis.schemas import LONGITUDINAL_SCHEMA
+    from hu_roi.csvtext import escape_cell
 
     cols = list(LONGITUDINAL_SCHEMA.names) + [
         c for c in table.columns if c not in LONGITUDINAL_SCHEMA.names
     ]
     buf = io.StringIO()
-    import csv
-
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
     for rec in table[cols].itertuples(index=False):
-        w.writerow([_cell(v) for v in rec])
-    text = buf.getvalue()
-    if path is None or str(path) == "-":
-        sys.stdout.write(text)
-        return
-    from hu_roi.util import atomic_write_text
+        w.writerow(
+            [escape_cell(v) if formula_escape and isinstance(v, str) else _cell(v) for v in rec]
+        )
+    return buf.getvalue()
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(p, text)
+
+def write_longitudinal_csv(
+    table: pd.DataFrame,
+    path: str | Path | None,
+    *,
+    formula_escape: bool = True,
+    inputs: Sequence[tuple[str, str | Path]] = (),
+) -> None:
+    """Write the table; ``None`` or ``-`` writes to stdout (the rules of
+    :class:`hu_roi.util.OutputSet`: a device or FIFO as a stream, never over one of
+    ``inputs``)."""
+    from hu_roi.util import OutputSet
+
+    with OutputSet(inputs) as outs:
+        outs.add(
+            "-" if path is None else path,
+            longitudinal_csv_text(table, formula_escape=formula_escape),
+        )
 
 
 def add_longitudinal_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -193,18 +213,29 @@ def add_longitudinal_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("measurements", metavar="MEASUREMENTS.csv")
     p.add_argument("--out", metavar="FILE.csv", help="output CSV (default: stdout)")
     p.add_argument("--quiet", action="store_true", help="no summary on stderr")
+    from hu_roi.cli import add_formula_escape_option
+
+    add_formula_escape_option(p)
     p.set_defaults(func=run_longitudinal)
 
 
 def run_longitudinal(args: argparse.Namespace) -> int:
     """Run ``hu-roi longitudinal``; raises SchemaError (exit 2 in the CLI) on a bad CSV."""
+    from hu_roi.util import OutputSet, printable
+
+    out = args.out or "-"
+    outs = OutputSet([("the measurement CSV", args.measurements)])
+    outs.check(out)  # before reading: `longitudinal m.csv --out m.csv` is refused
     m = read_measurement_targets(args.measurements)
     table = longitudinal_table(m)
-    write_longitudinal_csv(table, args.out)
+    with outs:
+        outs.add(
+            out, longitudinal_csv_text(table, formula_escape=getattr(args, "formula_escape", True))
+        )
     if not getattr(args, "quiet", False):
         print(
             f"hu-roi longitudinal: {len(table)} patient × level rows from {len(m)} target ROIs"
-            + (f"; wrote {args.out}" if args.out and args.out != "-" else ""),
+            + (f"; wrote {printable(out)}" if out != "-" else ""),
             file=sys.stderr,
         )
     return 0

@@ -1,13 +1,11 @@
 """``hu-roi analyze``: the trial endpoints from a measurement CSV and a clinical CSV.
 
-The lead wires it into :mod:`hu_roi.cli`::
-
-    from hu_roi.analysis.cli import add_analyze_parser, run_analyze
-    add_analyze_parser(subparsers)      # registers "analyze" with func=run_analyze
-
 ``hu-roi analyze --measurements M.csv --clinical C.csv --out DIR`` writes a CSV per table,
-the PNG figures and ``DIR/report.html``.  Exit 0 on success; 2 with one line on stderr when
-an input is missing or does not match its schema.
+the PNG figures and ``DIR/report.html``.  DIR is built as a whole in a temporary folder and
+then takes the place of the old one (a failed run leaves the old one as it was).  Exit 0
+on success; 2 with the ``hu-roi analyze: error:`` message of :mod:`hu_roi.cli` when an
+input is missing or does not match its schema, or DIR cannot be written (it holds an input
+or files ``analyze`` does not write).
 """
 
 from __future__ import annotations
@@ -16,8 +14,6 @@ import argparse
 import sys
 import time
 from pathlib import Path
-
-from hu_roi.errors import HuRoiError
 
 
 def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
@@ -33,7 +29,13 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         "--measurements", required=True, type=Path, help="measurement CSV (hu-roi measure)"
     )
     p.add_argument("--clinical", required=True, type=Path, help="clinical CSV (docs/analysis.md)")
-    p.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="output folder (created; an existing one is replaced as a whole, and refused when "
+        "it holds other files or an input)",
+    )
     p.add_argument(
         "--omed-tolerance",
         type=float,
@@ -48,40 +50,56 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         help="also fit the paper's ANCOVA with repeated measurements (mixed model; slower)",
     )
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
+    from hu_roi.cli import add_formula_escape_option
+
+    add_formula_escape_option(p)
     p.set_defaults(func=run_analyze)
     return p
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    """Run the analysis for parsed arguments; returns the exit code."""
+    """Run the analysis for parsed arguments; returns the exit code (0, or 2 with the
+    ``hu-roi analyze: error: …`` message of :func:`hu_roi.cli.error_lines` on stderr when
+    an input is unusable or the output folder cannot be written)."""
+    from hu_roi.cli import error_lines, input_errors
+
+    try:
+        return _run_analyze(args)
+    except input_errors() as exc:
+        for line in error_lines("analyze", exc):
+            print(line, file=sys.stderr)
+        return 2
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
     from hu_roi.analysis.clinical import read_clinical
     from hu_roi.analysis.endpoints import analyze
-    from hu_roi.analysis.report import write_outputs
+    from hu_roi.analysis.report import output_names, write_outputs
     from hu_roi.analysis.schemas import longitudinal_from_measurements, read_measurements
+    from hu_roi.util import OutputSet
 
     t0 = time.perf_counter()
-    try:
-        meas = read_measurements(args.measurements)
-        clin = read_clinical(args.clinical)
-        long = longitudinal_from_measurements(meas)
-        ep = analyze(
-            long,
-            clin,
-            tolerance_pct=getattr(args, "omed_tolerance", 0.0),
-            repeated_measures=getattr(args, "repeated_measures", False),
-        )
-        written = write_outputs(
-            ep,
-            args.out,
-            inputs={"measurements": args.measurements, "clinical": args.clinical},
-            elapsed_s=time.perf_counter() - t0,
-        )
-    except HuRoiError as exc:
-        print(f"hu-roi analyze: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"hu-roi analyze: cannot write to {args.out}: {exc}", file=sys.stderr)
-        return 2
+    inputs = {"measurements": args.measurements, "clinical": args.clinical}
+    # before the work: an output folder that holds an input or other files is refused
+    OutputSet([(f"the {k} input", p) for k, p in inputs.items()]).check_folder(
+        args.out, own=output_names()
+    )
+    meas = read_measurements(args.measurements)
+    clin = read_clinical(args.clinical)
+    long = longitudinal_from_measurements(meas)
+    ep = analyze(
+        long,
+        clin,
+        tolerance_pct=getattr(args, "omed_tolerance", 0.0),
+        repeated_measures=getattr(args, "repeated_measures", False),
+    )
+    written = write_outputs(
+        ep,
+        args.out,
+        inputs=inputs,
+        elapsed_s=time.perf_counter() - t0,
+        formula_escape=getattr(args, "formula_escape", True),
+    )
     if not getattr(args, "quiet", False):
         for note in ep.notes:
             print(f"note: {note}")
@@ -93,12 +111,11 @@ def run_analyze(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry point (``python -m hu_roi.analysis.cli analyze ...``)."""
-    ap = argparse.ArgumentParser(prog="hu-roi")
-    sub = ap.add_subparsers(dest="command", required=True)
-    add_analyze_parser(sub)
-    args = ap.parse_args(argv)
-    return int(args.func(args))
+    """Standalone entry point (``python -m hu_roi.analysis.cli analyze ...``): the same as
+    ``hu-roi analyze ...``, with its error messages and exit codes."""
+    from hu_roi.cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

@@ -471,45 +471,104 @@ def render_html(
     )
 
 
+#: Every table :func:`hu_roi.analysis.endpoints.analyze` can produce (``<name>.csv``).
+TABLE_NAMES = (
+    "table1_baseline",
+    "consort",
+    "table2_hu_irradiated",
+    "table3_hu_by_lesion",
+    "hu_unirradiated",
+    "table4_fractures",
+    "table5_pain_response",
+    "pain_over_time",
+    "survival",
+    "patient_hu_irradiated",
+    "patient_hu_unirradiated",
+    "patient_pain_response",
+    "hu_repeated_measures",
+)
+
+
+def output_names(ep: TrialEndpoints | None = None) -> set[str]:
+    """File names :func:`write_outputs` writes (of any run, plus those of ``ep``): an
+    existing output folder holding only these may be replaced."""
+    tables = set(TABLE_NAMES) | (set(ep.tables) if ep is not None else set())
+    return {f"{t}.csv" for t in tables} | {f"{f}.png" for f in FIGURES} | {"report.html"}
+
+
+def _escaped(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with its text cells escaped for spreadsheets (numbers untouched)."""
+    from hu_roi.csvtext import escape_cell
+
+    out = table.copy()
+    for c in out.columns:
+        if out[c].dtype == object or pd.api.types.is_string_dtype(out[c].dtype):
+            out[c] = out[c].map(lambda v: escape_cell(v) if isinstance(v, str) else v)
+    return out
+
+
 def write_outputs(
     ep: TrialEndpoints,
     out_dir: str | Path,
     *,
     inputs: Mapping[str, Path] | None = None,
     elapsed_s: float | None = None,
+    formula_escape: bool = True,
 ) -> dict[str, Path]:
     """Write every table as CSV, the figures as PNG and ``report.html`` into ``out_dir``.
+
+    The files are made in a temporary folder next to ``out_dir``, which then takes the
+    place of ``out_dir`` (:meth:`hu_roi.util.OutputSet.add_folder`): a failed run leaves
+    the previous folder as it was, and new tables never mix with an old report.
 
     Parameters
     ----------
     ep : TrialEndpoints
         From :func:`hu_roi.analysis.endpoints.analyze`.
     out_dir : path
-        Created if missing; existing files of the same names are overwritten.
+        Created if missing (with its parents).  An existing folder is replaced as a whole;
+        it is refused when it holds files this function does not write
+        (:func:`output_names`) or one of ``inputs``.
     inputs : mapping, optional
         Label -> input file, listed in the report with their SHA-256.
     elapsed_s : float, optional
         Analysis time stated in the report.
+    formula_escape : bool
+        Escape text cells a spreadsheet would run as formulas (leading apostrophe).
 
     Returns
     -------
     dict
         Name -> written path (``report`` for the HTML).
+
+    Raises
+    ------
+    hu_roi.util.OutputError
+        The folder cannot be written or replaced; nothing was changed.
     """
+    from hu_roi.util import OutputError, OutputSet, printable
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
-    for name, table in ep.tables.items():
-        p = out / f"{name}.csv"
-        table.to_csv(p, index=False)
-        written[name] = p
     figs = make_figures(ep)
-    for name, png in figs.items():
-        p = out / f"{name}.png"
-        p.write_bytes(png)
-        written[name] = p
-    report = out / "report.html"
-    report.write_text(render_html(ep, figs, inputs=inputs, elapsed_s=elapsed_s), encoding="utf-8")
-    written["report"] = report
+    page = render_html(ep, figs, inputs=inputs, elapsed_s=elapsed_s)
+    with OutputSet([(f"the {k} input", p) for k, p in (inputs or {}).items()]) as outs:
+        build = outs.add_folder(out, own=output_names(ep))
+        try:
+            for name, table in ep.tables.items():
+                (_escaped(table) if formula_escape else table).to_csv(
+                    build / f"{name}.csv", index=False
+                )
+                written[name] = out / f"{name}.csv"
+            for name, png in figs.items():
+                (build / f"{name}.png").write_bytes(png)
+                written[name] = out / f"{name}.png"
+            (build / "report.html").write_text(page, encoding="utf-8")
+            written["report"] = out / "report.html"
+        except OSError as exc:  # name the destination, never the temporary folder
+            raise OutputError(
+                f"cannot write into {printable(out)}: {exc.strerror or type(exc).__name__}; "
+                "the folder was left as it was"
+            ) from None
     logger.info("wrote %d files to %s", len(written), out)
     return written
