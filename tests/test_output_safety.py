@@ -358,6 +358,31 @@ def test_exception_inside_the_block_writes_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [], "temporaries and the folders made for them removed"
 
 
+def test_pseudonymize_writes_copies_and_map_together(
+    study: dict[str, Path], tmp_path: Path
+) -> None:
+    """A copy that cannot be written: no copy and no map are written, so the same command
+    with --create works once the obstacle is gone."""
+    share, secure = tmp_path / "share", tmp_path / "secure"
+    long_csv = tmp_path / "long.csv"
+    assert (
+        run_main("longitudinal", str(study["meas"]), "--out", str(long_csv), "--quiet").returncode
+        == 0
+    )
+    (share / "long.csv").mkdir(parents=True)  # the second copy's path is a folder
+    argv = ["pseudonymize", "--map", str(secure / "map.csv"), "--create", "--out", str(share),
+            str(study["meas"]), str(long_csv), "--quiet"]  # fmt: skip
+    line = _one_error(run_main(*argv), "pseudonymize")
+    assert "long.csv" in line
+    assert not secure.exists(), "no map (and no folder for it) after a failed run"
+    assert sorted(p.name for p in share.iterdir()) == ["long.csv"], "no copy, no temp file"
+    (share / "long.csv").rmdir()
+    proc = run_main(*argv)
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_IMODE((secure / "map.csv").stat().st_mode) == 0o600
+    assert sorted(p.name for p in share.iterdir()) == ["long.csv", "m.csv"]
+
+
 @pytest.fixture(scope="module")
 def endpoints():  # type: ignore[no-untyped-def]
     import tempfile
