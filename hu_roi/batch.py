@@ -402,7 +402,8 @@ def add_measure_parser(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         nargs="+",
         metavar="FILE_OR_DIR",
-        help="ROI file(s) (*.rois.json) or folder(s) searched for them",
+        help="ROI file(s) (*.rois.json) or folder(s) searched for them; the format is "
+        "described in docs/roi_format.md (check a file with `hu-roi roi validate`)",
     )
     p.add_argument("--out", metavar="FILE.csv", help="output CSV (default: stdout)")
     p.add_argument(

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from hu_roi.rasterize import RoiMask, RoiPlacementError, rasterize_roi
-from hu_roi.roi import Roi
+from hu_roi.roi import Roi, frame_hint
 from hu_roi.series import PROBLEM_CODES, SeriesInfo
 from hu_roi.volume import Volume
 
@@ -448,6 +448,9 @@ def failed_measurement(
 ) -> Measurement:
     """The row of an ROI that could not be measured (qc_status ``fail``, empty statistics)."""
     flags = list(dict.fromkeys([*codes, *_series_problem_flags(info)]))
+    if "roi-outside-image" in flags and info is not None:  # where the image is; RAS hint
+        hint = frame_hint(roi.shape, info)
+        detail = f"{detail}; {hint}" if detail and hint else detail or hint
     nan = math.nan
     return Measurement(
         slice_index=None,
