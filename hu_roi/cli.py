@@ -179,6 +179,11 @@ def run_index(args: argparse.Namespace) -> int:
         else:
             cache = HeaderCache.default()
     res = index_folder(root, progress=not args.quiet, cache=cache, workers=workers)
+    # and the files read through links that leave the tree
+    outs.add_inputs(
+        [("a file read from DICOM_DIR", sl.path) for s in res.series for sl in s.slices]
+        + [("a file read from DICOM_DIR", sk.path) for sk in res.skipped]
+    )
     esc = escape_cell if getattr(args, "formula_escape", True) else str
     with outs:
         outs.add(

@@ -147,10 +147,11 @@ def _inside(path: str, folder: str) -> bool:
 
 
 def _tree_holds(root: str, key: tuple[int, int]) -> bool:
-    """Whether a file reachable under the folder ``root`` is the file ``key`` (st_dev,
-    st_ino): hard links and symbolic links included.  Links to folders are followed
-    (once each) unless they lead to a folder that contains the tree (a loop).  Uses the
-    inode numbers of the directory listing, so only matches and links are stat-ed."""
+    """Whether a file in the folder ``root`` is the file ``key`` (st_dev, st_ino): hard
+    links and symbolic links to files included.  Links to folders are followed only when
+    they stay inside the tree (so a link to an archive or to ``/`` is not walked; the
+    files a command actually read there are given with :meth:`OutputSet.add_inputs`).
+    Uses the inode numbers of the directory listing: only matches and links are stat-ed."""
     root_real = os.path.realpath(root)
     seen: set[tuple[int, int]] = set()
     stack = [root]
@@ -172,7 +173,7 @@ def _tree_holds(root: str, key: tuple[int, int]) -> bool:
                 if e.is_symlink():
                     est = os.stat(e.path)
                     if stat.S_ISDIR(est.st_mode):
-                        if not _inside(root_real, os.path.realpath(e.path)):
+                        if _inside(os.path.realpath(e.path), root_real):
                             stack.append(e.path)
                     elif (est.st_dev, est.st_ino) == key:
                         return True
@@ -291,6 +292,34 @@ class OutputSet:
             self._check_inputs(out, replaces)
         self._planned[given] = out
         return out
+
+    def add_inputs(self, inputs: Iterable[tuple[str, str | os.PathLike[str]]]) -> None:
+        """More inputs, known only after some work (e.g. every file the index read):
+        outputs already planned are checked against them at once.  Cheap when no planned
+        output exists yet (a new file cannot be an input): then nothing is stat-ed."""
+        new = [(label, os.fspath(p)) for label, p in inputs]
+        self._inputs += new
+        keys: dict[tuple[int, int], _Output] = {}
+        for out in self._planned.values():
+            if out.kind == "file" and not out.skip:
+                try:
+                    st = os.stat(out.target)
+                except OSError:
+                    continue
+                keys[(st.st_dev, st.st_ino)] = out
+        if not keys:
+            return
+        for label, p in new:
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            hit = keys.get((st.st_dev, st.st_ino))
+            if hit is not None:
+                raise OutputError(
+                    f"output {printable(hit.given)} is {label} {printable(p)}; refusing to "
+                    "overwrite an input (nothing written); choose another output path"
+                )
 
     def _classify(self, given: str, folder: bool) -> _Output:
         shown = printable(given)

@@ -292,6 +292,24 @@ def test_index_out_onto_a_dicom_file_is_refused(study: dict[str, Path], tmp_path
     assert victim.read_bytes() == before and not (tree / "x.csv").exists()
 
 
+def test_index_out_onto_a_file_linked_from_the_tree_is_refused(
+    study: dict[str, Path], tmp_path: Path
+) -> None:
+    """A DICOM file outside the tree, reached through a symbolic link in it, is an input."""
+    outside = tmp_path / "archive" / "IM0001.dcm"
+    outside.parent.mkdir()
+    outside.write_bytes((study["dicom"] / "t0" / "IM0001.dcm").read_bytes())
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "linked.dcm").symlink_to(outside)
+    before = outside.read_bytes()
+    line = _one_error(
+        run_main("index", str(tree), "--out", str(outside), "--quiet", "--no-cache"), "index"
+    )
+    assert str(outside) in line
+    assert outside.read_bytes() == before
+
+
 def test_analyze_out_folder_holding_inputs_is_refused(tmp_path: Path) -> None:
     from hu_roi.analysis.synthetic import write_trial
 
