@@ -189,11 +189,12 @@ class IndexResult:
 # ---------------------------------------------------------------------------------------
 #: Control characters no short text VR (CS, SH, LO, PN, UI, DA, TM) may hold (ESC is
 #: allowed: ISO 2022 code extensions).  Seen when a damaged length swallows other elements.
+_UID_RE = re.compile(r"[0-9.]{1,64}")
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0a-\x1a\x1c-\x1f\x7f]")
 
 
 def _str(ds: pydicom.Dataset, keyword: str) -> str:
-    v = ds.get(keyword, None)
+    v = _get(ds, keyword)
     if v is None:
         return ""
     if isinstance(v, pydicom.multival.MultiValue):
@@ -286,17 +287,57 @@ def redact_identifiers(text: str, pattern: re.Pattern[str] | None) -> str:
     return pattern.sub(REDACTED, text)
 
 
+#: Numeric tags without which pixel values cannot be turned into HU or laid out: a value
+#: that is present but not a finite number refuses the file (naming the tag).  Other
+#: numeric tags (KVP, SliceThickness, SeriesNumber, ...) are informative: a garbled one
+#: is read as missing.
+_ESSENTIAL_NUMBERS = frozenset(
+    {
+        "Rows",
+        "Columns",
+        "NumberOfFrames",
+        "BitsAllocated",
+        "BitsStored",
+        "PixelRepresentation",
+        "RescaleSlope",
+        "RescaleIntercept",
+    }
+)
+
+
+def _get(ds: pydicom.Dataset, keyword: str) -> object:
+    """``ds.get(keyword)``; a value pydicom cannot convert is a :class:`DicomReadError`
+    naming the tag -- never the raw text (pydicom's message quotes it, and a damaged
+    length can make it hold the patient's name)."""
+    try:
+        return ds.get(keyword, None)
+    except Exception as exc:  # pydicom converts on access: ValueError, TypeError, ...
+        log.debug("%s: %s while converting", keyword, type(exc).__name__)
+        raise DicomReadError(f"garbled DICOM header: {keyword} cannot be read") from None
+
+
+def _garbled_number(keyword: str) -> None:
+    """Refuse a file whose essential numeric tag is garbled; informative tags are missing."""
+    if keyword in _ESSENTIAL_NUMBERS:
+        raise DicomReadError(f"garbled DICOM header: {keyword} is not a finite number")
+    log.debug("%s is not a number; read as missing", keyword)
+
+
 def _float(ds: pydicom.Dataset, keyword: str) -> float | None:
-    v = ds.get(keyword, None)
+    v = _get(ds, keyword)
     if v is None or v == "":
         return None
     try:
         if isinstance(v, pydicom.multival.MultiValue):
             v = v[0]
-        f = float(v)
-    except (TypeError, ValueError):
+        f = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError, IndexError, OverflowError):
+        _garbled_number(keyword)
         return None
-    return f if np.isfinite(f) else None
+    if not np.isfinite(f):
+        _garbled_number(keyword)
+        return None
+    return f
 
 
 def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
@@ -305,12 +346,13 @@ def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
 
 
 def _floats(ds: pydicom.Dataset, keyword: str, n: int) -> tuple[float, ...] | None:
-    v = ds.get(keyword, None)
-    if v is None:
+    """``n`` finite numbers, or None (missing or garbled: the caller names the tag)."""
+    v = _get(ds, keyword)
+    if v is None or not isinstance(v, pydicom.multival.MultiValue | list | tuple):
         return None
     try:
         vals = tuple(float(x) for x in v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if len(vals) != n or not all(np.isfinite(vals)):
         return None
@@ -427,13 +469,22 @@ def _read_header(path: str | os.PathLike[str]) -> ImageHeader:
         except DicomReadError:
             raise
         except Exception as exc:
-            raise DicomReadError(f"not a DICOM file ({type(exc).__name__}: {exc})") from None
+            log.debug("%s: %s", p, type(exc).__name__)
+            raise DicomReadError(
+                f"not a DICOM file ({type(exc).__name__} reading it without preamble)"
+            ) from None
     except DicomReadError:
         raise
     except (OSError, EOFError) as exc:
-        raise DicomReadError(f"cannot read file: {exc}") from None
+        why = getattr(exc, "strerror", None) or type(exc).__name__
+        raise DicomReadError(f"cannot read file: {why}") from None
     except Exception as exc:  # pydicom raises many types on garbled bytes
-        raise DicomReadError(f"garbled DICOM header ({type(exc).__name__}: {exc})") from None
+        # Its message may quote header bytes (a name swallowed by a damaged length):
+        # the reason names the kind of failure only.
+        log.debug("%s: %s while parsing", p, type(exc).__name__)
+        raise DicomReadError(
+            f"garbled DICOM header ({type(exc).__name__} while parsing it)"
+        ) from None
 
     meta = getattr(ds, "file_meta", None)
     ms_class = _str(meta, "MediaStorageSOPClassUID") if meta is not None else ""
@@ -443,7 +494,8 @@ def _read_header(path: str | os.PathLike[str]) -> ImageHeader:
     sop_class = _str(ds, "SOPClassUID") or ms_class
     rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
     if not rows or not cols:
-        raise DicomReadError(f"no image in this file (SOP class {sop_class or 'unknown'})")
+        uid = sop_class if _UID_RE.fullmatch(sop_class) else "unknown"  # never raw text
+        raise DicomReadError(f"no image in this file (SOP class {uid})")
     frames = _int(ds, "NumberOfFrames") or 1
     if rows * cols > MAX_PIXELS_PER_FRAME or rows <= 0 or cols <= 0 or frames <= 0:
         raise DicomReadError(
@@ -503,7 +555,10 @@ def _read_header(path: str | os.PathLike[str]) -> ImageHeader:
     except DicomReadError:
         raise
     except Exception as exc:  # a value pydicom cannot convert: still a one-line reason
-        raise DicomReadError(f"garbled DICOM header ({type(exc).__name__}: {exc})") from None
+        log.debug("%s: %s while reading values", p, type(exc).__name__)
+        raise DicomReadError(
+            f"garbled DICOM header ({type(exc).__name__} while reading its values)"
+        ) from None
     if header.number_of_frames == 1:
         missing = [
             k
@@ -709,7 +764,9 @@ def _read_missing(paths: list[str], workers: int, progress: bool) -> list[ImageH
         if res.ok:
             out += res.unwrap()
         else:  # the worker process died (out of memory, killed): its files are reported
-            reason = f"not indexed: the worker process reading it failed ({res.error!r})"
+            reason = (
+                f"not indexed: the worker process reading it failed ({type(res.error).__name__})"
+            )
             out += [reason] * len(chunk)
     return out
 
