@@ -12,14 +12,15 @@ unchanged (no rounding drift).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from hu_roi.roi import Roi
+from hu_roi.roi import LEVELS, Roi
 
 from ._geometry import display_slice, napari_to_shape, shape_to_napari
 from ._series import SeriesHandle
@@ -33,6 +34,7 @@ __all__ = [
     "rois_from_layer",
     "irradiated_text",
     "irradiated_value",
+    "id_for_level",
 ]
 
 FEATURE_COLUMNS = ("key", "level", "irradiated", "lesion_type", "kind", "geometry")
@@ -70,6 +72,47 @@ def irradiated_value(s: Any) -> bool | None:
         return s
     s = "" if s is None or (isinstance(s, float) and np.isnan(s)) else str(s).strip().lower()
     return {"yes": True, "true": True, "no": False, "false": False}.get(s)
+
+
+def id_for_level(roi_id: str, timepoint: str | None, level: str | None, kind: str) -> str | None:
+    """An ROI id that no longer names a level the ROI does not have, or None when none does.
+
+    Ids are ``<patient>-<timepoint>-<level or kind>`` with an optional ``-<n>`` that makes
+    them unique (``P01-T0-L3``, ``P-TX-T12-2``; ``_`` separates as well).  The id names a
+    level when its last part (before ``-<n>``) is one of C1…S5 and is not the ROI's
+    timepoint (``T1``…``T3`` are thoracic levels too: ``P01-T2`` names timepoint T2).
+    When that level differs from ``level`` (or the ROI has none), the part becomes the
+    new level for a target, else the kind, and ``-<n>`` is dropped (the caller makes
+    the id unique again).  Ids naming no level (``vertebra-A``) are never changed.
+
+    Parameters
+    ----------
+    roi_id : str
+        The ROI's current id.
+    timepoint : str or None
+        The ROI's timepoint (``T0``…``T3``).
+    level, kind : str
+        The ROI's new level (None for none) and kind.
+
+    Returns
+    -------
+    str or None
+        The id with its level part replaced, or None when the id does not contradict
+        ``level``.
+    """
+    parts = re.split(r"([-_])", roi_id)  # tokens at even positions, separators between
+    toks = parts[::2]
+    i = len(toks) - 1
+    if i > 0 and toks[i].isdigit():
+        i -= 1
+    named = toks[i]
+    if named not in LEVELS or named == level:
+        return None
+    if named == timepoint and toks.index(named) == i:
+        return None  # the timepoint's own part, not a level
+    toks[i] = level if kind == "target" and level else kind
+    parts[::2] = toks
+    return "".join(parts[: 2 * i + 1])
 
 
 def _none_if_empty(s: Any) -> str | None:
@@ -147,10 +190,11 @@ def rois_from_layer(
     handle: SeriesHandle,
     layer: Any,
     *,
-    make_id: Any,
+    make_id: Callable[[str | None, str], str],
     patient_id: str,
     timepoint: str | None,
     study_date: str = "",
+    rename_id: Callable[[Roi, str | None, str], str] | None = None,
 ) -> tuple[list[Roi], list[str]]:
     """Core ROIs of every area shape of a plugin Shapes layer.
 
@@ -163,6 +207,9 @@ def rois_from_layer(
         ``make_id(level, kind) -> str``: a new unique ROI id for a shape without one.
     patient_id, timepoint, study_date : str
         Written into new ROIs (existing ROIs keep theirs).
+    rename_id : callable, optional
+        ``rename_id(roi, level, kind) -> str``: the id of an existing ROI whose level or
+        kind was changed in the layer (its old id when that still fits).
 
     Returns
     -------
@@ -178,14 +225,20 @@ def rois_from_layer(
     feats: pd.DataFrame = layer.features
     out: list[Roi] = []
     problems: list[str] = []
+    seen: set[str] = set()
     for i, (verts, st) in enumerate(zip(layer.data, layer.shape_type, strict=True)):
         row = feats.iloc[i] if i < len(feats) else pd.Series(dtype=object)
         key = str(row.get("key", "") or "")
+        if key in seen:
+            # napari copies the last row's features into the defaults of the next shape
+            # drawn: a key seen already is a new shape, never that ROI (same id: one lost)
+            key = ""
         if not key or key not in ROI_KEYS:
             if not key:
                 key = new_key()
                 feats.loc[feats.index[i], "key"] = key
             ROI_KEYS[key] = RoiEntry("", None, None, "")
+        seen.add(key)
         entry = ROI_KEYS[key]
         level = _none_if_empty(row.get("level"))
         kind = _none_if_empty(row.get("kind")) or "target"
@@ -213,8 +266,17 @@ def rois_from_layer(
             problems.append(f"shape {i + 1}: {exc}")
             continue
         if entry.roi is not None:
+            rid = entry.roi.roi_id
+            if rename_id is not None and (level, kind) != (entry.roi.level, entry.roi.kind):
+                rid = rename_id(entry.roi, level, kind)
             roi = replace(
-                entry.roi, shape=shape, level=level, kind=kind, lesion_type=lesion, irradiated=irr
+                entry.roi,
+                roi_id=rid,
+                shape=shape,
+                level=level,
+                kind=kind,
+                lesion_type=lesion,
+                irradiated=irr,
             )
         else:
             rid = make_id(level, kind)

@@ -31,7 +31,7 @@ from hu_roi.series import SeriesInfo
 from hu_roi.series_lookup import SeriesResolver
 from hu_roi.util import atomic_write_text
 
-from ._rois_layer import ROI_KEYS, rois_from_layer, rois_layer_data
+from ._rois_layer import ROI_KEYS, id_for_level, rois_from_layer, rois_layer_data
 from ._series import (
     PLUGIN_STATE,
     SeriesHandle,
@@ -153,7 +153,8 @@ class Session:
         #: old series keys already noted (hu_roi.series_lookup logs one line per key)
         self._noted_keys: set[str] = set()
         #: ids made for ROIs drawn since the ROI file was last read or saved: they follow
-        #: level/kind changes (an id of a stored ROI never changes)
+        #: every level/kind change (a stored ROI's id changes only when it would name
+        #: another level than the ROI's, see :meth:`_rename_id`)
         self.fresh_ids: set[str] = set()
         #: True while the session adds its own layers (the widget must not adopt them)
         self.adding_layers = False
@@ -566,6 +567,12 @@ class Session:
             )
             if x
         )
+        rid = self._unique_id(base)
+        self.fresh_ids.add(rid)
+        return rid
+
+    def _unique_id(self, base: str) -> str:
+        """``base``, or ``base-2``, ``base-3``, … when another ROI already holds it."""
         used = {r.roi_id for r in self.roiset.rois}
         if self.shapes_layer is not None and "key" in self.shapes_layer.features.columns:
             for k in self.shapes_layer.features["key"]:
@@ -574,8 +581,21 @@ class Session:
         rid, n = base, 2
         while rid in used:
             rid, n = f"{base}-{n}", n + 1
-        self.fresh_ids.add(rid)
         return rid
+
+    def _rename_id(self, roi: Roi, level: str | None, kind: str) -> str:
+        """The id of an ROI whose level or kind the reader changed.
+
+        A newly drawn ROI (id in :attr:`fresh_ids`) gets the id of its new level/kind
+        (``P01-T0-L1`` → ``P01-T0-L2``).  A stored ROI keeps its id unless the id names
+        another level (:func:`id_for_level`): the table and the CSV must never show an id
+        that contradicts the level (``P-TX-T12`` relabelled L1 becomes ``P-TX-L1``).
+        """
+        if roi.roi_id in self.fresh_ids:
+            self.fresh_ids.discard(roi.roi_id)
+            return self._make_id(level, kind)
+        new = id_for_level(roi.roi_id, roi.timepoint, level, kind)
+        return roi.roi_id if new is None else self._unique_id(new)
 
     def _signature(self) -> tuple:
         lay = self.shapes_layer
@@ -610,6 +630,7 @@ class Session:
             self.current,
             self.shapes_layer,
             make_id=self._make_id,
+            rename_id=self._rename_id,
             patient_id=self.current.info.patient_id,
             timepoint=self.timepoint,
             study_date=self.current.info.study_date,
@@ -653,6 +674,7 @@ class Session:
         if self.shapes_layer is None:
             return
         feats = self.shapes_layer.features
+        defaults = self.shapes_layer.feature_defaults.iloc[0].to_dict()
         if "irradiated" not in feats.columns:
             values.pop("irradiated", None)
         for i in indices:
@@ -660,22 +682,10 @@ class Session:
                 if k == "irradiated":
                     v = "" if v is None else ("yes" if v else "no")
                 feats.loc[feats.index[i], k] = "" if v is None else v
-            self._rename_fresh(str(feats.iloc[i].get("key", "")), feats.iloc[i])
-        self.shapes_layer.features = feats
+        self.shapes_layer.features = feats  # ids follow in sync (Session._rename_id)
+        # napari resets the defaults to the last row (its key included): keep the pickers'
+        self.shapes_layer.feature_defaults = defaults
         self.sync()
-
-    def _rename_fresh(self, key: str, row: Any) -> None:
-        """Give a newly drawn ROI the id of its new level/kind (e.g. P01-T0-L1 → -L2)."""
-        entry = ROI_KEYS.get(key)
-        if entry is None or entry.roi is None or entry.roi_id not in self.fresh_ids:
-            return
-        level = str(row.get("level", "") or "") or None
-        kind = str(row.get("kind", "") or "") or "target"
-        if (level, kind) == (entry.roi.level, entry.roi.kind):
-            return
-        self.fresh_ids.discard(entry.roi_id)
-        new = self._make_id(level, kind)
-        ROI_KEYS[key] = replace(entry, roi_id=new, roi=replace(entry.roi, roi_id=new))
 
     def set_defaults(self, **values: Any) -> None:
         """Attributes given to the next shape drawn."""

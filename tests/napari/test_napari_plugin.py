@@ -483,7 +483,8 @@ def test_save_refuses_to_overwrite_a_file_changed_on_disk(widget, study):
     assert w.session.dirty  # edits kept (and autosaved), nothing lost
 
 
-def test_relabelling_a_new_roi_renames_it_but_never_a_stored_one(widget, study):
+def test_relabelling_an_roi_never_leaves_an_id_naming_another_level(widget, study, qtbot):
+    """Issue 13.5: relabelling T12 to L1 kept the id "P-TX-T12" (table and CSV disagreed)."""
     from hu_roi.roi import load_roiset
 
     viewer, w = widget
@@ -491,14 +492,87 @@ def test_relabelling_a_new_roi_renames_it_but_never_a_stored_one(widget, study):
     w.open_folder(study, roi_file=roi_file)
     key = next(s.series_key for s in w.session.reading_list if s.series_description == "Spine A")
     w.open_series(key)
-    w.session.add_roi("ellipse", _disc_ellipse(3, 20, 24, 6.0, 8.0), level="L1")
-    w.session.set_attributes([0], level="L2")  # drawn with the wrong level, fixed at once
-    assert [r.roi_id for r in w.session.roiset.rois] == ["PSECRET7-T0-L2"]
+    s = w.session
+    s.add_roi("ellipse", _disc_ellipse(3, 20, 24, 6.0, 8.0), level="L1")
+    s.set_attributes([0], level="L2")  # drawn with the wrong level, fixed at once
+    assert [r.roi_id for r in s.roiset.rois] == ["PSECRET7-T0-L2"]
+    s.add_roi("ellipse", _disc_ellipse(3, 10, 10, 3.0, 3.0), level="L1")
+    s.add_roi("ellipse", _disc_ellipse(3, 30, 36, 3.0, 3.0), level="L4")
+    s.add_roi("ellipse", _disc_ellipse(3, 10, 36, 3.0, 3.0), level="L5")
     w.save()
-    w.session.set_attributes([0], level="L3", lesion_type="osteolytic")
+    # ids written elsewhere: a placeholder id and an id naming T12, a free-form id
+    data = json.loads(roi_file.read_text(encoding="utf-8"))
+    edits = [("P-TX-T12", "T12"), None, ("PSECRET7-T0-T12-2", "T12"), ("vertebra-A", "L5")]
+    for roi, edit in zip(data["rois"], edits, strict=True):
+        if edit:
+            roi["roi_id"], roi["level"] = edit
+    roi_file.write_text(json.dumps(data), encoding="utf-8")
+    w.load_rois(roi_file)
+    by_id = {r.roi_id: i for i, r in enumerate(s.current_rois())}
+    assert set(by_id) == {"P-TX-T12", "PSECRET7-T0-L1", "PSECRET7-T0-T12-2", "vertebra-A"}
+    s.set_attributes([by_id["P-TX-T12"]], level="L1")
+    s.set_attributes([by_id["vertebra-A"]], level="S1")  # names no level: kept
+    s.set_attributes([by_id["PSECRET7-T0-L1"]], lesion_type="osteolytic")  # level kept
+    # the napari way: the level column of the layer's features edited directly
+    lay = s.shapes_layer
+    feats = lay.features.copy()
+    feats.loc[feats.index[by_id["PSECRET7-T0-T12-2"]], "level"] = "L1"
+    lay.features = feats
+    want = {"P-TX-L1": "L1", "PSECRET7-T0-L1": "L1", "PSECRET7-T0-L1-2": "L1", "vertebra-A": "S1"}
+    qtbot.waitUntil(lambda: {r.roi_id for r in s.roiset.rois} == set(want), timeout=3000)
     w.save()
-    (roi,) = load_roiset(roi_file).rois
-    assert (roi.roi_id, roi.level, roi.lesion_type) == ("PSECRET7-T0-L2", "L3", "osteolytic")
+    stored = load_roiset(roi_file).rois
+    assert {r.roi_id: r.level for r in stored} == want
+    assert {r.roi_id: r.lesion_type for r in stored}["PSECRET7-T0-L1"] == "osteolytic"
+    with open(w.export_csv(study.parent / "ids.csv"), encoding="utf-8") as f:
+        assert {r["roi_id"]: r["level"] for r in csv.DictReader(f)} == want
+    assert {r[0] for r in w.table_rows()} == set(want)
+
+
+def test_a_shape_drawn_after_relabelling_is_a_new_roi(widget, study, qtbot):
+    """napari copies the last row's features (the ROI's key too) into the next shape's."""
+    viewer, w = widget
+    w.open_folder(study, roi_file=study.parent / "keys.rois.json")
+    key = next(s.series_key for s in w.session.reading_list if s.series_description == "Spine A")
+    w.open_series(key)
+    s = w.session
+    s.add_roi("ellipse", _disc_ellipse(3, 20, 24, 6.0, 8.0), level="L1")
+    s.set_attributes([0], level="L2")  # Apply to selected
+    s.add_roi("ellipse", _disc_ellipse(3, 10, 10, 3.0, 3.0), level="L1")
+    lay = s.shapes_layer
+    feats = lay.features.copy()
+    feats.loc[feats.index[1], "lesion_type"] = "mixed"
+    lay.features = feats  # an edit of the layer's features (napari's own way)
+    lay.add(s.transform.to_layer(_disc_ellipse(3, 30, 36, 3.0, 3.0)), shape_type="ellipse")
+    qtbot.waitUntil(lambda: len(s.roiset.rois) == 3, timeout=3000)
+    assert sorted((r.roi_id, r.level) for r in s.roiset.rois) == [
+        ("PSECRET7-T0-L1", "L1"),
+        ("PSECRET7-T0-L1-2", "L1"),
+        ("PSECRET7-T0-L2", "L2"),
+    ]
+    assert len(set(lay.features["key"])) == 3
+
+
+@pytest.mark.parametrize(
+    ("roi_id", "timepoint", "level", "kind", "expected"),
+    [
+        ("P-TX-T12", None, "L1", "target", "P-TX-L1"),
+        ("P01-T0-L3", "T0", "L3", "target", None),  # fits
+        ("P01-T0-L3-2", "T0", "L4", "target", "P01-T0-L4"),  # uniqueness suffix dropped
+        ("P01_T1_L3", "T1", "L2", "target", "P01_T1_L2"),
+        ("P01-T2-L1", "T2", "L2", "target", "P01-T2-L2"),  # the timepoint part stays
+        ("P01-T2", "T2", "L2", "target", None),  # T2 is the timepoint here, not a level
+        ("P01-T2-T2", "T2", "L2", "target", "P01-T2-L2"),  # ...and a level here
+        ("P01-T0-L3", "T0", None, "reference-fat", "P01-T0-reference-fat"),
+        ("P01-T0-L3", "T0", None, "target", "P01-T0-target"),
+        ("vertebra-A", "T0", "L1", "target", None),  # names no level
+        ("L1", None, "L2", "target", "L2"),
+    ],
+)
+def test_id_for_level(roi_id, timepoint, level, kind, expected):
+    from hu_roi_napari._rois_layer import id_for_level
+
+    assert id_for_level(roi_id, timepoint, level, kind) == expected
 
 
 @pytest.mark.realct
