@@ -74,22 +74,22 @@ _KEY = ["patient_id", "level", "kind", "reader"]
 def read_measurement_targets(path: str | Path) -> pd.DataFrame:
     """Read a measurement CSV, keep target ROIs with a level, validate against the schema.
 
-    Reference and phantom rows are dropped before validation (they may lack a timepoint or
+    The file is read by the same strict reader as the analysis
+    (:meth:`hu_roi.analysis.schemas.TableSchema.read_raw`): a row with more or fewer fields
+    than the header is an error naming its line, never a silently dropped ROI.  Reference
+    and phantom rows are then dropped before validation (they may lack a timepoint or
     level and are not part of the longitudinal table).
-    """
-    import pandas as pd
 
+    Raises
+    ------
+    SchemaError
+        Unreadable file, a row with a wrong number of fields, a missing ``kind`` or
+        ``level`` column, or a target row that does not fit the schema.
+    """
     from hu_roi.analysis.schemas import MEASUREMENT_SCHEMA
 
     p = Path(path)
-    if not p.is_file():
-        raise SchemaError(f"measurement CSV: {str(p)!r} does not exist or is not a file")
-    try:
-        raw = pd.read_csv(p, dtype=str, keep_default_na=False, na_filter=False)
-    except pd.errors.EmptyDataError as exc:
-        raise SchemaError(f"measurement CSV: {str(p)!r} is empty (no header)") from exc
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise SchemaError(f"measurement CSV: {str(p)!r} is not a readable CSV: {exc}") from exc
+    raw = MEASUREMENT_SCHEMA.read_raw(p)
     for c in ("kind", "level"):
         if c not in raw.columns:
             raise SchemaError(
@@ -97,7 +97,7 @@ def read_measurement_targets(path: str | Path) -> pd.DataFrame:
                 "hu-roi measure?"
             )
     raw = raw.loc[(raw["kind"].str.strip() == "target") & (raw["level"].str.strip() != "")]
-    return MEASUREMENT_SCHEMA.validate(raw.reset_index(drop=True), source=str(p))
+    return MEASUREMENT_SCHEMA.validate(raw, source=str(p), lines=raw.index.tolist())
 
 
 def longitudinal_table(measurements: pd.DataFrame) -> pd.DataFrame:

@@ -84,7 +84,7 @@ def test_bad_values_name_patient_and_column(column: str, value: str, expect: str
 def test_missing_column_duplicate_patient_and_file_errors(tmp_path: Path) -> None:
     with pytest.raises(SchemaError, match="required column\\(s\\) missing: vas_T3"):
         validate_clinical(_frame(_row()).drop(columns=["vas_T3"]))
-    with pytest.raises(SchemaError, match="more than once: P01"):
+    with pytest.raises(SchemaError, match="more than once[^\n]*\n  .P01."):
         validate_clinical(_frame(_row(), _row()))
     with pytest.raises(SchemaError, match="does not exist"):
         read_clinical(tmp_path / "nope.csv")
@@ -153,3 +153,70 @@ def test_vcf_from_heights_more_than_20_percent() -> None:
     assert pd.isna(status.iloc[4])
     with pytest.raises(ValueError):
         vertebral_compression_fracture(t, "T0")
+
+
+def _write(path: Path, *rows: dict[str, object]) -> Path:
+    _frame(*rows).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("value", ["9999-12-31", "99991231", "1899-12-31", "2100-01-01"])
+@pytest.mark.parametrize("column", ["date_death", "date_rt"])
+def test_date_outside_the_supported_range_is_refused(
+    tmp_path: Path, column: str, value: str
+) -> None:
+    """9999-12-31 is a common 'unknown' in clinical databases: refused with the row, the
+    column and what to do (an empty cell), never a traceback or a wrong survival time."""
+    p = _write(tmp_path / "c.csv", _row("P01"), _row("P02", **{column: value}))
+    with pytest.raises(SchemaError) as ei:
+        read_clinical(p)
+    lines = str(ei.value).splitlines()
+    assert lines[1] == (
+        f"  line 3 (patient_id=P02), column {column!r}: got {value!r}, expected a date "
+        "YYYY-MM-DD from 1900-01-01 to 2099-12-31 (leave the cell empty when the date is "
+        "not known)."
+    )
+
+
+def test_dates_are_iso_or_dicom_only() -> None:
+    """01/02/2020 is January in one country and February in another: refused."""
+    for value in ("01/02/2020", "2/1/2020", "Jan 5 2020", "2020", "2020-13-01"):
+        with pytest.raises(SchemaError, match="column 'date_rt'"):
+            validate_clinical(_frame(_row(date_rt=value)))
+    t = validate_clinical(_frame(_row(date_rt="20170102"), _row("P02", date_rt="2017-1-2")))
+    assert t["date_rt"].tolist() == [pd.Timestamp("2017-01-02")] * 2
+
+
+@pytest.mark.parametrize(
+    "value", ["99999999999999999999", "1e30", "9223372036854775808", "1" * 5000, "1e400"]
+)
+def test_integer_beyond_int64_is_refused(tmp_path: Path, value: str) -> None:
+    p = _write(tmp_path / "c.csv", _row("P01"), _row("P02", n_metastases=value))
+    with pytest.raises(SchemaError) as ei:
+        read_clinical(p)
+    msg = str(ei.value)
+    assert "line 3 (patient_id=P02), column 'n_metastases': got " in msg
+    assert "expected a whole number >= 1" in msg
+    assert max(len(line) for line in msg.splitlines()) < 300, "the value is shown cut"
+
+
+def test_large_integers_are_exact() -> None:
+    """2**53 + 1 cannot be held by a float: read as the exact whole number."""
+    t = validate_clinical(
+        _frame(_row(n_metastases="9007199254740993"), _row("P02", n_metastases="3.0"))
+    )
+    assert t["n_metastases"].tolist() == [9007199254740993, 3]
+
+
+def test_clinical_row_with_wrong_field_count_is_refused(tmp_path: Path) -> None:
+    p = _write(tmp_path / "c.csv", _row("P01"), _row("P02"), _row("P03"))
+    lines = p.read_text().splitlines()
+    lines[2] = ",".join(lines[2].split(",")[:5])
+    lines[3] += ",extra"
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SchemaError) as ei:
+        read_clinical(p)
+    assert str(ei.value).splitlines()[1:] == [
+        "  line 3: 5 field(s)",
+        f"  line 4: {len(CLINICAL_SCHEMA.names) + 1} field(s)",
+    ]

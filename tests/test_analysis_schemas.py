@@ -92,7 +92,7 @@ def test_longitudinal_changes_and_flags() -> None:
 def test_duplicate_usable_rois_are_an_error() -> None:
     rows = [_m("x", "T0", "L3", "200"), _m("y", "T0", "L3", "210")]
     meas = MEASUREMENT_SCHEMA.validate(pd.DataFrame(rows))
-    with pytest.raises(SchemaError, match="x, y"):
+    with pytest.raises(SchemaError, match="roi_id 'x', 'y'"):
         longitudinal_from_measurements(meas)
 
 
@@ -129,3 +129,42 @@ def test_zero_byte_csv_is_refused_but_header_only_is_an_empty_table(tmp_path: Pa
     header_only = tmp_path / "header.csv"
     header_only.write_text(",".join(MEASUREMENT_SCHEMA.names) + "\n")
     assert len(MEASUREMENT_SCHEMA.read_csv(header_only)) == 0
+
+
+def test_every_problem_is_listed_one_per_line_up_to_twenty_lines() -> None:
+    """25 bad cells: the heading, 18 problems, then the count of the rest -- 20 lines, each
+    one problem, also when a key holds a line break (shown escaped)."""
+    rows = [_m(f"r{i}", "T0", "L3", f"x{i}") for i in range(24)]
+    rows.append(_m("forged\nhu-roi: 0 rows", "T0", "L3", "y"))
+    with pytest.raises(SchemaError) as ei:
+        MEASUREMENT_SCHEMA.validate(pd.DataFrame(rows))
+    lines = str(ei.value).splitlines()
+    assert len(lines) == 20
+    assert lines[0].startswith("measurement CSV: 25 invalid value(s)")
+    assert lines[1] == ("  row 2 (roi_id=r0), column 'mean_hu': got 'x0', expected a number (HU).")
+    assert all(ln.startswith("  row ") for ln in lines[1:19])
+    assert lines[19] == "  ... and 7 more"
+
+
+def test_expectation_of_a_text_column_says_text() -> None:
+    with pytest.raises(SchemaError) as ei:
+        MEASUREMENT_SCHEMA.validate(pd.DataFrame([_m("r", "T0", "L3", "1", patient_id="")]))
+    assert (
+        "column 'patient_id': value is missing; expected text (Pseudonymous patient identifier)."
+        in str(ei.value)
+    )
+    assert "expected a number" not in str(ei.value)
+
+
+def test_rows_read_from_a_file_are_named_by_their_line(tmp_path: Path) -> None:
+    """A quoted cell with a line break and a blank line: the line, not the row count."""
+    p = tmp_path / "m.csv"
+    cols = ["roi_id", "patient_id", "timepoint", "level", "irradiated", "lesion_type", "kind",
+            "mean_hu", "qc_status"]  # fmt: skip
+    p.write_text(
+        ",".join(cols) + "\n"
+        + 'a,P01,T0,L1,true,none,target,1,"pass"\n\n'
+        + 'b,"P\n02",T0,L1,true,none,target,abc,pass\n'
+    )  # fmt: skip
+    with pytest.raises(SchemaError, match=r"line 4 \(roi_id=b\), column 'mean_hu': got 'abc'"):
+        MEASUREMENT_SCHEMA.read_csv(p)

@@ -22,7 +22,7 @@ A patient is *alive at Tk* when there is no ``date_death`` or it is later than
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,9 @@ import pandas as pd
 
 from hu_roi.analysis.pain import OMED_TABLE, OmedFactor, omed_from_analgesics
 from hu_roi.analysis.schemas import TIMEPOINTS, Column, TableSchema
+from hu_roi.csvtext import problem_message
 from hu_roi.errors import SchemaError
+from hu_roi.util import show
 
 logger = logging.getLogger(__name__)
 
@@ -208,28 +210,24 @@ CLINICAL_SCHEMA = TableSchema(name="clinical CSV", key=("patient_id",), columns=
 def read_clinical(path: str | Path) -> pd.DataFrame:
     """Read and validate a clinical CSV (see :func:`validate_clinical`).
 
+    The file is read strictly (:meth:`hu_roi.analysis.schemas.TableSchema.read_raw`): a
+    row with more or fewer fields than the header is an error naming its line.
+
     Raises
     ------
     SchemaError
-        Missing file, missing column or any invalid value (message names patient and column).
+        Missing file, a row with a wrong number of fields, missing column or any invalid
+        value (message names line, patient and column).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SchemaError(
-            f"clinical CSV: file {str(path)!r} does not exist or is not a file; pass the path "
-            "of the clinical CSV (one row per patient, see docs/analysis.md)."
-        )
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise SchemaError(f"clinical CSV: {str(path)!r} is not a readable CSV file: {exc}") from exc
-    return validate_clinical(raw, source=str(path))
+    raw = CLINICAL_SCHEMA.read_raw(path)
+    return validate_clinical(raw, source=str(path), lines=raw.index.tolist())
 
 
 def validate_clinical(
     df: pd.DataFrame,
     *,
     source: str | None = None,
+    lines: Sequence[int] | None = None,
     omed_table: Mapping[str, OmedFactor] = OMED_TABLE,
 ) -> pd.DataFrame:
     """Validate and type a clinical table; fill ``omed_Tk`` from ``analgesics_Tk``.
@@ -240,6 +238,9 @@ def validate_clinical(
         One row per patient; cells as strings or typed values.
     source : str, optional
         File name used in messages.
+    lines : sequence of int, optional
+        The file line of each row, to name rows in messages (see
+        :meth:`hu_roi.analysis.schemas.TableSchema.validate`).
     omed_table : mapping, optional
         OMED conversion table for the ``analgesics_Tk`` columns.
 
@@ -251,13 +252,16 @@ def validate_clinical(
     Raises
     ------
     SchemaError
-        With one line per problem: ``patient_id=P07, column 'vas_T2': got 'x', expected ...``.
+        With one line per problem: ``line 8 (patient_id=P07), column 'vas_T2': got 'x',
+        expected ...`` (up to :data:`hu_roi.csvtext.MAX_PROBLEMS_SHOWN` lines, then the
+        count of the others).
     """
-    t = CLINICAL_SCHEMA.validate(df, source=source)
+    t = CLINICAL_SCHEMA.validate(df, source=source, lines=lines)
     where = "clinical CSV" + (f" ({source})" if source else "")
     errors: list[str] = []
-    for i, row in t.iterrows():
+    for pos, (i, row) in enumerate(t.iterrows()):
         pid = row["patient_id"]
+        who = f"patient_id={pid}" if lines is None else f"line {lines[pos]} (patient_id={pid})"
         for tp in TIMEPOINTS:
             text = row.get(f"analgesics_{tp}")
             if (
@@ -269,44 +273,40 @@ def validate_clinical(
             try:
                 omed = omed_from_analgesics(str(text), table=omed_table)
             except ValueError as exc:
-                errors.append(f"patient_id={pid}, column 'analgesics_{tp}': {exc}.")
+                errors.append(f"{who}, column 'analgesics_{tp}': {exc}.")
                 continue
             given = row[f"omed_{tp}"]
             if pd.isna(given):
                 t.at[i, f"omed_{tp}"] = omed
             elif abs(float(given) - omed) > 1.0:
                 errors.append(
-                    f"patient_id={pid}, column 'omed_{tp}': {given:g} mg/day disagrees with "
-                    f"analgesics_{tp} ({text!r} = {omed:g} mg/day); give only one of them or correct it."
+                    f"{who}, column 'omed_{tp}': {given:g} mg/day disagrees with "
+                    f"analgesics_{tp} ({show(text)} = {omed:g} mg/day); give only one of them or correct it."
                 )
         d_dx, d_rt, d_death, d_last = (
             row[c] for c in ("date_diagnosis", "date_rt", "date_death", "date_last_contact")
         )
         if pd.notna(d_dx) and pd.notna(d_rt) and d_rt < d_dx:
             errors.append(
-                f"patient_id={pid}, column 'date_rt': {d_rt:%Y-%m-%d} is before date_diagnosis "
+                f"{who}, column 'date_rt': {d_rt:%Y-%m-%d} is before date_diagnosis "
                 f"{d_dx:%Y-%m-%d}."
             )
         if pd.notna(d_death) and pd.notna(d_rt) and d_death < d_rt:
             errors.append(
-                f"patient_id={pid}, column 'date_death': {d_death:%Y-%m-%d} is before date_rt {d_rt:%Y-%m-%d}."
+                f"{who}, column 'date_death': {d_death:%Y-%m-%d} is before date_rt {d_rt:%Y-%m-%d}."
             )
         if pd.notna(d_last) and pd.notna(d_rt) and d_last < d_rt:
             errors.append(
-                f"patient_id={pid}, column 'date_last_contact': {d_last:%Y-%m-%d} is before date_rt "
+                f"{who}, column 'date_last_contact': {d_last:%Y-%m-%d} is before date_rt "
                 f"{d_rt:%Y-%m-%d}."
             )
         if pd.notna(d_last) and pd.notna(d_death) and d_last > d_death:
             errors.append(
-                f"patient_id={pid}, column 'date_last_contact': {d_last:%Y-%m-%d} is after date_death "
+                f"{who}, column 'date_last_contact': {d_last:%Y-%m-%d} is after date_death "
                 f"{d_death:%Y-%m-%d}."
             )
     if errors:
-        raise SchemaError(
-            f"{where}: {len(errors)} inconsistent value(s):\n  "
-            + "\n  ".join(errors[:10])
-            + (f"\n  ... and {len(errors) - 10} more." if len(errors) > 10 else "")
-        )
+        raise SchemaError(problem_message(f"{where}: {len(errors)} inconsistent value(s):", errors))
     for tp in TIMEPOINTS[1:]:
         odd = t[f"vas_{tp}"].notna() & ~alive_at(t, tp)
         for pid in t.loc[odd, "patient_id"]:

@@ -20,13 +20,17 @@ Dtypes
 ``float``    number, ``float64``; empty cell = NaN
 ``int``      whole number, pandas ``Int64``
 ``bool``     ``true/false``, ``yes/no``, ``1/0`` (any case), pandas ``boolean``
-``date``     ISO date ``YYYY-MM-DD``, ``datetime64[ns]``
+``date``     ISO date ``YYYY-MM-DD`` (or ``YYYYMMDD``) from :data:`DATE_MIN` to
+             :data:`DATE_MAX`, ``datetime64[ns]``; outside that range an error, or missing
+             where the column says so (``Column.out_of_range``)
 ``category`` one of a fixed set of words (case-insensitive on input, canonical on output)
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +38,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hu_roi.csvtext import problem_message, read_csv_rows, unescape_cell
 from hu_roi.errors import SchemaError
+from hu_roi.util import show
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +58,17 @@ LESION_TYPES = ("osteolytic", "osteoblastic", "mixed", "none")
 
 _TRUE = {"true", "yes", "y", "1", "t"}
 _FALSE = {"false", "no", "n", "0", "f"}
-_MAX_ERRORS_SHOWN = 10
+
+#: Dates accepted in ``date`` columns.  Placeholders such as 9999-12-31 ("unknown" in many
+#: clinical databases, also seen as DICOM StudyDate 99991231) and 1900-01-01 lie outside or
+#: on the edge; the range also keeps every difference of two dates within pandas' limits.
+DATE_MIN = datetime.date(1900, 1, 1)
+DATE_MAX = datetime.date(2099, 12, 31)
+_DATE = re.compile(
+    r"(\d{4})-(\d{1,2})-(\d{1,2})(?:[T ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?|(\d{4})(\d{2})(\d{2})"
+)
+_INT = re.compile(r"[+-]?\d+")
+_INT64 = 2**63
 
 
 @dataclass(frozen=True)
@@ -80,6 +96,10 @@ class Column:
         Lower-case alternative spelling -> canonical value (``category`` only).
     min_value, max_value : float, optional
         Inclusive bounds for numbers.
+    out_of_range : {"error", "missing"}
+        For ``date`` columns: a date outside :data:`DATE_MIN`..:data:`DATE_MAX` is an error
+        (default), or -- for columns no calculation uses -- read as missing with a
+        warning in the log.
     """
 
     name: str
@@ -92,12 +112,15 @@ class Column:
     aliases: dict[str, str] = field(default_factory=dict)
     min_value: float | None = None
     max_value: float | None = None
+    out_of_range: str = "error"
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"Column {self.name!r}: dtype {self.dtype!r} is not one of {DTYPES}.")
         if self.dtype == "category" and not self.allowed:
             raise ValueError(f"Column {self.name!r}: a category column needs `allowed` values.")
+        if self.out_of_range not in ("error", "missing"):
+            raise ValueError(f"Column {self.name!r}: out_of_range must be 'error' or 'missing'.")
 
     def pandas_dtype(self) -> str:
         """The pandas dtype the validated column has."""
@@ -118,7 +141,9 @@ class Column:
         if self.dtype == "bool":
             return "true/false (or yes/no, 1/0)"
         if self.dtype == "date":
-            return "a date YYYY-MM-DD"
+            return f"a date YYYY-MM-DD from {DATE_MIN} to {DATE_MAX}"
+        if self.dtype == "str":
+            return "text" + (f" ({self.description.rstrip('.')})" if self.description else "")
         what = "a whole number" if self.dtype == "int" else "a number"
         if self.min_value is not None and self.max_value is not None:
             what += f" in [{self.min_value:g}, {self.max_value:g}]"
@@ -131,8 +156,52 @@ class Column:
         return what
 
 
+#: _parse_cell's value for a date outside DATE_MIN..DATE_MAX (ok is False).
+_OUT_OF_RANGE = object()
+
+
+def _parse_date(text: str) -> object:
+    """A ``pd.Timestamp`` (midnight), :data:`_OUT_OF_RANGE`, or None when not a date.
+
+    Only ISO ``YYYY-MM-DD`` (optionally with a time, dropped) and DICOM ``YYYYMMDD`` are
+    dates: ``01/02/2020`` means January or February depending on the country.
+    """
+    m = _DATE.fullmatch(text)
+    if m is None:
+        return None
+    y, mo, d = (int(g) for g in (m.groups()[:3] if m.group(1) else m.groups()[3:]))
+    try:
+        day = datetime.date(y, mo, d)
+    except ValueError:  # 2017-02-31, month 13, year 0
+        return None
+    if not DATE_MIN <= day <= DATE_MAX:
+        return _OUT_OF_RANGE
+    return pd.Timestamp(day)
+
+
+def _parse_int(text: str) -> int | None:
+    """An exact whole number within int64 (``3``, ``3.0``, ``1e3``), else None."""
+    if _INT.fullmatch(text):
+        if len(text.lstrip("+-").lstrip("0")) > 19:  # also spares int() a 4,300-digit text
+            return None
+        val = int(text)
+    else:
+        try:
+            f = float(text)
+        except ValueError:
+            return None
+        # beyond 2**53 a float no longer holds every whole number: not exact
+        if not np.isfinite(f) or f != round(f) or abs(f) > 2**53:
+            return None
+        val = int(f)
+    return val if -_INT64 <= val < _INT64 else None
+
+
 def _parse_cell(col: Column, raw: str) -> tuple[object, bool]:
-    """Parse one non-empty cell; returns (value, ok)."""
+    """Parse one non-empty cell; returns (value, ok).
+
+    A date outside DATE_MIN..DATE_MAX gives ``(_OUT_OF_RANGE, False)``.
+    """
     text = raw.strip()
     if col.dtype == "str":
         return text, True
@@ -153,24 +222,21 @@ def _parse_cell(col: Column, raw: str) -> tuple[object, bool]:
             return False, True
         return None, False
     if col.dtype == "date":
-        try:
-            ts = pd.Timestamp(text)
-        except (ValueError, TypeError):
-            return None, False
-        if len(text) < 8 or pd.isna(ts):
-            return None, False
-        return ts.normalize(), True
-    # numbers
-    try:
-        val = float(text)
-    except ValueError:
-        return None, False
-    if not np.isfinite(val):
-        return None, False
+        ts = _parse_date(text)
+        return (ts, ts is not None and ts is not _OUT_OF_RANGE)
+    val: float | int
     if col.dtype == "int":
-        if val != round(val):
+        ival = _parse_int(text)
+        if ival is None:
             return None, False
-        val = int(round(val))
+        val = ival
+    else:
+        try:
+            val = float(text)
+        except ValueError:
+            return None, False
+        if not np.isfinite(val):
+            return None, False
     if col.min_value is not None and val < col.min_value:
         return None, False
     if col.max_value is not None and val > col.max_value:
@@ -194,6 +260,12 @@ def _cell_text(v: object) -> str:
     if isinstance(v, pd.Timestamp):
         return v.strftime("%Y-%m-%d")
     return str(v)
+
+
+def _key_text(v: object) -> str:
+    """A key value in a message: as is when short and printable, else its cut repr."""
+    t = _cell_text(v)
+    return t if t.isprintable() and len(t) <= 80 else show(t)
 
 
 @dataclass(frozen=True)
@@ -233,36 +305,53 @@ class TableSchema:
         """An empty table with the declared columns and dtypes."""
         return pd.DataFrame({c.name: pd.Series([], dtype=c.pandas_dtype()) for c in self.columns})
 
-    def read_csv(self, path: str | Path) -> pd.DataFrame:
-        """Read a CSV file and validate it (see :meth:`validate`).
+    def read_raw(self, path: str | Path) -> pd.DataFrame:
+        """Read a CSV file as text cells, strictly, without validating the values.
+
+        Every row must have as many fields as the header (see
+        :func:`hu_roi.csvtext.read_csv_rows`).  The spreadsheet-formula escape that hu-roi's
+        writers put on text cells is undone (:func:`hu_roi.csvtext.unescape_cell`) in the
+        declared text columns (``str``, ``category``) and in undeclared columns.
+
+        Returns
+        -------
+        pandas.DataFrame
+            All cells as ``str``; the index is the line on which each row starts in the
+            file (used by :meth:`validate` to name rows).
 
         Raises
         ------
         SchemaError
-            File missing/unreadable, or any cell does not fit the schema.
+            File missing, unreadable or malformed, or rows with a wrong number of fields.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise SchemaError(
-                f"{self.name}: file {str(path)!r} does not exist or is not a file; "
-                "pass the path of the CSV file."
-            )
-        try:
-            raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-            raise SchemaError(
-                f"{self.name}: {str(path)!r} is not a readable CSV file: {exc}"
-            ) from exc
-        except pd.errors.EmptyDataError:
-            # 0 bytes: an interrupted export or the wrong file, never "no rows" (that file
-            # still has its header line)
-            raise SchemaError(
-                f"{self.name}: {str(path)!r} is empty (not even a header row); "
-                "re-export it or pass the right file"
-            ) from None
-        return self.validate(raw, source=str(path))
+        t = read_csv_rows(path, self.name)
+        typed = {c.name for c in self.columns if c.dtype not in ("str", "category")}
+        text = [j for j, c in enumerate(t.header) if c not in typed]
+        rows = t.rows
+        for r in rows:
+            for j in text:
+                r[j] = unescape_cell(r[j])
+        return pd.DataFrame(rows, columns=t.header, index=t.lines, dtype=object)
 
-    def validate(self, df: pd.DataFrame, *, source: str | None = None) -> pd.DataFrame:
+    def read_csv(self, path: str | Path) -> pd.DataFrame:
+        """Read a CSV file (:meth:`read_raw`) and validate it (:meth:`validate`).
+
+        Raises
+        ------
+        SchemaError
+            File missing/unreadable, a row with a wrong number of fields, or any cell
+            that does not fit the schema.
+        """
+        raw = self.read_raw(path)
+        return self.validate(raw, source=str(path), lines=raw.index.tolist())
+
+    def validate(
+        self,
+        df: pd.DataFrame,
+        *,
+        source: str | None = None,
+        lines: Sequence[int] | None = None,
+    ) -> pd.DataFrame:
         """Check and type a table against the schema.
 
         Parameters
@@ -271,6 +360,10 @@ class TableSchema:
             Cells may be strings (as read from CSV) or already-typed values.
         source : str, optional
             File name used in messages.
+        lines : sequence of int, optional
+            The file line of each row (from :meth:`read_raw`); rows are named by it.
+            Without it, row ``i`` (0-based) is named "row i+2" (its line in a CSV with a
+            header and no line breaks inside cells).
 
         Returns
         -------
@@ -282,8 +375,10 @@ class TableSchema:
         ------
         SchemaError
             Required column missing, a value that does not parse or is out of range, a
-            missing value in a non-nullable column, or a duplicated key.  The message names
-            the row (by its key), the column and the received value.
+            missing value in a non-nullable column, or a duplicated key.  The message has
+            one line per problem (up to :data:`hu_roi.csvtext.MAX_PROBLEMS_SHOWN`, then the
+            count of the others), naming the row (line and key), the column, the received
+            value and what the column expects.
         """
         where = f"{self.name}" + (f" ({source})" if source else "")
         df = df.copy()
@@ -296,6 +391,8 @@ class TableSchema:
                 "Add the missing columns (see docs/csv_schemas.md / docs/analysis.md)."
             )
         n = len(df)
+        if lines is not None and len(lines) != n:
+            raise ValueError(f"lines has {len(lines)} entries for {n} rows")
         errors: list[str] = []
 
         def row_label(i: int) -> str:
@@ -303,8 +400,9 @@ class TableSchema:
             for k in self.key:
                 if k in df.columns:
                     v = df[k].iloc[i]
-                    parts.append(f"{k}={'' if _is_empty(v) else _cell_text(v)}")
-            return f"row {i + 2} ({', '.join(parts)})" if parts else f"row {i + 2}"
+                    parts.append(f"{k}={'' if _is_empty(v) else _key_text(v)}")
+            at = f"line {lines[i]}" if lines is not None else f"row {i + 2}"
+            return f"{at} ({', '.join(parts)})" if parts else at
 
         out: dict[str, pd.Series] = {}
         for col in self.columns:
@@ -313,6 +411,7 @@ class TableSchema:
                 values: list[object] = [None] * n
             else:
                 values = []
+                dropped: list[str] = []
                 for i, v in enumerate(df[col.name].tolist()):
                     if _is_empty(v):
                         if not col.nullable:
@@ -323,23 +422,41 @@ class TableSchema:
                         values.append(None)
                         continue
                     parsed, ok = _parse_cell(col, _cell_text(v))
+                    if parsed is _OUT_OF_RANGE and col.out_of_range == "missing":
+                        dropped.append(f"{row_label(i)}: {show(_cell_text(v))}")
+                        parsed, ok = None, True
                     if not ok:
                         errors.append(
-                            f"{row_label(i)}, column {col.name!r}: got {_cell_text(v)!r}, "
-                            f"expected {col.expectation()}."
+                            f"{row_label(i)}, column {col.name!r}: got {show(_cell_text(v))}, "
+                            f"expected {col.expectation()}"
+                            + (
+                                " (leave the cell empty when the date is not known)."
+                                if parsed is _OUT_OF_RANGE
+                                else "."
+                            )
                         )
                         values.append(None)
                     else:
                         values.append(parsed)
+                if dropped:
+                    logger.warning(
+                        "%s: column %r: %d date(s) outside %s..%s read as missing (the column "
+                        "is descriptive; no result uses it), first %s",
+                        where,
+                        col.name,
+                        len(dropped),
+                        DATE_MIN,
+                        DATE_MAX,
+                        dropped[0],
+                    )
             out[col.name] = _typed_series(values, col)
         if errors:
-            shown = errors[:_MAX_ERRORS_SHOWN]
-            more = len(errors) - len(shown)
             raise SchemaError(
-                f"{where}: {len(errors)} invalid value(s):\n  "
-                + "\n  ".join(shown)
-                + (f"\n  ... and {more} more." if more > 0 else "")
-                + "\nCorrect these cells (or leave them empty where a value is optional)."
+                problem_message(
+                    f"{where}: {len(errors)} invalid value(s); correct these cells (or leave "
+                    "them empty where a value is optional):",
+                    errors,
+                )
             )
         typed = pd.DataFrame(out, index=range(n))
         extra = [c for c in df.columns if c not in self.names]
@@ -349,10 +466,14 @@ class TableSchema:
             dup = typed.duplicated(subset=list(self.key), keep=False)
             if dup.any():
                 rows = typed.loc[dup, list(self.key)].astype(str).agg("/".join, axis=1)
+                twice = sorted(set(rows))
                 raise SchemaError(
-                    f"{where}: key ({', '.join(self.key)}) must be unique but these values "
-                    f"occur more than once: {', '.join(sorted(set(rows)))}. "
-                    "Remove or merge the duplicated rows."
+                    problem_message(
+                        f"{where}: key ({', '.join(self.key)}) must be unique but "
+                        f"{len(twice)} value(s) occur more than once; remove or merge the "
+                        "duplicated rows:",
+                        [show(r) for r in twice],
+                    )
                 )
         return typed
 
@@ -404,7 +525,14 @@ MEASUREMENT_SCHEMA = TableSchema(
             "T0 baseline, T1 end of RT, T2 3 months, T3 6 months (rows without one are ignored).",
             allowed=TIMEPOINTS,
         ),
-        Column("study_date", "date", "", "StudyDate of the CT.", required=False),
+        Column(
+            "study_date",
+            "date",
+            "",
+            "StudyDate of the CT (descriptive: a date outside 1900-2099 is read as missing).",
+            required=False,
+            out_of_range="missing",
+        ),
         Column("series_instance_uid", "str", "", "SeriesInstanceUID measured.", required=False),
         Column(
             "level",
@@ -586,11 +714,18 @@ def longitudinal_from_measurements(
     dup = m.loc[usable].duplicated(subset=key + ["timepoint"], keep=False)
     if dup.any():
         d = m.loc[usable].loc[dup]
-        ids = ", ".join(sorted(d["roi_id"].astype(str)))
+        groups = [
+            f"{', '.join(f'{c}={_key_text(v)}' for c, v in zip(key + ['timepoint'], k, strict=True))}"
+            f": roi_id {', '.join(show(str(r)) for r in g['roi_id'])}"
+            for k, g in d.groupby(key + ["timepoint"], sort=True)
+        ]
         raise SchemaError(
-            f"measurement CSV: more than one usable ROI for the same patient, level, kind, reader "
-            f"and timepoint: {ids}. Keep one ROI per vertebra and timepoint (or mark the others "
-            "qc_status=fail)."
+            problem_message(
+                "measurement CSV: more than one usable ROI for the same patient, level, kind, "
+                "reader and timepoint; keep one ROI per vertebra and timepoint (or mark the "
+                "others qc_status=fail):",
+                groups,
+            )
         )
     order = {tp: i for i, tp in enumerate(TIMEPOINTS)}
     m["_tp_order"] = m["timepoint"].map(order)
