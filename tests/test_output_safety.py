@@ -198,7 +198,7 @@ def test_symlink_to_a_folder_is_refused(study: dict[str, Path], tmp_path: Path) 
     assert link.is_symlink() and list((tmp_path / "d").iterdir()) == []
 
 
-def test_outputset_refuses_folders_and_writes_streams_last(tmp_path: Path) -> None:
+def test_outputset_refuses_folders_and_skips_sidecars_of_streams(tmp_path: Path) -> None:
     """Unit check of the rules: a folder is refused; a stream is written at commit."""
     outs = OutputSet()
     with pytest.raises(OutputError, match="folder"):
