@@ -278,7 +278,8 @@ def test_rows_pseudonymized_in_id_and_text_columns() -> None:
         {"roi_id": "air", "patient_id": "", "detail": "", "mean_hu": "3"},
     ]
     out = pseudonymize_rows(rows, pmap)
-    assert out[0] == {"roi_id": "S007-T0-L3", "patient_id": "S007", "detail": "P10 and S007",
+    # every ID of the map is replaced, also another patient's (P10) in this row's text
+    assert out[0] == {"roi_id": "S007-T0-L3", "patient_id": "S007", "detail": "S003 and S007",
                       "mean_hu": "1"}  # fmt: skip
     assert out[1]["roi_id"] == "S003-T0-L3" and out[1]["patient_id"] == "S003"
     assert out[2] == rows[2]
