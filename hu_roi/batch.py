@@ -219,6 +219,7 @@ def measure_batch(
     progress: bool = False,
     accept: Sequence[str] = (),
     cache: object | None = None,
+    follow_links: bool = False,
 ) -> BatchResult:
     """Measure every stored ROI on its series (see the module docstring for the steps).
 
@@ -242,6 +243,9 @@ def measure_batch(
     cache : HeaderCache or None
         Persistent header cache for the index (:mod:`hu_roi.io.cache`); it holds no
         patient names, so leave it out when identifiers are to be written.
+    follow_links : bool
+        Also index folders reached through symbolic links that leave the DICOM folder
+        (:func:`hu_roi.io.dicom.iter_files`); by default they are skipped and reported.
 
     Returns
     -------
@@ -258,7 +262,9 @@ def measure_batch(
     if not root.exists():
         raise BatchInputError(f"no such DICOM folder: {root}")
     roisets = load_roi_inputs(rois)
-    idx = index_folder(root, progress=progress, cache=cache, workers=workers)
+    idx = index_folder(
+        root, progress=progress, cache=cache, workers=workers, follow_links=follow_links
+    )
     items: list[_Item] = []
     results: dict[int, Measurement] = {}
     groups: dict[str, list[_Item]] = defaultdict(list)
@@ -435,6 +441,12 @@ def add_measure_parser(subparsers: argparse._SubParsersAction) -> None:
         help="do not use the persistent header cache (see hu-roi index)",
     )
     p.add_argument(
+        "--follow-links",
+        action="store_true",
+        help="also read folders that symbolic links inside DICOM_DIR point to outside it "
+        "(by default such links are skipped and reported)",
+    )
+    p.add_argument(
         "--include-identifiers",
         action="store_true",
         help="also write patient name and birth date (off by default)",
@@ -490,6 +502,7 @@ def run_measure(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         accept=_accept_codes(getattr(args, "accept", "")),
         cache=_header_cache(args),
+        follow_links=getattr(args, "follow_links", False),
     )
     if args.out and args.out != "-":
         meta = dict(res.meta)

@@ -134,6 +134,12 @@ def add_index_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     p.add_argument("--no-cache", action="store_true", help="do not use the header cache")
     p.add_argument(
+        "--follow-links",
+        action="store_true",
+        help="also read folders that symbolic links inside DICOM_DIR point to outside it "
+        "(by default such links are skipped and reported)",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -178,7 +184,13 @@ def run_index(args: argparse.Namespace) -> int:
             cache = None
         else:
             cache = HeaderCache.default()
-    res = index_folder(root, progress=not args.quiet, cache=cache, workers=workers)
+    res = index_folder(
+        root,
+        progress=not args.quiet,
+        cache=cache,
+        workers=workers,
+        follow_links=getattr(args, "follow_links", False),
+    )
     # and the files read through links that leave the tree
     outs.add_inputs(
         [("a file read from DICOM_DIR", sl.path) for s in res.series for sl in s.slices]

@@ -589,17 +589,29 @@ def _read_header(path: str | os.PathLike[str]) -> ImageHeader:
 # ---------------------------------------------------------------------------------------
 # Walking a tree
 # ---------------------------------------------------------------------------------------
-def iter_files(root: str | os.PathLike[str], skipped: list[SkippedFile]) -> Iterator[str]:
+def iter_files(
+    root: str | os.PathLike[str], skipped: list[SkippedFile], *, follow_links: bool = False
+) -> Iterator[str]:
     """Yield every regular file under ``root`` (sorted, symlink loops avoided).
 
-    Unreadable folders are reported in ``skipped``.
+    Symbolic links to files are read wherever they point.  Symbolic links to folders are
+    followed when their target lies inside the tree (``root`` with links resolved); links
+    to folders outside it only with ``follow_links`` -- a link to ``/usr/share`` would
+    otherwise make the index read a whole system folder.  Links not followed, loops and
+    unreadable folders are reported in ``skipped``, once each.
     """
-    for path, _ in _iter_files_stat(root, skipped):
+    for path, _ in _iter_files_stat(root, skipped, follow_links=follow_links):
         yield path
 
 
+#: Skip reason of a link to a folder outside the tree (without ``follow_links``).
+LINK_OUTSIDE_REASON = (
+    "symbolic link to a folder outside the scanned tree; not followed (--follow-links follows it)"
+)
+
+
 def _iter_files_stat(
-    root: str | os.PathLike[str], skipped: list[SkippedFile]
+    root: str | os.PathLike[str], skipped: list[SkippedFile], *, follow_links: bool = False
 ) -> Iterator[tuple[str, os.stat_result | None]]:
     """:func:`iter_files` with each file's ``os.stat`` (None when it cannot be stat-ed)."""
     root_s = str(root)
@@ -612,23 +624,27 @@ def _iter_files_stat(
     def onerror(exc: OSError) -> None:
         skipped.append(SkippedFile(str(exc.filename), f"cannot list folder: {exc.strerror}"))
 
-    def _links_to_ancestor(dirpath: str, name: str) -> bool:
-        """A link to a folder that contains the tree (``/``, ``..``): a loop that would
-        otherwise walk the whole file system before it is noticed."""
+    def _inside(parent: str, child: str) -> bool:
+        try:
+            return os.path.commonpath([parent, child]) == parent
+        except ValueError:  # different drives
+            return False
+
+    def _not_followed(dirpath: str, name: str) -> bool:
+        """A folder link not to walk: one to a folder that contains the tree (``/``,
+        ``..``: a loop that would otherwise walk the whole file system before it is
+        noticed), and without ``follow_links`` one that leaves the tree."""
         full = os.path.join(dirpath, name)
         if not os.path.islink(full):
             return False
         target = os.path.realpath(full)
-        try:
-            if os.path.commonpath([root_real, target]) != target:
-                return False
-        except ValueError:  # different drives
+        if _inside(target, root_real):
+            reason = "symbolic-link loop (links to a folder that contains the tree); not followed"
+        elif not follow_links and not _inside(root_real, target):
+            reason = LINK_OUTSIDE_REASON
+        else:
             return False
-        skipped.append(
-            SkippedFile(
-                full, "symbolic-link loop (links to a folder that contains the tree); not followed"
-            )
-        )
+        skipped.append(SkippedFile(full, reason))
         return True
 
     for dirpath, dirnames, filenames in os.walk(root_s, followlinks=True, onerror=onerror):
@@ -642,7 +658,7 @@ def _iter_files_stat(
             skipped.append(SkippedFile(dirpath, "folder already visited (symbolic-link loop)"))
             continue
         seen.add(key)
-        dirnames[:] = [d for d in sorted(dirnames) if not _links_to_ancestor(dirpath, d)]
+        dirnames[:] = [d for d in sorted(dirnames) if not _not_followed(dirpath, d)]
         for name in sorted(filenames):
             path = os.path.join(dirpath, name)
             try:
@@ -777,6 +793,7 @@ def index_folder(
     progress: bool = False,
     cache: object | None = None,
     workers: int = 1,
+    follow_links: bool = False,
 ) -> IndexResult:
     """Scan a DICOM tree (header only) and group its images into series.
 
@@ -792,6 +809,9 @@ def index_folder(
         Local processes that read the headers not found in the cache (when there are at
         least :data:`PARALLEL_INDEX_MIN_FILES` of them); 1 reads them here.  The result
         does not depend on it.
+    follow_links : bool
+        Also walk symbolic links to folders outside the tree (:func:`iter_files`); by
+        default they are skipped with :data:`LINK_OUTSIDE_REASON`.
 
     Returns
     -------
@@ -809,7 +829,7 @@ def index_folder(
     if not os.path.exists(root):
         raise FileNotFoundError(f"no such file or folder: {root}")
     result = IndexResult()
-    found = list(_iter_files_stat(root, result.skipped))
+    found = list(_iter_files_stat(root, result.skipped, follow_links=follow_links))
     result.n_files = len(found)
     paths = [p for p, _ in found]
     got: list[ImageHeader | str | None] = [None] * len(found)
