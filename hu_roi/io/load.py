@@ -139,6 +139,7 @@ _EXTRA_LENGTH_VRS = frozenset(
 )
 _PIXEL_DATA = 0x7FE00010
 _WANTED = {
+    0x00080018: "sop_instance_uid",
     0x00280002: "samples_per_pixel",
     0x00280004: "photometric_interpretation",
     0x00280008: "number_of_frames",
@@ -188,6 +189,11 @@ class PixelHeader:
         Byte offset of the Pixel Data value in the file.
     pixel_length : int
         Length of the Pixel Data value in bytes (``0xFFFFFFFF``: encapsulated).
+    photometric_interpretation : str
+        PhotometricInterpretation (MONOCHROME2 when absent).
+    sop_instance_uid : str
+        SOPInstanceUID, else MediaStorageSOPInstanceUID ("" when neither is there); checked
+        against the index's header so a file swapped since indexing is not read.
     """
 
     transfer_syntax: str
@@ -205,6 +211,7 @@ class PixelHeader:
     pixel_offset: int
     pixel_length: int
     photometric_interpretation: str = "MONOCHROME2"
+    sop_instance_uid: str = ""
 
 
 # ---------------------------------------------------------------------------------------
@@ -289,15 +296,20 @@ def _walk(buf: bytes) -> tuple[str, dict[str, Any], int, int]:
         raise _Unusual("no DICM preamble")
     pos = 132
     ts = ""
+    media_uid = ""  # MediaStorageSOPInstanceUID: the SOP Instance UID when 0008,0018 is absent
     while True:  # file meta: explicit VR little endian, group 0002
         _need(buf, pos + 8)
         (g,) = struct.unpack_from("<H", buf, pos)
         if g != 0x0002:
             break
         nxt, tag, start, _ = _element(buf, pos, True, "<")
-        if tag == 0x00020010:
+        if tag in (0x00020010, 0x00020003):
             _need(buf, nxt)
-            ts = bytes(buf[start:nxt]).decode("ascii", "replace").strip("\0 ")
+            text = bytes(buf[start:nxt]).decode("ascii", "replace").strip("\0 ")
+            if tag == 0x00020010:
+                ts = text
+            else:
+                media_uid = text
         pos = nxt
     if (
         ts not in _NATIVE
@@ -307,7 +319,7 @@ def _walk(buf: bytes) -> tuple[str, dict[str, Any], int, int]:
         raise _Unusual(f"transfer syntax {ts!r} not handled by the walker")
     explicit = ts != _IMPLICIT_LE
     e = ">" if ts == _EXPLICIT_BE else "<"
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"media_sop_instance_uid": media_uid}
     hh, h2, i4 = _STRUCTS[e]
     wanted = _WANTED
     extra = _EXTRA_LENGTH_VRS
@@ -348,7 +360,7 @@ def _walk(buf: bytes) -> tuple[str, dict[str, Any], int, int]:
 def _value(raw: bytes, name: str, vr: bytes, e: str, values: dict[str, Any]) -> object:
     if name == "modality_lut_sequence":
         return True
-    if name == "photometric_interpretation":
+    if name in ("photometric_interpretation", "sop_instance_uid"):
         return raw.decode("ascii", "replace").strip("\0 ")
     if name in ("rescale_slope", "rescale_intercept", "number_of_frames"):
         s = raw.decode("ascii", "replace").strip("\0 ")
@@ -429,6 +441,7 @@ def _read_pixel_header(fh: object) -> PixelHeader:
         pixel_offset=off,
         pixel_length=ln,
         photometric_interpretation=str(v.get("photometric_interpretation") or "MONOCHROME2"),
+        sop_instance_uid=str(v.get("sop_instance_uid") or v.get("media_sop_instance_uid") or ""),
     )
 
 
@@ -826,7 +839,39 @@ def _fast_path(h: PixelHeader) -> Callable[..., None] | None:
     return None
 
 
-def load_slice_into(path: str, dest: np.ndarray) -> float | None:
+def _uid_by_pydicom(path: str) -> str | None:
+    """SOPInstanceUID (else MediaStorageSOPInstanceUID) of a file the walker cannot read;
+    None when pydicom cannot read it either (the decoder then reports why)."""
+    import warnings  # (local: this rare path is the only user here)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        uid = str(ds.get("SOPInstanceUID", "") or "").strip().rstrip("\0 ")
+        meta = getattr(ds, "file_meta", None)
+        if not uid and meta is not None:
+            uid = str(meta.get("MediaStorageSOPInstanceUID", "") or "").strip().rstrip("\0 ")
+    except Exception:
+        return None
+    return uid
+
+
+def _check_same_file(path: str, expected: str, found: str | None) -> None:
+    """Refuse a file whose SOP Instance UID is not the one its index header had: the file
+    was replaced, renamed or swapped since it was indexed (or a stale header cache entry
+    described another file), and its pixels would sit at another slice's position."""
+    if not expected or found is None or found == expected:
+        return
+    if not (found.isascii() and expected.isascii()):  # undecodable bytes: not comparable
+        return
+    raise DicomReadError(
+        f"{path}: file changed since it was indexed (SOP Instance UID differs); "
+        "re-run without the header cache (--no-cache) or re-index the folder"
+    )
+
+
+def load_slice_into(path: str, dest: np.ndarray, sop_instance_uid: str = "") -> float | None:
     """Read one image file into ``dest`` (HU), choosing the fastest exact path.
 
     Parameters
@@ -835,6 +880,9 @@ def load_slice_into(path: str, dest: np.ndarray) -> float | None:
         Single-frame DICOM image.
     dest : numpy.ndarray, shape (rows, columns), int16 or float32
         Output slice (a view into the volume).
+    sop_instance_uid : str
+        The file's SOP Instance UID as indexed ("" skips the check): a file holding
+        another UID is refused.
 
     Returns
     -------
@@ -844,7 +892,8 @@ def load_slice_into(path: str, dest: np.ndarray) -> float | None:
     Raises
     ------
     DicomReadError
-        Unreadable, truncated or undecodable file, or a size different from ``dest``.
+        Unreadable, truncated or undecodable file, a size different from ``dest``, or
+        another SOP Instance UID than ``sop_instance_uid``.
     _Float32Needed
         ``dest`` is int16 but this slice's HU are not exact in int16.
     """
@@ -864,11 +913,15 @@ def load_slice_into(path: str, dest: np.ndarray) -> float | None:
                 f"{path}: image size {h.rows}x{h.columns} differs from the series' "
                 f"{rows}x{cols}; the file changed since it was indexed"
             )
+        if h is not None:
+            _check_same_file(path, sop_instance_uid, h.sop_instance_uid)
         fast = _fast_path(h) if h is not None else None
         if fast is not None and h is not None:
             fast(fh, h, dest, path)
             pad = h.pixel_padding_value
             return None if pad is None else pad * h.rescale_slope + h.rescale_intercept
+    if h is None and sop_instance_uid:
+        _check_same_file(path, sop_instance_uid, _uid_by_pydicom(path))
     plugin = DECODING_PLUGINS.get(h.transfer_syntax, "") if h is not None else ""
     arr, slope, inter, pad = _decode_pydicom(path, rows, cols, plugin)
     _rescale_into(arr, slope, inter, dest, inplace=False)
@@ -890,15 +943,19 @@ def _run(fn: Callable[[int], float | None], n: int, workers: int) -> list[float 
 
 
 def _load_chunk(
-    paths: list[str], rows: int, cols: int, dtype: str
+    paths: list[tuple[str, str]], rows: int, cols: int, dtype: str
 ) -> tuple[np.ndarray, list[float | None]]:
-    """Process-pool task: load some slices into a new array (see :func:`load_slice_into`)."""
+    """Process-pool task: load some slices into a new array (see :func:`load_slice_into`);
+    ``paths`` holds (path, SOP Instance UID) pairs."""
     out = np.empty((len(paths), rows, cols), dtype=dtype)
-    return out, [load_slice_into(p, out[k]) for k, p in enumerate(paths)]
+    return out, [load_slice_into(p, out[k], uid) for k, (p, uid) in enumerate(paths)]
 
 
-def _run_processes(paths: list[str], out: np.ndarray, workers: int) -> list[float | None]:
-    """Decode in worker processes (for decoders that hold the GIL) into ``out``."""
+def _run_processes(
+    paths: list[tuple[str, str]], out: np.ndarray, workers: int
+) -> list[float | None]:
+    """Decode in worker processes (for decoders that hold the GIL) into ``out``;
+    ``paths`` holds (path, SOP Instance UID) pairs."""
     n = len(paths)
     n_chunks = min(n, 4 * workers)
     bounds = np.linspace(0, n, n_chunks + 1).astype(int)
@@ -1004,6 +1061,7 @@ def load_series(
     else:
         n_workers = _default_workers(len(idx))
     paths = [info.slices[i].path for i in idx]
+    uids = [info.slices[i].sop_instance_uid for i in idx]  # each file is checked against it
 
     use_processes = (
         n_workers > 1
@@ -1014,8 +1072,8 @@ def load_series(
     def run(dtype: type) -> tuple[np.ndarray, list[float | None]]:
         out: np.ndarray = np.empty((len(idx), rows, cols), dtype=dtype)
         if use_processes:
-            return out, _run_processes(paths, out, n_workers)
-        pads = _run(lambda k: load_slice_into(paths[k], out[k]), len(idx), n_workers)
+            return out, _run_processes(list(zip(paths, uids, strict=True)), out, n_workers)
+        pads = _run(lambda k: load_slice_into(paths[k], out[k], uids[k]), len(idx), n_workers)
         return out, pads
 
     try:
