@@ -330,7 +330,8 @@ class TableSchema:
         rows = t.rows
         for r in rows:
             for j in text:
-                r[j] = unescape_cell(r[j])
+                if r[j][:1] == "'":  # the only cells an escape can have touched
+                    r[j] = unescape_cell(r[j])
         return pd.DataFrame(rows, columns=t.header, index=t.lines, dtype=object)
 
     def read_csv(self, path: str | Path) -> pd.DataFrame:
