@@ -295,3 +295,30 @@ def test_longitudinal_and_clinical_cells_read_back_as_written(tmp_path: Path) ->
     c = read_clinical(p)
     assert c["patient_id"].tolist() == [f"-P{i}" for i in range(len(FORMULAS))]
     assert c["note"].tolist() == FORMULAS
+
+
+def test_formula_text_through_measure_and_longitudinal(tmp_path: Path) -> None:
+    """End to end on pydicom-written CT: text that looks like a formula (an ROI id, a
+    patient ID, a reader) is escaped by the writers and read back exactly by the readers,
+    while the negative HU stays a number."""
+    uid = "1.2.826.0.1.3680043.10.1234.77.1"
+    write_ct_series(tmp_path / "dicom", np.full((4, 24, 24), -130.0), pixel_spacing=(0.8, 0.8),
+                    series_uid=uid, extra_tags={"PatientID": "-P01", "StudyDate": "20200101"})  # fmt: skip
+    roi = {"roi_id": "=P01.T0-L1", "patient_id": "-P01", "timepoint": "T0",
+           "series_instance_uid": uid, "level": "L1", "irradiated": True,
+           "lesion_type": "none", "kind": "target",
+           "shape": {"type": "circle", "center_mm": [9.2, 9.2, 1.0], "radius_mm": 5}}  # fmt: skip
+    rois = tmp_path / "r.rois.json"
+    rois.write_text(json.dumps({"format": "hu-roi.roiset", "version": 1, "reader": "@R1",
+                                "rois": [roi]}))  # fmt: skip
+    m, lg = tmp_path / "m.csv", tmp_path / "l.csv"
+    for args in (["measure", "--dicom", str(tmp_path / "dicom"), "--rois", str(rois), "--out",
+                  str(m)], ["longitudinal", str(m), "--out", str(lg)]):  # fmt: skip
+        proc = run_main(*args, "--quiet")
+        assert proc.returncode == 0, proc.stderr
+    assert "'=P01.T0-L1,'-P01," in m.read_text(), "the writer escaped the text cells"
+    got = read_measurements(m).loc[0]
+    assert (got["roi_id"], got["patient_id"], got["reader"]) == ("=P01.T0-L1", "-P01", "@R1")
+    assert got["mean_hu"] == -130.0
+    t = read_longitudinal(lg).loc[0]
+    assert (t["patient_id"], t["reader"], t["hu_T0"]) == ("-P01", "@R1", -130.0)
