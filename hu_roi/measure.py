@@ -11,7 +11,7 @@ test keeps the two in sync.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,6 +20,7 @@ import numpy as np
 from hu_roi.rasterize import RoiMask, RoiPlacementError, rasterize_roi
 from hu_roi.roi import Roi, frame_hint
 from hu_roi.series import PROBLEM_CODES, SeriesInfo
+from hu_roi.util import show
 from hu_roi.volume import Volume
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "Measurement",
     "measure_roi",
     "failed_measurement",
+    "patient_mismatch",
+    "label_flags",
     "qc_status_of",
     "severity_of",
     "add_flags",
@@ -115,8 +118,14 @@ QC_FLAGS: dict[str, QcFlag] = dict(
         _f(
             "roi-outside-image",
             "fail",
-            "The ROI covers no voxel of the image (plane beyond the slice stack, or entirely outside the rows/columns)",
+            "The ROI covers no voxel of the image: its plane (a sphere's centre) lies beyond the first/last slice by more than half the slice spacing (the detail gives the distance in mm), or it lies entirely outside the rows/columns",
             "DESIGN.md voxel rule",
+        ),
+        _f(
+            "roi-in-gap",
+            "fail",
+            "The ROI's plane (a sphere's centre) lies between the first and last slice but farther than half the nominal slice spacing from every slice present (missing slices): not measured on a far slice; the detail gives the distance in mm",
+            "hu_roi.rasterize.max_plane_distance: half the series' median slice step (+1 %, the index's uniformity tolerance)",
         ),
         _f(
             "roi-slice-tie",
@@ -147,6 +156,37 @@ QC_FLAGS: dict[str, QcFlag] = dict(
             "warn",
             "Some voxel centres of the shape lie outside the image rows/columns, or a sphere reaches beyond the first/last slice; only the inside is measured",
             "DESIGN.md voxel rule",
+        ),
+        _f(
+            "roi-partly-in-gap",
+            "warn",
+            "A sphere whose centre is imaged reaches into a gap of missing slices; only the imaged part is measured",
+            "hu_roi.rasterize.max_plane_distance",
+        ),
+        _f(
+            "patient-mismatch",
+            "fail",
+            "The ROI's patient_id and the series' PatientID are both set and differ (and no pseudonym map given with --pseudonym-map links them): the ROI names another patient's series; the detail names both",
+            "hu_roi.measure.patient_mismatch",
+        ),
+        _f(
+            "non-finite-hu",
+            "fail",
+            "Some voxel values or the statistics of the ROI are not finite numbers (an absurd RescaleSlope/RescaleIntercept overflows): no statistics",
+            "hu_roi.measure.measure_roi",
+        ),
+        # -- ROI labels (batch) ----------------------------------------------------------
+        _f(
+            "no-timepoint",
+            "warn",
+            "A target ROI has no timepoint: measured, but hu-roi longitudinal cannot place it (counted in the measure summary)",
+            "hu_roi.measure.label_flags",
+        ),
+        _f(
+            "no-level",
+            "warn",
+            "A target ROI has no level: measured, but hu-roi longitudinal cannot place it (counted in the measure summary)",
+            "hu_roi.measure.label_flags",
         ),
         # -- ROI quality (measure) -------------------------------------------------------
         _f(
@@ -225,7 +265,7 @@ QC_FLAGS: dict[str, QcFlag] = dict(
         _f(
             "rescale-unusual",
             "warn",
-            "RescaleSlope ≤ 0 or > 10, or RescaleIntercept outside −10000 … 1000",
+            "RescaleSlope ≤ 0 or > 10, or RescaleIntercept outside −10000 … 1000, on the series' first image or on any slice read",
             "project sanity limits (typical slope 1, intercept −1024/−1000/−8192/0)",
         ),
         _f(
@@ -471,15 +511,34 @@ def failed_measurement(
 
 
 def _stats(x: np.ndarray) -> dict[str, Any]:
+    """Statistics of ``x`` (formulas in :class:`Measurement`).
+
+    Raises
+    ------
+    _NonFinite
+        A value or a statistic is not a finite number (the caller makes it a fail row).
+    """
     n = x.size
     if n == 0:
         nan = math.nan
         return dict(
             mean_hu=nan, sd_hu=nan, median_hu=nan, min_hu=nan, max_hu=nan, p5_hu=nan, p95_hu=nan
         )
-    mean = math.fsum(x.tolist()) / n
-    sd = math.sqrt(math.fsum(((x - mean) ** 2).tolist()) / (n - 1)) if n > 1 else math.nan
-    p5, med, p95 = np.percentile(x, [5.0, 50.0, 95.0])
+    n_bad = int(np.count_nonzero(~np.isfinite(x)))
+    if n_bad:
+        raise _NonFinite(f"{n_bad} of {n} voxel values are not finite numbers")
+    try:
+        # numpy would warn on overflow (squares beyond 1e308); the condition becomes the
+        # row's fail flag instead
+        with np.errstate(all="ignore"):
+            mean = math.fsum(x.tolist()) / n
+            sq = math.fsum(((x - mean) ** 2).tolist()) if n > 1 else math.nan
+            sd = math.sqrt(sq / (n - 1)) if n > 1 else math.nan
+            p5, med, p95 = np.percentile(x, [5.0, 50.0, 95.0])
+    except (OverflowError, ValueError) as exc:  # fsum: intermediate overflow
+        raise _NonFinite(f"the statistics overflow ({exc})") from None
+    if not all(map(math.isfinite, (mean, med, p5, p95))) or (n > 1 and not math.isfinite(sd)):
+        raise _NonFinite("the statistics overflow (|HU| too large)")
     return dict(
         mean_hu=float(mean),
         sd_hu=float(sd),
@@ -489,6 +548,58 @@ def _stats(x: np.ndarray) -> dict[str, Any]:
         p5_hu=float(p5),
         p95_hu=float(p95),
     )
+
+
+class _NonFinite(ValueError):
+    """The voxel values or statistics of an ROI are not finite (message: which)."""
+
+
+def patient_mismatch(
+    roi: Roi, info: SeriesInfo | None, codes: Mapping[str, str] | None = None
+) -> str | None:
+    """Why the ROI and its series belong to different patients, or None when they do not.
+
+    They differ when the ROI's ``patient_id`` and the series' PatientID are both non-empty
+    and differ -- unless ``codes`` (a pseudonym map, DICOM PatientID → study code, see
+    :mod:`hu_roi.pseudonym`) gives the ROI's ``patient_id`` as the study code of that
+    PatientID.  Surrounding spaces are ignored; case is not.
+
+    Returns
+    -------
+    str or None
+        The detail for a ``patient-mismatch`` fail row, naming both IDs (each cut to about
+        80 characters).
+    """
+    if info is None:
+        return None
+    rid, did = roi.patient_id.strip(), info.patient_id.strip()
+    if not rid or not did or rid == did:
+        return None
+    if codes is not None:
+        code = codes.get(did)
+        if code == rid:
+            return None
+        return f"ROI patient_id {show(rid)} is neither the series' PatientID {show(did)} nor " + (
+            f"its study code {show(code)}"
+            if code is not None
+            else "a study code of it (the PatientID is not in the pseudonym map)"
+        )
+    return (
+        f"ROI patient_id {show(rid)} differs from the series' PatientID {show(did)}; if the ROI "
+        "holds study codes, give the pseudonym map (--pseudonym-map MAP.csv)"
+    )
+
+
+def label_flags(roi: Roi) -> list[str]:
+    """``no-timepoint`` / ``no-level`` for a target ROI lacking them (longitudinal needs both)."""
+    if roi.kind != "target":
+        return []
+    flags = []
+    if not roi.timepoint:
+        flags.append("no-timepoint")
+    if not roi.level:
+        flags.append("no-level")
+    return flags
 
 
 def measure_roi(
@@ -540,10 +651,24 @@ def measure_roi(
             info=info,
             reader=reader,
             roi_file=roi_file,
-            detail=f"ROI {roi.roi_id!r} covers no voxel centre of the image",
+            detail=f"ROI {show(roi.roi_id)} covers no voxel centre of the image",
+        )
+    try:
+        stats = _stats(x)
+    except _NonFinite as exc:
+        return failed_measurement(
+            roi,
+            ["non-finite-hu"],
+            info=info,
+            reader=reader,
+            roi_file=roi_file,
+            detail=f"ROI {show(roi.roi_id)}: {exc}; check the series' RescaleSlope and "
+            "RescaleIntercept",
         )
     if rm.n_outside > 0 or rm.beyond_stack:
         flags.append("roi-partly-outside")
+    if rm.partly_in_gap:
+        flags.append("roi-partly-in-gap")
     pad = x <= PADDING_HU_LIMIT
     if volume.padding_hu is not None and np.isfinite(volume.padding_hu):
         pad |= x == float(volume.padding_hu)
@@ -579,7 +704,7 @@ def measure_roi(
         n_outside=rm.n_outside,
         n_padding=n_pad,
         cortical_fraction=cort,
-        **_stats(x),
+        **stats,
         **_identity_fields(roi, info),
     )
 

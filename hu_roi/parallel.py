@@ -20,12 +20,19 @@ Where tasks run
 
 Tasks and their arguments must be picklable (module-level functions, dataclasses); on a
 cluster they are sent with cloudpickle, so the worker must be able to import hu_roi.
+
+A scheduler address is checked by :func:`check_scheduler_address` before dask is imported
+(a malformed one is a one-line error at once, never a minute of retries), and
+:func:`connect_scheduler` connects with a bounded wait so a command can fail before it
+does any work.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterable
@@ -36,6 +43,99 @@ from typing import Any, Generic, TypeVar
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Protocols of dask.distributed addresses a client can connect to from another process
+#: (``inproc://`` addresses of a cluster inside this process are accepted too).
+SCHEDULER_PROTOCOLS: tuple[str, ...] = ("tcp", "tls", "ws", "wss", "ucx")
+#: Seconds :func:`connect_scheduler` waits for the scheduler by default.
+CONNECT_TIMEOUT_S = 10.0
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})$")
+
+
+def check_scheduler_address(address: str) -> str:
+    """Check a dask scheduler address without importing dask or connecting.
+
+    Accepted: ``PROTOCOL://HOST:PORT`` with a protocol of :data:`SCHEDULER_PROTOCOLS`, or
+    ``HOST:PORT`` (TCP); HOST is a host name, an IPv4 address or an IPv6 address in
+    brackets; PORT is 1-65535.
+
+    Parameters
+    ----------
+    address : str
+
+    Returns
+    -------
+    str
+        The address with its protocol (``tcp://`` added when missing).
+
+    Raises
+    ------
+    ValueError
+        One line saying what is wrong (the address shown cut to about 80 characters).
+    """
+    from hu_roi.util import show
+
+    raw = address.strip()
+    if not raw:
+        raise ValueError("the scheduler address is empty; give HOST:PORT or tcp://HOST:PORT")
+    what = f"scheduler address {show(address)}"
+    proto, sep, rest = raw.partition("://")
+    if not sep:
+        proto, rest = "tcp", raw
+    if proto.lower() == "inproc" and rest.isprintable() and " " not in rest:
+        return raw  # a cluster inside this process (API use: LocalCluster(processes=False))
+    if proto.lower() not in SCHEDULER_PROTOCOLS:
+        raise ValueError(
+            f"{what}: unknown protocol {show(proto)}; use "
+            f"{', '.join(p + '://' for p in SCHEDULER_PROTOCOLS)} or HOST:PORT"
+        )
+    if rest.startswith("["):  # [IPv6]:port
+        host, close, port = rest[1:].partition("]")
+        if not close or not port.startswith(":"):
+            raise ValueError(f"{what}: an IPv6 address is written [ADDRESS]:PORT")
+        port = port[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{what}: {show(host)} is not an IPv6 address") from None
+        host = f"[{host}]"
+    else:
+        host, colon, port = rest.rpartition(":")
+        if not colon:
+            raise ValueError(f"{what}: no port; give HOST:PORT (e.g. tcp://10.0.0.5:8786)")
+        if not _HOSTNAME_RE.match(host):
+            raise ValueError(f"{what}: {show(host)} is not a host name or IP address")
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"{what}: port {show(port)} is not a number in 1-65535")
+    return f"{proto.lower()}://{host}:{int(port)}"
+
+
+def connect_scheduler(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> Any:
+    """A ``distributed.Client`` connected to the scheduler at ``address`` (checked first).
+
+    Raises
+    ------
+    ValueError
+        Malformed address (:func:`check_scheduler_address`).
+    OSError
+        dask.distributed is not installed, or the scheduler does not answer within
+        ``timeout_s`` seconds (one line naming the address).
+    """
+    from hu_roi.util import show
+
+    addr = check_scheduler_address(address)
+    try:
+        import distributed
+    except ImportError as exc:  # pragma: no cover - distributed is a dependency
+        raise OSError("--scheduler needs dask.distributed (pip install distributed)") from exc
+    try:
+        return distributed.Client(addr, timeout=timeout_s)
+    except (OSError, TimeoutError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise OSError(
+            f"cannot reach the dask scheduler at {show(addr)} within {timeout_s:g} s: "
+            f"{show(first, 160)}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -139,12 +239,14 @@ def map_tasks(
     Raises
     ------
     ValueError
-        ``workers < 1``.
+        ``workers < 1``; a malformed scheduler address (checked before anything runs).
     OSError
-        The scheduler cannot be reached (from ``distributed.Client``).
+        The scheduler cannot be reached (:func:`connect_scheduler`).
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1; got {workers}")
+    if scheduler is not None and not _is_client(scheduler):
+        check_scheduler_address(str(scheduler))
     args = list(items)
     call: Callable[[Any], T] = _Star(fn) if unpack else fn
     if not args:
@@ -240,9 +342,9 @@ def _run_dask(
             "pip install distributed, or run without --scheduler"
         ) from exc
     own = not _is_client(scheduler)
-    client = distributed.Client(scheduler) if own else scheduler
+    client: Any = connect_scheduler(str(scheduler)) if own else scheduler
     try:
-        futures = client.map(call, args, pure=False)  # type: ignore[attr-defined]
+        futures = client.map(call, args, pure=False)
         index = {f.key: i for i, f in enumerate(futures)}
         out: list[TaskResult[T] | None] = [None] * len(args)
         try:
@@ -257,9 +359,9 @@ def _run_dask(
                         out[i] = TaskResult(i, error=exc)
                 bar.update()
         except BaseException:
-            client.cancel(futures)  # type: ignore[attr-defined]
+            client.cancel(futures)
             raise
         return out  # type: ignore[return-value]
     finally:
         if own:
-            client.close()  # type: ignore[attr-defined]
+            client.close()

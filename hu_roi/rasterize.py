@@ -8,8 +8,13 @@ Rule (DESIGN.md, "ROI set file"):
   (all vertices within :data:`PARALLEL_TOL_MM` of one slice-parallel plane), else
   :class:`RoiPlacementError` (``roi-not-parallel``).  When the two nearest slices are equally
   far (within :data:`TIE_TOL_MM`) that is an error (``roi-slice-tie``), not a silent choice.
-  A plane farther than half a slice spacing beyond the first/last slice is outside the
-  image (``roi-outside-image``).
+* The plane must be imaged: within half the nominal slice spacing (the series' median step,
+  widened by the index's 1 % uniformity tolerance, :func:`max_plane_distance`) of a slice
+  present.  A plane farther than that from every slice is never measured on the nearest far
+  slice: between the first and last slice it lies in a gap of missing slices
+  (``roi-in-gap``), beyond them it is outside the image (``roi-outside-image``); the message
+  gives the distance in mm.  In a series with irregular spacing the same nominal spacing
+  applies, so a plane in the middle of a wide step fails too.
 * On that slice, pixel (r, c) at ``p = IPP + c·ΔC·X + r·ΔR·Y`` belongs to the ROI when ``p``
   lies inside or on the boundary of the shape (boundary tolerance :data:`EPS_MM`), with
   in-plane coordinates ``u = (p − IPP)·X``, ``v = (p − IPP)·Y``:
@@ -19,7 +24,12 @@ Rule (DESIGN.md, "ROI set file"):
     ``b = −(u−u0)sinθ + (v−v0)cosθ``: ``(a/rx)² + (b/ry)² ≤ 1``;
   - polygon: even–odd rule on the projected vertices, plus every point within
     :data:`EPS_MM` of an edge.
-* Sphere: every voxel of every slice whose centre ``p`` satisfies ``|p − C| ≤ R``.
+* Sphere: every voxel of every slice whose centre ``p`` satisfies ``|p − C| ≤ R``.  The
+  slice-parallel plane through its centre must be imaged by the rule above (else
+  ``roi-in-gap`` / ``roi-outside-image``): without its middle slices a sphere would give
+  the mean of its caps, which may lie on a neighbouring vertebra or disc.  A sphere whose
+  centre is imaged but which reaches beyond the first/last slice or into a gap is measured
+  on its imaged part and flagged (``beyond_stack`` / ``partly_in_gap``).
 
 Masks are computed per slice on the ROI's bounding box only, never as full-volume masks.
 The rule only uses each slice's own ImagePositionPatient, so it holds for any orientation,
@@ -32,18 +42,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from hu_roi.errors import GeometryError
 from hu_roi.roi import Roi, Shape
 from hu_roi.series import SeriesInfo
+from hu_roi.util import show
 from hu_roi.volume import Volume
 
 __all__ = [
     "EPS_MM",
     "TIE_TOL_MM",
     "PARALLEL_TOL_MM",
+    "UNIFORM_TOL",
+    "max_plane_distance",
     "RoiPlacementError",
     "SliceMask",
     "RoiMask",
@@ -60,6 +74,9 @@ TIE_TOL_MM = 1e-3
 PARALLEL_TOL_MM = 0.1
 #: Largest bounding box side (pixels) we rasterize; bigger ROIs are refused.
 MAX_BOX_PIXELS = 8192
+#: Steps within this fraction (and 0.01 mm) of the nominal spacing count as uniform: the
+#: same tolerance as the index's ``non-uniform-spacing`` rule (hu_roi.io.dicom.UNIFORM_TOL).
+UNIFORM_TOL = 0.01
 
 
 class RoiPlacementError(GeometryError):
@@ -68,8 +85,8 @@ class RoiPlacementError(GeometryError):
     Attributes
     ----------
     code : str
-        Short qc code: ``roi-outside-image``, ``roi-slice-tie``, ``roi-not-parallel``,
-        ``slice-not-loaded``, ``roi-too-large``.
+        Short qc code: ``roi-outside-image``, ``roi-in-gap``, ``roi-slice-tie``,
+        ``roi-not-parallel``, ``slice-not-loaded``, ``roi-too-large``.
     """
 
     def __init__(self, message: str, code: str) -> None:
@@ -127,6 +144,9 @@ class RoiMask:
         slice spacing), so part of it is not imaged.
     plane_distance_mm : float
         2D shapes: distance from the shape's plane to the chosen slice centre (mm).
+    partly_in_gap : bool
+        A sphere (whose centre is imaged) reaches into a gap of missing slices, so part of
+        it is not imaged.
     """
 
     roi_id: str
@@ -134,6 +154,7 @@ class RoiMask:
     n_outside: int = 0
     beyond_stack: bool = False
     plane_distance_mm: float = 0.0
+    partly_in_gap: bool = False
 
     @property
     def n_voxels(self) -> int:
@@ -176,7 +197,7 @@ def _plane_position(shape: Shape, normal: np.ndarray, roi_id: str) -> float:
         h = np.asarray(shape.points_mm, dtype=float) @ normal
         if float(h.max() - h.min()) > PARALLEL_TOL_MM:
             raise RoiPlacementError(
-                f"ROI {roi_id!r}: polygon is not parallel to the slices (its vertices span "
+                f"ROI {show(roi_id)}: polygon is not parallel to the slices (its vertices span "
                 f"{h.max() - h.min():.3f} mm along the slice normal; tolerance "
                 f"{PARALLEL_TOL_MM} mm). Draw it on one slice of this series.",
                 "roi-not-parallel",
@@ -185,18 +206,82 @@ def _plane_position(shape: Shape, normal: np.ndarray, roi_id: str) -> float:
     return float(np.asarray(shape.center_mm, dtype=float) @ normal)
 
 
+def max_plane_distance(spacing_mm: float) -> float:
+    """Largest distance (mm) from a slice centre at which a plane counts as imaged.
+
+    Half the nominal slice spacing, widened by the index's uniformity tolerance
+    (:data:`UNIFORM_TOL`, at least 0.01 mm) so that sub-percent jitter of the slice
+    positions never turns a plane between two regular slices into a gap, plus
+    :data:`TIE_TOL_MM`.  With an unknown spacing (one slice) the nominal spacing is 1 mm.
+    """
+    sp = spacing_mm if math.isfinite(spacing_mm) and spacing_mm > 0 else 1.0
+    return 0.5 * (sp + max(UNIFORM_TOL * sp, 0.01)) + TIE_TOL_MM
+
+
+class _Selection(NamedTuple):
+    """What :func:`_select` found: touched slices and what is not imaged."""
+
+    idx: list[int]
+    beyond_stack: bool
+    plane_distance_mm: float
+    partly_in_gap: bool
+
+
+def _not_imaged(
+    roi_id: str, h: float, positions: np.ndarray, spacing: float, what: str
+) -> RoiPlacementError | None:
+    """The error for a plane at ``h`` (mm along the normal) that no slice present images,
+    or None.  ``what`` names the plane in the message (``its plane``, ``the sphere's centre``).
+    """
+    lo, hi = float(positions.min()), float(positions.max())
+    d = float(np.min(np.abs(positions - h)))
+    allowed = max_plane_distance(spacing)
+    if not d > allowed:  # also False for NaN: a NaN plane is refused by the ROI loader
+        return None
+    sp = f"{spacing:.3f} mm" if math.isfinite(spacing) else "unknown"
+    if lo <= h <= hi:
+        return RoiPlacementError(
+            f"ROI {show(roi_id)}: {what} ({h:.3f} mm along the normal) lies in a gap of "
+            f"missing slices, {d:.2f} mm from the nearest slice present (more than half the "
+            f"slice spacing {sp}); not measured on a far slice",
+            "roi-in-gap",
+        )
+    return RoiPlacementError(
+        f"ROI {show(roi_id)}: {what} ({h:.3f} mm along the normal) lies outside the slice "
+        f"stack ({lo:.3f} … {hi:.3f} mm), {d:.2f} mm from the nearest slice (slice spacing "
+        f"{sp})",
+        "roi-outside-image",
+    )
+
+
+def _reaches_gap(c: float, r: float, positions: np.ndarray, spacing: float) -> bool:
+    """True when the extent ``c ± r`` (mm) overlaps a stretch between two adjacent slices
+    that no slice images (farther than :func:`max_plane_distance` from both)."""
+    pos = np.unique(positions)  # sorted
+    if pos.size < 2:
+        return False
+    allowed = max_plane_distance(spacing)
+    a, b = pos[:-1] + allowed, pos[1:] - allowed  # the unimaged stretch of each step
+    return bool(np.any((a < b) & (c - r < b) & (c + r > a)))
+
+
 def _select(
     positions: np.ndarray, spacing: float, shape: Shape, normal: np.ndarray, roi_id: str
-) -> tuple[list[int], bool, float]:
-    """Indices (into ``positions``) touched by the shape, beyond-stack flag, plane distance."""
+) -> _Selection:
+    """Slices touched by the shape (indices into ``positions``) and what is not imaged."""
     n = positions.size
     if n == 0:
-        raise RoiPlacementError(f"ROI {roi_id!r}: the series has no slices", "roi-outside-image")
+        raise RoiPlacementError(
+            f"ROI {show(roi_id)}: the series has no slices", "roi-outside-image"
+        )
     # unknown spacing (one slice): accept planes within 0.5 mm of the slice
     half = 0.5 * spacing if np.isfinite(spacing) and spacing > 0 else 0.5
     lo, hi = float(positions.min()), float(positions.max())
     if shape.is_2d:
         h = _plane_position(shape, normal, roi_id)
+        err = _not_imaged(roi_id, h, positions, spacing, "its plane")
+        if err is not None:
+            raise err
         d = np.abs(positions - h)
         order = np.argsort(d, kind="stable")
         best = int(order[0])
@@ -206,33 +291,31 @@ def _select(
             and abs(positions[order[1]] - positions[best]) > TIE_TOL_MM
         ):
             raise RoiPlacementError(
-                f"ROI {roi_id!r}: its plane ({h:.4f} mm along the normal) is equally far "
+                f"ROI {show(roi_id)}: its plane ({h:.4f} mm along the normal) is equally far "
                 f"({d[best]:.4f} mm) from two slices; move it onto a slice",
                 "roi-slice-tie",
             )
         if n > 1 and abs(positions[order[1]] - positions[best]) <= TIE_TOL_MM:
             raise RoiPlacementError(
-                f"ROI {roi_id!r}: two slices share the nearest position {positions[best]:.4f} mm",
+                f"ROI {show(roi_id)}: two slices share the nearest position "
+                f"{positions[best]:.4f} mm",
                 "roi-slice-tie",
             )
-        if h < lo - half - TIE_TOL_MM or h > hi + half + TIE_TOL_MM:
-            raise RoiPlacementError(
-                f"ROI {roi_id!r}: its plane ({h:.3f} mm along the normal) lies outside the "
-                f"slice stack ({lo:.3f} … {hi:.3f} mm)",
-                "roi-outside-image",
-            )
-        return [best], False, float(d[best])
+        return _Selection([best], False, float(d[best]), False)
     c = float(np.asarray(shape.center_mm, dtype=float) @ normal)
     r = float(shape.radius_mm)  # type: ignore[arg-type]
+    err = _not_imaged(roi_id, c, positions, spacing, "the sphere's centre")
+    if err is not None:
+        raise err
     idx = [int(i) for i in np.nonzero(np.abs(positions - c) <= r + EPS_MM)[0]]
-    beyond = (c - r < lo - half) or (c + r > hi + half)
-    if not idx:
+    if not idx:  # imaged centre, but a sphere thinner than the slice spacing
         raise RoiPlacementError(
-            f"ROI {roi_id!r}: the sphere ({c:.3f} ± {r:.3f} mm along the normal) touches no "
-            f"slice centre of the stack ({lo:.3f} … {hi:.3f} mm)",
+            f"ROI {show(roi_id)}: the sphere ({c:.3f} ± {r:.3f} mm along the normal) touches "
+            f"no slice centre of the stack ({lo:.3f} … {hi:.3f} mm)",
             "roi-outside-image",
         )
-    return idx, beyond, 0.0
+    beyond = (c - r < lo - half) or (c + r > hi + half)
+    return _Selection(idx, beyond, 0.0, _reaches_gap(c, r, positions, spacing))
 
 
 def _check_size(shape: Shape, spacing_mm: tuple[float, float], roi_id: str) -> None:
@@ -248,7 +331,7 @@ def _check_size(shape: Shape, spacing_mm: tuple[float, float], roi_id: str) -> N
         extent = 2.0 * float(shape.radius_mm)  # type: ignore[arg-type]
     if not math.isfinite(extent) or extent / min(spacing_mm) > MAX_BOX_PIXELS:
         raise RoiPlacementError(
-            f"ROI {roi_id!r} spans {extent:.4g} mm, more than {MAX_BOX_PIXELS} pixels of "
+            f"ROI {show(roi_id)} spans {extent:.4g} mm, more than {MAX_BOX_PIXELS} pixels of "
             f"{min(spacing_mm):.4g} mm; check its size and units (mm)",
             "roi-too-large",
         )
@@ -267,8 +350,7 @@ def slices_needed(roi: Roi, info: SeriesInfo) -> list[int]:
     _check_size(roi.shape, info.pixel_spacing_mm, roi.roi_id)
     normal = info.normal
     pos = info.positions_along_normal_mm
-    idx, _, _ = _select(pos, info.slice_spacing_mm, roi.shape, normal, roi.roi_id)
-    return sorted(idx)
+    return sorted(_select(pos, info.slice_spacing_mm, roi.shape, normal, roi.roi_id).idx)
 
 
 def _box(umin: float, umax: float, step: float) -> tuple[int, int]:
@@ -347,7 +429,7 @@ def _slice_mask(
         return np.zeros((0, 0), dtype=bool), 0, 0, 1
     if (c1 - c0 + 1) > MAX_BOX_PIXELS or (r1 - r0 + 1) > MAX_BOX_PIXELS:
         raise RoiPlacementError(
-            f"ROI {roi_id!r} spans more than {MAX_BOX_PIXELS} pixels; check its size/units (mm)",
+            f"ROI {show(roi_id)} spans more than {MAX_BOX_PIXELS} pixels; check its size/units (mm)",
             "roi-too-large",
         )
     cols = np.arange(c0, c1 + 1)
@@ -406,21 +488,23 @@ def rasterize_roi(volume: Volume, roi: Roi) -> RoiMask:
     normal = volume.normal
     if volume.info is not None and volume.info.n_slices:
         info = volume.info
-        idx, beyond, dist = _select(
+        sel = _select(
             info.positions_along_normal_mm, info.slice_spacing_mm, roi.shape, normal, roi.roi_id
         )
+        idx = sel.idx
         loaded = {int(s): k for k, s in enumerate(volume.slice_indices)}
         missing = [i for i in idx if i not in loaded]
         if missing:
             raise RoiPlacementError(
-                f"ROI {roi.roi_id!r} needs slice(s) {missing} of the series, which are not "
+                f"ROI {show(roi.roi_id)} needs slice(s) {missing} of the series, which are not "
                 "loaded; load them (slices_needed(roi, info))",
                 "slice-not-loaded",
             )
         ks = [loaded[i] for i in idx]
     else:
         pos = volume.slice_positions_mm
-        ks, beyond, dist = _select(pos, volume.slice_spacing_mm, roi.shape, normal, roi.roi_id)
+        sel = _select(pos, volume.slice_spacing_mm, roi.shape, normal, roi.roi_id)
+        ks = sel.idx
     parts = []
     n_out = 0
     for k in sorted(ks):
@@ -428,7 +512,14 @@ def rasterize_roi(volume: Volume, roi: Roi) -> RoiMask:
         n_out += no
         if mask.size:
             parts.append(SliceMask(k, int(volume.slice_indices[k]), r0, c0, mask, no))
-    return RoiMask(roi.roi_id, tuple(parts), n_out, bool(beyond), dist)
+    return RoiMask(
+        roi.roi_id,
+        tuple(parts),
+        n_out,
+        bool(sel.beyond_stack),
+        sel.plane_distance_mm,
+        sel.partly_in_gap,
+    )
 
 
 def mask_on_slice(volume: Volume, roi: Roi, k: int) -> np.ndarray:
