@@ -45,6 +45,10 @@ class Volume:
     padding_hu : float or None
         HU of padding outside the reconstruction circle (PixelPaddingValue after rescale),
         if known.
+    rescale_slopes, rescale_intercepts : numpy.ndarray of float, shape (n_slices,), or None
+        RescaleSlope and RescaleIntercept (HU per stored unit, HU) of each loaded slice as
+        read from its file (``None`` for volumes not read from DICOM), so checks of the
+        rescale can look at every slice, not only the series' first.
     """
 
     hu: np.ndarray
@@ -54,6 +58,8 @@ class Volume:
     slice_indices: np.ndarray = field(default=None)  # type: ignore[arg-type]  # None -> 0..n-1
     info: SeriesInfo | None = None
     padding_hu: float | None = None
+    rescale_slopes: np.ndarray | None = None
+    rescale_intercepts: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         hu = np.asarray(self.hu)
@@ -80,6 +86,13 @@ class Volume:
         )
         if idx.shape[0] != hu.shape[0]:
             raise GeometryError(f"{idx.shape[0]} slice indices for {hu.shape[0]} slices")
+        for name in ("rescale_slopes", "rescale_intercepts"):
+            values = getattr(self, name)
+            if values is not None:
+                values = np.asarray(values, dtype=float).reshape(-1)
+                if values.shape[0] != hu.shape[0]:
+                    raise GeometryError(f"{values.shape[0]} {name} for {hu.shape[0]} slices")
+                object.__setattr__(self, name, values)
         object.__setattr__(self, "hu", hu)
         object.__setattr__(self, "orientation", ori)
         object.__setattr__(self, "pixel_spacing_mm", sp)

@@ -29,19 +29,41 @@ header the walker does not understand): pydicom's ``pixel_array``, one slice at 
 The output is int16 when every slice's rescale is integral and the HU fit in int16,
 float32 otherwise (float32 values equal ``float32(stored * slope + intercept)`` computed
 in float64, i.e. pydicom's ``apply_modality_lut`` cast to float32).
+
+Every path refuses (:class:`~hu_roi.errors.DicomReadError`, which ``measure`` turns into a
+``fail`` row with the reason) what would give silently wrong HU:
+
+* pixel data that do not fit the header: uncompressed Pixel Data whose length is not
+  Rows × Columns × SamplesPerPixel × BitsAllocated/8 (× NumberOfFrames), apart from the one
+  padding byte of an odd length; a JPEG / JPEG-LS / JPEG 2000 stream whose own frame header
+  gives another size; RLE segments that do not decode to Rows × Columns bytes.  This is
+  arithmetic on lengths and headers, except RLE, whose segment lengths are only known by
+  decoding them (which the RLE path does anyway);
+* a RescaleSlope of 0, a non-finite slope or intercept, and a rescale whose HU (over the
+  stored value range) would not be finite in float32 -- checked on every slice read.
+
+The decoders' own messages (GDCM and libjpeg write to file descriptor 2, pydicom warns)
+are captured and logged at debug level (:func:`_quiet`): the refusal carries the reason.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
+import math
 import multiprocessing as mp
 import os
+import re
 import struct
 import sys
-from collections.abc import Callable, Iterable, Sequence
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 import pydicom
@@ -180,7 +202,8 @@ class PixelHeader:
     bits_allocated, bits_stored, pixel_representation, samples_per_pixel, number_of_frames : int
         Pixel description (defaults 16, BitsAllocated, 0, 1, 1 when absent).
     rescale_slope, rescale_intercept : float
-        Rescale values (1 and 0 when absent or empty, like ``ds.get(..) or default``).
+        Rescale values (1 and 0 when absent or empty; a slope of 0 stays 0 and is refused
+        by the loader).
     pixel_padding_value : int or None
         PixelPaddingValue (stored value, not HU).
     has_modality_lut : bool
@@ -434,8 +457,9 @@ def _read_pixel_header(fh: object) -> PixelHeader:
         pixel_representation=int(v.get("pixel_representation") or 0),
         samples_per_pixel=int(v.get("samples_per_pixel") or 1),
         number_of_frames=int(v.get("number_of_frames") or 1),
-        rescale_slope=float(slope or 1),
-        rescale_intercept=float(inter or 0),
+        # ``is None``, not ``or``: a slope of 0 must reach the check, not become 1.
+        rescale_slope=1.0 if slope is None else float(slope),
+        rescale_intercept=0.0 if inter is None else float(inter),
         pixel_padding_value=v.get("pixel_padding_value"),
         has_modality_lut=bool(v.get("modality_lut_sequence", False)),
         pixel_offset=off,
@@ -501,6 +525,326 @@ def check_loadable(info: SeriesInfo, accept: Iterable[str] = ()) -> None:
             "(load_series(..., accept=...) or --accept).",
             tuple(refused),
         )
+
+
+# ---------------------------------------------------------------------------------------
+# Checks shared by every read path: pixel data that fit the header, a usable rescale
+# ---------------------------------------------------------------------------------------
+#: Largest finite float32: HU beyond it would be stored as infinity.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: JPEG start-of-frame markers (ITU-T T.81 B.1.1.3) plus JPEG-LS SOF55 (0xF7).
+_SOF_MARKERS = frozenset(
+    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
+)
+#: Transfer syntaxes whose stream is a JPEG (T.81) or JPEG-LS (T.87) codestream.
+_JPEG_FAMILY = frozenset(
+    {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", *_JPEG_LOSSLESS, *_JPEG_LS}
+)
+#: Transfer syntaxes whose stream is a JPEG 2000 codestream (incl. HTJ2K).
+_J2K_FAMILY = frozenset(
+    {
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.4.91",
+        "1.2.840.10008.1.2.4.201",
+        "1.2.840.10008.1.2.4.202",
+        "1.2.840.10008.1.2.4.203",
+    }
+)
+
+
+def _native_length_problem(
+    length: int,
+    rows: int,
+    cols: int,
+    samples: int,
+    bits_allocated: int,
+    frames: int = 1,
+    photometric: str = "",
+) -> str | None:
+    """Why ``length`` bytes of uncompressed Pixel Data do not fit the header, or None.
+
+    The length must be Rows × Columns × SamplesPerPixel × BitsAllocated/8 × NumberOfFrames
+    (bits packed for BitsAllocated 1; two samples per pixel for YBR_FULL_422), plus at
+    most the one padding byte that makes an odd length even (PS3.5 8.1.1).  Longer data
+    is not padding but a header that does not describe the stored image (a wrong Columns
+    reads every row with the wrong stride).
+    """
+    per_pixel = 2 if photometric == "YBR_FULL_422" else samples
+    expected = math.ceil(rows * cols * per_pixel * bits_allocated * frames / 8)
+    if length == expected or (expected % 2 == 1 and length == expected + 1):
+        return None
+    frames_txt = f" x {frames} frames" if frames != 1 else ""
+    return (
+        f"Pixel Data holds {length} bytes, but Rows x Columns x SamplesPerPixel x "
+        f"BitsAllocated/8 = {rows} x {cols} x {samples} x {bits_allocated}/8{frames_txt} "
+        f"gives {expected}; the header does not describe the stored image "
+        "(wrong Rows, Columns or BitsAllocated)"
+    )
+
+
+def _jpeg_frame_size(src: bytes) -> tuple[int, int, int] | None:
+    """(rows, columns, components) of a JPEG / JPEG-LS stream's frame header, or None.
+
+    Walks the marker segments from SOI to the first SOF (a few dozen bytes); ``rows`` is 0
+    when the stream defines it later (DNL marker).
+    """
+    n = len(src)
+    if src[:2] != b"\xff\xd8":
+        return None
+    pos = 2
+    while pos + 4 <= n:
+        if src[pos] != 0xFF:
+            return None
+        m = src[pos + 1]
+        if m == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if m == 0x01 or 0xD0 <= m <= 0xD8:  # markers without a length
+            pos += 2
+            continue
+        if m in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            return None
+        if m in _SOF_MARKERS:
+            if pos + 10 > n:
+                return None
+            _, y, x, nf = struct.unpack_from(">BHHB", src, pos + 4)
+            return int(y), int(x), int(nf)
+        (ln,) = struct.unpack_from(">H", src, pos + 2)
+        pos += 2 + ln
+    return None
+
+
+def _j2k_frame_size(src: bytes) -> tuple[int, int, int] | None:
+    """(rows, columns, components) of a JPEG 2000 codestream's SIZ segment, or None."""
+    at = src.find(b"\xff\x4f\xff\x51", 0, 4096)  # SOC then SIZ (a JP2 wrapper may precede)
+    if at < 0 or at + 42 > len(src):
+        return None
+    xsiz, ysiz, xosiz, yosiz = struct.unpack_from(">IIII", src, at + 8)
+    (csiz,) = struct.unpack_from(">H", src, at + 40)
+    return int(ysiz - yosiz), int(xsiz - xosiz), int(csiz)
+
+
+def _check_frame_header(
+    path: str, transfer_syntax: str, src: bytes, rows: int, cols: int, samples: int
+) -> None:
+    """Refuse a JPEG / JPEG-LS / JPEG 2000 frame whose own size differs from the header.
+
+    Checked before decoding: decoders either trust Rows/Columns (and return a wrongly
+    strided or transposed image of the right byte count) or crash the process on a
+    mismatch (GDCM aborts on a JPEG-LS frame larger than Rows × Columns).
+    """
+    if transfer_syntax in _JPEG_FAMILY:
+        size = _jpeg_frame_size(src)
+    elif transfer_syntax in _J2K_FAMILY:
+        size = _j2k_frame_size(src)
+    else:
+        return
+    if size is None:
+        log.debug("%s: no frame header found in the compressed stream", path)
+        return
+    y, x, nc = size
+    if (y not in (0, rows)) or x != cols or nc != samples:
+        raise DicomReadError(
+            f"{path}: cannot read pixel data: the compressed image is {y}x{x} pixels with "
+            f"{nc} component(s), but the header says Rows {rows}, Columns {cols}, "
+            f"SamplesPerPixel {samples}; the header does not describe the stored image"
+        )
+
+
+def _decode_rle_segment(seg: bytes) -> bytes:
+    """One PackBits-decoded RLE segment (pylibjpeg-rle, else pydicom's pure-Python decoder)."""
+    if _RLE_AVAILABLE:
+        from rle.rle import decode_segment
+
+        return bytes(decode_segment(seg))
+    from pydicom.pixels.decoders.rle import _rle_decode_segment
+
+    return bytes(_rle_decode_segment(seg))
+
+
+def _rle_segments(path: str, src: bytes, rows: int, cols: int, n_segments: int) -> list[bytes]:
+    """The decoded segments of one RLE frame, each checked to hold Rows × Columns bytes.
+
+    Decoded one by one because a whole-frame decoder cannot be trusted with a frame that
+    does not fit the header: pylibjpeg-rle's ``decode_frame`` silently cuts segments that
+    decode to more than Rows × Columns bytes, or panics (measured with pylibjpeg-rle 2.2).
+    One padding byte is allowed when Rows × Columns is odd.
+    """
+    n_px = rows * cols
+    if len(src) < 64:
+        raise DicomReadError(f"{path}: cannot read pixel data: RLE frame shorter than its header")
+    count, *offsets = struct.unpack_from("<16I", src, 0)
+    if count != n_segments:
+        raise DicomReadError(
+            f"{path}: cannot read pixel data: the RLE frame has {count} segment(s), the "
+            f"header (BitsAllocated, SamplesPerPixel) needs {n_segments}"
+        )
+    starts = list(offsets[:count])
+    ends = [*starts[1:], len(src)]
+    segs = []
+    for a, b in zip(starts, ends, strict=True):
+        if not 64 <= a < b <= len(src):
+            raise DicomReadError(
+                f"{path}: cannot read pixel data: bad RLE segment offsets {starts}"
+            )
+        try:
+            seg = _decode_rle_segment(src[a:b])
+        except Exception as exc:
+            raise DicomReadError(f"{path}: cannot decode pixel data ({_one_line(exc)})") from None
+        if len(seg) != n_px and not (n_px % 2 == 1 and len(seg) == n_px + 1):
+            raise DicomReadError(
+                f"{path}: cannot read pixel data: an RLE segment decodes to {len(seg)} "
+                f"bytes, but Rows x Columns = {rows} x {cols} = {n_px}; the header does "
+                "not describe the stored image"
+            )
+        segs.append(seg[:n_px])
+    return segs
+
+
+def _stored_range(bits_stored: int, pixel_representation: int) -> tuple[int, int]:
+    """Range of stored values of ``bits_stored`` bits (signed when representation is 1)."""
+    bits = bits_stored if 0 < bits_stored <= 64 else 16
+    if pixel_representation == 1:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def _check_rescale(path: str, slope: float, inter: float, lo: float, hi: float) -> None:
+    """Refuse a rescale that cannot give finite, meaningful HU for stored values lo..hi.
+
+    Checked on every slice read (a slope of 0 or 1e300 on one slice of an otherwise good
+    series must not become HU).  Slopes that are merely unusual (negative, > 10) load; the
+    measurement flags them.
+    """
+    if not (math.isfinite(slope) and math.isfinite(inter)):
+        raise DicomReadError(
+            f"{path}: RescaleSlope {slope:g} / RescaleIntercept {inter:g} is not finite; "
+            "stored values cannot be mapped to HU (damaged header)"
+        )
+    if slope == 0:
+        raise DicomReadError(
+            f"{path}: RescaleSlope is 0, which maps every pixel to the intercept "
+            f"({inter:g} HU); stored values cannot be mapped to HU (damaged header)"
+        )
+    ext = max(abs(lo * slope + inter), abs(hi * slope + inter))
+    if not ext < _FLOAT32_MAX:
+        raise DicomReadError(
+            f"{path}: RescaleSlope {slope:g} / RescaleIntercept {inter:g} give HU up to "
+            f"{ext:.3g} for stored values {lo}..{hi}, beyond the float32 range (3.4e38); "
+            "stored values cannot be mapped to HU (damaged header)"
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Decoder messages: logged at debug level, never printed
+# ---------------------------------------------------------------------------------------
+#: One capture at a time: file descriptor 2 and the warnings filters are process-wide.
+_QUIET_LOCK = threading.Lock()
+#: (pid, file) that receives fd 2 during a capture, reused (a new temporary file costs
+#: ~0.3 ms); per process, since a forked worker must not share its parent's file offset.
+_SINK: list[Any] = [None, None]
+
+
+def _after_fork_in_child() -> None:
+    global _QUIET_LOCK
+    _QUIET_LOCK = threading.Lock()  # a thread of the parent may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+#: What libjpeg (inside GDCM) says when it met corrupt data and went on decoding: its
+#: "warnings" JWRN_HIT_MARKER, JWRN_HUFF_BAD_CODE, JWRN_EXTRANEOUS_DATA, JWRN_MUST_RESYNC
+#: ("Corrupt JPEG data: ...") and JWRN_JPEG_EOF.  The pixels are then partly invented
+#: (measured: a lossless slice with a damaged Huffman stream decoded to values up to
+#: 64,501 HU with only this line), so the slice is refused.
+_JPEG_CORRUPT = re.compile(r"corrupt jpeg data|premature end of jpeg", re.IGNORECASE)
+
+
+@dataclass
+class _Said:
+    """What a decoder wrote to fd 2 and the Python warnings it raised (see :func:`_quiet`)."""
+
+    text: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    def refuse_if_corrupt(self, path: str) -> None:
+        """Refuse the slice when libjpeg reported corrupt data it decoded anyway."""
+        for line in self.text.splitlines():
+            if _JPEG_CORRUPT.search(line):
+                raise DicomReadError(
+                    f"{path}: cannot decode pixel data: the JPEG decoder reported "
+                    f"{line.strip()[:120]!r}; the compressed stream is damaged"
+                )
+
+
+def _sink() -> Any:
+    if _SINK[0] != os.getpid():
+        if _SINK[1] is not None:  # the parent's, inherited by a fork: this copy only
+            with contextlib.suppress(OSError):
+                _SINK[1].close()
+        try:  # in memory where the system offers it (Linux)
+            sink = open(os.memfd_create("hu-roi-decoder-stderr"), "w+b", buffering=0)  # noqa: SIM115
+        except (AttributeError, OSError):
+            sink = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115
+        _SINK[:] = [os.getpid(), sink]
+    return _SINK[1]
+
+
+@atexit.register
+def _close_sink() -> None:
+    if _SINK[1] is not None and _SINK[0] == os.getpid():
+        with contextlib.suppress(OSError):
+            _SINK[1].close()
+        _SINK[:] = [None, None]
+
+
+@contextlib.contextmanager
+def _quiet(path: str) -> Iterator[_Said]:
+    """Run a decoder with its messages logged at debug level instead of printed.
+
+    GDCM, libjpeg and openjpeg (C/C++) and pylibjpeg-rle (Rust panics) write to file
+    descriptor 2 directly, so ``sys.stderr`` redirection cannot catch them: fd 2 is pointed
+    at a temporary file for the duration.  Python warnings (pydicom's) are recorded too.
+    The caller's exception or result carries the verdict; these texts are detail for
+    ``--verbose`` debugging, except what :meth:`_Said.refuse_if_corrupt` looks for: the
+    yielded :class:`_Said` holds it once the block has ended.  Anything another thread
+    writes to stderr meanwhile is logged the same way (the decoders hold the GIL, so
+    little else runs).
+    """
+    said = _Said()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_QUIET_LOCK)
+        caught = stack.enter_context(warnings.catch_warnings(record=True))
+        warnings.simplefilter("always")
+        saved = -1
+        try:
+            # A file, not a pipe: a decoder writing more than a pipe holds would block.
+            sink = _sink()
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            saved = os.dup(2)
+            os.dup2(sink.fileno(), 2)
+        except OSError:  # no fd 2 (daemon) or no temporary file: run uncaptured
+            saved = -1
+        try:
+            yield said
+        finally:
+            text = b""
+            if saved >= 0:
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                text = sink.read()
+                sink.seek(0)
+                sink.truncate()
+            said.text = text.decode("utf-8", "replace")
+            said.warnings = [f"{w.category.__name__}: {w.message}" for w in caught]
+            for line in said.text.splitlines():
+                if line.strip():
+                    log.debug("%s: decoder: %s", path, line.strip())
+            for w_text in said.warnings:
+                log.debug("%s: %s", path, w_text)
 
 
 # ---------------------------------------------------------------------------------------
@@ -572,11 +916,9 @@ def _correct_bits(v: np.ndarray, bits_allocated: int, bits_stored: int) -> None:
 def _fast_native(fh: object, h: PixelHeader, dest: np.ndarray, path: str) -> None:
     """Read a native 16-bit slice straight into ``dest`` (int16) or via a scratch array."""
     nbytes = h.rows * h.columns * 2
-    if h.pixel_length < nbytes:
-        raise DicomReadError(
-            f"{path}: cannot read pixel data: it holds {h.pixel_length} bytes, expected "
-            f"{nbytes} for {h.rows}x{h.columns} 16-bit pixels; the file is damaged"
-        )
+    problem = _native_length_problem(h.pixel_length, h.rows, h.columns, 1, 16)
+    if problem:
+        raise DicomReadError(f"{path}: cannot read pixel data: {problem}")
     raw = dest if dest.dtype == np.int16 else np.empty(dest.shape, dtype=np.int16)
     fh.seek(h.pixel_offset)  # type: ignore[attr-defined]
     got = fh.readinto(memoryview(raw).cast("B"))  # type: ignore[attr-defined, arg-type]
@@ -603,11 +945,7 @@ def _finish16(
     if signed_precision is not None and h.pixel_representation == 1:
         bits = signed_precision
     _correct_bits(v, 16, bits)
-    bits = bits if 0 < bits <= 16 else 16
-    if h.pixel_representation == 1:
-        rng = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
-    else:
-        rng = (0, (1 << bits) - 1)
+    rng = _stored_range(bits if 0 < bits <= 16 else 16, h.pixel_representation)
     _rescale_into(
         v, h.rescale_slope, h.rescale_intercept, dest, inplace=raw is dest, stored_range=rng
     )
@@ -644,23 +982,16 @@ def _single_frame_fragments(fh: object, h: PixelHeader, path: str) -> bytes:
 
 
 def _fast_rle(fh: object, h: PixelHeader, dest: np.ndarray, path: str) -> None:
-    """Decode a single-frame 16-bit RLE slice with pylibjpeg-rle directly (no Dataset)."""
-    from rle.utils import decode_frame
+    """Decode a single-frame 16-bit RLE slice with pylibjpeg-rle directly (no Dataset).
 
-    src = _single_frame_fragments(fh, h, path)
-    try:
-        frame = decode_frame(src, h.rows * h.columns, 16, "<")
-    except Exception as exc:
-        raise DicomReadError(f"{path}: cannot decode pixel data ({_one_line(exc)})") from None
-    if len(frame) != h.rows * h.columns * 2:
-        raise DicomReadError(
-            f"{path}: cannot decode pixel data: RLE gave {len(frame)} bytes, expected "
-            f"{h.rows * h.columns * 2}"
-        )
+    Segment by segment (:func:`_rle_segments`), each checked to hold Rows × Columns bytes;
+    segment 0 holds the high bytes, segment 1 the low bytes (PS3.5 G.2).
+    """
+    msb, lsb = _rle_segments(path, _single_frame_fragments(fh, h, path), h.rows, h.columns, 2)
     raw = dest if dest.dtype == np.int16 else np.empty(dest.shape, dtype=np.int16)
-    raw.reshape(-1).view(np.uint8)[:] = np.frombuffer(frame, dtype=np.uint8)
-    if sys.byteorder == "big":  # pragma: no cover - decode_frame gave little endian
-        raw.byteswap(inplace=True)
+    u = raw.reshape(-1).view(np.uint16)
+    np.left_shift(np.frombuffer(msb, dtype=np.uint8), 8, out=u, dtype=np.uint16)
+    u |= np.frombuffer(lsb, dtype=np.uint8)
     _finish16(raw, h, dest)
 
 
@@ -674,6 +1005,7 @@ def _fast_gdcm(fh: object, h: PixelHeader, dest: np.ndarray, path: str) -> None:
     import gdcm
 
     src = _single_frame_fragments(fh, h, path)
+    _check_frame_header(path, h.transfer_syntax, src, h.rows, h.columns, 1)
     try:
         fragment = gdcm.Fragment()
         fragment.SetByteStringValue(src)
@@ -691,9 +1023,17 @@ def _fast_gdcm(fh: object, h: PixelHeader, dest: np.ndarray, path: str) -> None:
         img.SetPixelFormat(
             gdcm.PixelFormat(1, 16, h.bits_stored, h.bits_stored - 1, h.pixel_representation)
         )
-        frame = img.GetBuffer().encode("utf-8", "surrogateescape")
+        with _quiet(path) as said:  # GDCM/libjpeg print "Corrupt JPEG data: ..." on fd 2
+            buffer = img.GetBuffer()
     except Exception as exc:
         raise DicomReadError(f"{path}: cannot decode pixel data ({_one_line(exc)})") from None
+    said.refuse_if_corrupt(path)
+    if buffer is None:
+        raise DicomReadError(
+            f"{path}: cannot decode pixel data: GDCM could not decode the JPEG stream "
+            "(corrupt or truncated)"
+        )
+    frame = buffer.encode("utf-8", "surrogateescape")
     nbytes = h.rows * h.columns * 2
     if len(frame) != nbytes:
         raise DicomReadError(
@@ -715,17 +1055,24 @@ def _fast_jls(fh: object, h: PixelHeader, dest: np.ndarray, path: str) -> None:
     import jpeg_ls
 
     src = _single_frame_fragments(fh, h, path)
+    _check_frame_header(path, h.transfer_syntax, src, h.rows, h.columns, 1)
     try:
         frame, info = jpeg_ls.decode_pixel_data(src)
     except Exception as exc:
         raise DicomReadError(f"{path}: cannot decode pixel data ({_one_line(exc)})") from None
     nbytes = h.rows * h.columns * 2
     precision = int(info.get("bits_per_sample", h.bits_stored))
-    if info.get("components", 1) != 1 or not 8 < precision <= 16 or len(frame) != nbytes:
+    size = (info.get("height", h.rows), info.get("width", h.columns))
+    if (
+        info.get("components", 1) != 1
+        or not 8 < precision <= 16
+        or len(frame) != nbytes
+        or size != (h.rows, h.columns)
+    ):
         raise DicomReadError(
-            f"{path}: cannot decode pixel data: JPEG-LS gave {len(frame)} bytes of "
-            f"{info.get('components')} component(s), {precision} bits; expected {nbytes} "
-            "bytes of one 9-16 bit component"
+            f"{path}: cannot decode pixel data: JPEG-LS gave {size[0]}x{size[1]} pixels, "
+            f"{len(frame)} bytes of {info.get('components')} component(s), {precision} "
+            f"bits; expected {h.rows}x{h.columns}, {nbytes} bytes of one 9-16 bit component"
         )
     raw = dest if dest.dtype == np.int16 else np.empty(dest.shape, dtype=np.int16)
     raw.reshape(-1).view(np.uint8)[:] = np.frombuffer(frame, dtype=np.uint8)
@@ -756,10 +1103,100 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}{'…' if len(text) > 300 else ''}"
 
 
+def _is_decoder_failure(exc: BaseException) -> bool:
+    """An exception a decoder raised for bad data: any ``Exception``, and the Rust panics
+    of pylibjpeg (``pyo3_runtime.PanicException`` derives from ``BaseException``)."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+
+
+def _header_number(path: str, ds: Any, keyword: str, default: float) -> float:
+    """A numeric header value (``default`` when absent or empty); refused when garbled,
+    naming the attribute without quoting its raw text."""
+    try:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return default
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise DicomReadError(
+            f"{path}: {keyword} is not a single number; the file is damaged"
+        ) from None
+
+
+def _check_pixel_data(path: str, ds: Any, rows: int, cols: int) -> None:
+    """The pydicom path's checks that the pixel data fit the header (see the module doc)."""
+    try:
+        _check_pixel_data_of(path, ds, rows, cols)
+    except DicomReadError:
+        raise
+    except Exception as exc:  # a damaged header pydicom cannot even describe
+        raise DicomReadError(
+            f"{path}: cannot read pixel data ({type(exc).__name__} while reading the "
+            "image description; the header is damaged)"
+        ) from None
+
+
+def _check_pixel_data_of(path: str, ds: Any, rows: int, cols: int) -> None:
+    ts = ds.file_meta.TransferSyntaxUID
+    try:
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+    except (TypeError, ValueError, OverflowError):
+        raise DicomReadError(
+            f"{path}: SamplesPerPixel, NumberOfFrames or BitsAllocated is not a number; "
+            "the file is damaged"
+        ) from None
+    keyword = next(
+        (k for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if k in ds), None
+    )
+    if keyword is None:
+        return  # pydicom says so when decoding
+    value = ds[keyword].value or b""
+    try:
+        encapsulated = bool(ts.is_encapsulated)
+    except (AttributeError, ValueError):  # not a transfer syntax UID
+        raise DicomReadError(
+            f"{path}: cannot read pixel data: TransferSyntaxUID is not a transfer syntax"
+        ) from None
+    if keyword == "PixelData" and encapsulated:
+        from pydicom.encaps import generate_frames
+
+        try:
+            stream = list(generate_frames(value, number_of_frames=frames))
+        except Exception as exc:
+            raise DicomReadError(f"{path}: cannot read pixel data ({_one_line(exc)})") from None
+        for frame in stream:
+            if ts == _RLE and bits % 8 == 0:
+                _rle_segments(path, frame, rows, cols, samples * bits // 8)
+            else:
+                _check_frame_header(path, str(ts), frame, rows, cols, samples)
+        return
+    if keyword != "PixelData":
+        bits = 32 if keyword == "FloatPixelData" else 64
+    photometric = str(ds.get("PhotometricInterpretation", "") or "")
+    problem = _native_length_problem(len(value), rows, cols, samples, bits, frames, photometric)
+    if problem:
+        raise DicomReadError(f"{path}: cannot read pixel data: {problem}")
+
+
 def _decode_pydicom(
     path: str, rows: int, cols: int, plugin: str = ""
 ) -> tuple[np.ndarray, float, float, int | None]:
-    """Stored values of one single-frame image plus slope, intercept and padding value."""
+    """Stored values of one single-frame image plus slope, intercept and padding value.
+
+    The pixel data are checked against the header before decoding and the rescale after
+    (module doc); pydicom's warnings and the decoders' messages are logged at debug level.
+    """
+    with _quiet(path) as said:
+        decoded = _decode_pydicom_quiet(path, rows, cols, plugin)
+    said.refuse_if_corrupt(path)
+    return decoded
+
+
+def _decode_pydicom_quiet(
+    path: str, rows: int, cols: int, plugin: str
+) -> tuple[np.ndarray, float, float, int | None]:
     try:
         try:
             ds = pydicom.dcmread(path)
@@ -778,35 +1215,49 @@ def _decode_pydicom(
             f"{path}: image size {ds.get('Rows')}x{ds.get('Columns')} differs from the "
             f"series' {rows}x{cols}; the file changed since it was indexed"
         )
-    try:
-        if plugin:
-            ds.pixel_array_options(decoding_plugin=plugin)
+    _check_pixel_data(path, ds, rows, cols)
+    if plugin:
+        # Only a missing plugin falls back to pydicom's default order: after a failure,
+        # the next decoder in that order may be GDCM, which aborts the process on some
+        # corrupt JPEG-LS streams.
+        from pydicom.pixels import get_decoder
+
         try:
-            arr = ds.pixel_array
+            usable = plugin in get_decoder(ds.file_meta.TransferSyntaxUID).available_plugins
         except Exception:
-            if not plugin:
-                raise
-            ds.pixel_array_options(decoding_plugin="")  # plugin missing: any decoder
-            arr = ds.pixel_array
-    except Exception as exc:  # short pixel data, missing decoder, corrupt stream
+            usable = False
+        if usable:
+            ds.pixel_array_options(decoding_plugin=plugin)
+    try:
+        arr = ds.pixel_array
+    except BaseException as exc:  # short pixel data, missing decoder, corrupt stream
+        if not _is_decoder_failure(exc):
+            raise
         raise DicomReadError(f"{path}: cannot decode pixel data ({_one_line(exc)})") from None
     if arr.shape != (rows, cols):
         raise DicomReadError(f"{path}: decoded shape {arr.shape}, expected {(rows, cols)}")
+    slope = _header_number(path, ds, "RescaleSlope", 1.0)
+    intercept = _header_number(path, ds, "RescaleIntercept", 0.0)
     try:
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
         pad = ds.get("PixelPaddingValue", None)
         pad_v = int(pad) if pad is not None else None
-    except (TypeError, ValueError, OverflowError) as exc:  # garbled header value
+    except (TypeError, ValueError, OverflowError):
         raise DicomReadError(
-            f"{path}: RescaleSlope/RescaleIntercept/PixelPaddingValue is not a number "
-            f"({_one_line(exc)}); the file is damaged"
+            f"{path}: PixelPaddingValue is not a single number; the file is damaged"
         ) from None
-    if not (np.isfinite(slope) and np.isfinite(intercept)) or slope == 0:
-        raise DicomReadError(
-            f"{path}: RescaleSlope {slope} / RescaleIntercept {intercept} cannot map stored "
-            "values to HU; the file is damaged"
-        )
+    lo: float
+    hi: float
+    if arr.dtype.kind in "iu":
+        try:
+            ba = int(ds.get("BitsAllocated", 16) or 16)
+            lo, hi = _stored_range(
+                int(ds.get("BitsStored", ba) or ba), int(ds.get("PixelRepresentation", 0) or 0)
+            )
+        except (TypeError, ValueError, OverflowError):
+            lo, hi = int(arr.min()), int(arr.max())
+    else:  # float pixel data: their own range
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+    _check_rescale(path, slope, intercept, lo, hi)
     return arr, slope, intercept, pad_v
 
 
@@ -871,6 +1322,14 @@ def _check_same_file(path: str, expected: str, found: str | None) -> None:
     )
 
 
+class _SliceRead(NamedTuple):
+    """What reading one slice found besides its pixels."""
+
+    padding_hu: float | None
+    rescale_slope: float
+    rescale_intercept: float
+
+
 def load_slice_into(path: str, dest: np.ndarray, sop_instance_uid: str = "") -> float | None:
     """Read one image file into ``dest`` (HU), choosing the fastest exact path.
 
@@ -892,11 +1351,17 @@ def load_slice_into(path: str, dest: np.ndarray, sop_instance_uid: str = "") -> 
     Raises
     ------
     DicomReadError
-        Unreadable, truncated or undecodable file, a size different from ``dest``, or
-        another SOP Instance UID than ``sop_instance_uid``.
+        Unreadable, truncated or undecodable file, a size different from ``dest``,
+        another SOP Instance UID than ``sop_instance_uid``, pixel data that do not fit
+        the header, or a rescale that cannot give finite HU.
     _Float32Needed
         ``dest`` is int16 but this slice's HU are not exact in int16.
     """
+    return _load_slice(path, dest, sop_instance_uid).padding_hu
+
+
+def _load_slice(path: str, dest: np.ndarray, sop_instance_uid: str = "") -> _SliceRead:
+    """:func:`load_slice_into`, also returning the slice's rescale values."""
     rows, cols = dest.shape
     try:
         fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
@@ -917,15 +1382,19 @@ def load_slice_into(path: str, dest: np.ndarray, sop_instance_uid: str = "") -> 
             _check_same_file(path, sop_instance_uid, h.sop_instance_uid)
         fast = _fast_path(h) if h is not None else None
         if fast is not None and h is not None:
+            slope, inter = h.rescale_slope, h.rescale_intercept
+            _check_rescale(
+                path, slope, inter, *_stored_range(h.bits_stored, h.pixel_representation)
+            )
             fast(fh, h, dest, path)
             pad = h.pixel_padding_value
-            return None if pad is None else pad * h.rescale_slope + h.rescale_intercept
+            return _SliceRead(None if pad is None else pad * slope + inter, slope, inter)
     if h is None and sop_instance_uid:
         _check_same_file(path, sop_instance_uid, _uid_by_pydicom(path))
     plugin = DECODING_PLUGINS.get(h.transfer_syntax, "") if h is not None else ""
     arr, slope, inter, pad = _decode_pydicom(path, rows, cols, plugin)
     _rescale_into(arr, slope, inter, dest, inplace=False)
-    return None if pad is None else pad * slope + inter
+    return _SliceRead(None if pad is None else pad * slope + inter, slope, inter)
 
 
 # ---------------------------------------------------------------------------------------
@@ -935,7 +1404,7 @@ def _default_workers(n_items: int) -> int:
     return max(1, min(usable_cpus(), n_items))
 
 
-def _run(fn: Callable[[int], float | None], n: int, workers: int) -> list[float | None]:
+def _run(fn: Callable[[int], _SliceRead], n: int, workers: int) -> list[_SliceRead]:
     if workers > 1 and n > 1:
         with ThreadPoolExecutor(workers) as pool:
             return list(pool.map(fn, range(n)))
@@ -944,22 +1413,20 @@ def _run(fn: Callable[[int], float | None], n: int, workers: int) -> list[float 
 
 def _load_chunk(
     paths: list[tuple[str, str]], rows: int, cols: int, dtype: str
-) -> tuple[np.ndarray, list[float | None]]:
+) -> tuple[np.ndarray, list[_SliceRead]]:
     """Process-pool task: load some slices into a new array (see :func:`load_slice_into`);
     ``paths`` holds (path, SOP Instance UID) pairs."""
     out = np.empty((len(paths), rows, cols), dtype=dtype)
-    return out, [load_slice_into(p, out[k], uid) for k, (p, uid) in enumerate(paths)]
+    return out, [_load_slice(p, out[k], uid) for k, (p, uid) in enumerate(paths)]
 
 
-def _run_processes(
-    paths: list[tuple[str, str]], out: np.ndarray, workers: int
-) -> list[float | None]:
+def _run_processes(paths: list[tuple[str, str]], out: np.ndarray, workers: int) -> list[_SliceRead]:
     """Decode in worker processes (for decoders that hold the GIL) into ``out``;
     ``paths`` holds (path, SOP Instance UID) pairs."""
     n = len(paths)
     n_chunks = min(n, 4 * workers)
     bounds = np.linspace(0, n, n_chunks + 1).astype(int)
-    pads: list[float | None] = [None] * n
+    pads: list[_SliceRead] = [_SliceRead(None, 1.0, 0.0)] * n
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=ignore_sigint) as pool:
         futures = {
@@ -1069,21 +1536,21 @@ def load_series(
         and len(idx) >= min_slices_per_process(info.transfer_syntax) * n_workers
     )
 
-    def run(dtype: type) -> tuple[np.ndarray, list[float | None]]:
+    def run(dtype: type) -> tuple[np.ndarray, list[_SliceRead]]:
         out: np.ndarray = np.empty((len(idx), rows, cols), dtype=dtype)
         if use_processes:
             return out, _run_processes(list(zip(paths, uids, strict=True)), out, n_workers)
-        pads = _run(lambda k: load_slice_into(paths[k], out[k], uids[k]), len(idx), n_workers)
-        return out, pads
+        reads = _run(lambda k: _load_slice(paths[k], out[k], uids[k]), len(idx), n_workers)
+        return out, reads
 
     try:
-        out, paddings = run(np.int16 if exact16 else np.float32)
+        out, reads = run(np.int16 if exact16 else np.float32)
     except _Float32Needed:
         # Rare: a slice whose HU is not exact in int16 (unsigned data near the top of its
         # range, a non-integral rescale in one file).  Redo as float32 (exact below 2**24).
         log.info("series %s: HU not exact in int16, loading as float32", info.series_key)
-        out, paddings = run(np.float32)
-    pads = {p for p in paddings if p is not None}
+        out, reads = run(np.float32)
+    pads = {r.padding_hu for r in reads if r.padding_hu is not None}
     origins = np.array([info.slices[i].position_lps_mm for i in idx], dtype=float).reshape(-1, 3)
     return Volume(
         hu=out,
@@ -1093,6 +1560,8 @@ def load_series(
         slice_indices=np.asarray(idx, dtype=int),
         info=info,
         padding_hu=pads.pop() if len(pads) == 1 else None,
+        rescale_slopes=np.array([r.rescale_slope for r in reads], dtype=float),
+        rescale_intercepts=np.array([r.rescale_intercept for r in reads], dtype=float),
     )
 
 
