@@ -30,13 +30,19 @@ import hashlib
 import logging
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from hu_roi import __version__
-from hu_roi.calibration import AirCheck, PhantomFit, apply_calibration, auto_air_check
+from hu_roi.calibration import (
+    AirCheck,
+    PhantomFit,
+    apply_calibration,
+    auto_air_check,
+    rescale_flags,
+)
 from hu_roi.errors import DicomReadError, HuRoiError, RoiFormatError, SeriesProblemError
 from hu_roi.measure import (
     CORTICAL_FRACTION,
@@ -47,9 +53,11 @@ from hu_roi.measure import (
     Measurement,
     add_flags,
     failed_measurement,
+    label_flags,
     measure_roi,
+    patient_mismatch,
 )
-from hu_roi.parallel import map_tasks
+from hu_roi.parallel import check_scheduler_address, connect_scheduler, map_tasks
 from hu_roi.rasterize import RoiPlacementError, slices_needed
 from hu_roi.roi import Roi, RoiSet, find_roi_files, load_roiset
 from hu_roi.series import SeriesInfo
@@ -159,7 +167,8 @@ def _measure_one_by_one(
         except (DicomReadError, SeriesProblemError, OSError, ValueError) as exc:
             out.append(_fail_row(it, ["series-load-failed"], info, str(exc)))
         else:
-            out.append((it.order, measure_roi(vol, it.roi, reader=it.reader, roi_file=it.roi_file)))
+            m = measure_roi(vol, it.roi, reader=it.reader, roi_file=it.roi_file)
+            out.append((it.order, add_flags(m, *rescale_flags(vol))))
     return out
 
 
@@ -201,6 +210,10 @@ def measure_series(
         return out + [_fail_row(it, ["series-load-failed"], info, str(exc)) for it in todo], None
     for it in todo:
         out.append((it.order, measure_roi(vol, it.roi, reader=it.reader, roi_file=it.roi_file)))
+    # the rescale of every slice read, not only the index's first image: a scan flag
+    scan = rescale_flags(vol)
+    if scan:
+        out = [(order, add_flags(m, *scan)) for order, m in out]
     # always computed (cheap); apply_calibration uses it only for scans without a
     # measured reference-air ROI
     return out, auto_air_check(vol)
@@ -219,6 +232,7 @@ def measure_batch(
     progress: bool = False,
     accept: Sequence[str] = (),
     cache: object | None = None,
+    patient_codes: Mapping[str, str] | None = None,
     follow_links: bool = False,
 ) -> BatchResult:
     """Measure every stored ROI on its series (see the module docstring for the steps).
@@ -246,6 +260,10 @@ def measure_batch(
     follow_links : bool
         Also index folders reached through symbolic links that leave the DICOM folder
         (:func:`hu_roi.io.dicom.iter_files`); by default they are skipped and reported.
+    patient_codes : mapping DICOM PatientID -> study code, optional
+        A pseudonym map (:mod:`hu_roi.pseudonym`): an ROI whose ``patient_id`` is the study
+        code of its series' PatientID is not a ``patient-mismatch``
+        (:func:`hu_roi.measure.patient_mismatch`).
 
     Returns
     -------
@@ -254,9 +272,15 @@ def measure_batch(
     Raises
     ------
     BatchInputError
-        No such DICOM folder; no or invalid ROI files.
+        No such DICOM folder; no or invalid ROI files; a malformed scheduler address.
     """
     from hu_roi.io import index_folder
+
+    if isinstance(scheduler, str):  # before any work: never minutes of connection retries
+        try:
+            check_scheduler_address(scheduler)
+        except ValueError as exc:
+            raise BatchInputError(f"--scheduler: {exc}") from None
 
     root = Path(dicom_dir)
     if not root.exists():
@@ -316,6 +340,17 @@ def measure_batch(
             if pid.patient_id != roi.patient_id:  # the ROI's empty ID filled from DICOM
                 it = replace(it, roi=replace(roi, patient_id=pid.patient_id))
                 items[it.order] = it
+            why = patient_mismatch(roi, mt.info, patient_codes)
+            if why:  # another patient's series: never measured and written as this one
+                results[it.order] = failed_measurement(
+                    roi,
+                    ["patient-mismatch"],
+                    info=mt.info,
+                    detail=why,
+                    reader=rs.reader,
+                    roi_file=str(f),
+                )
+                continue
             infos[mt.info.series_key] = mt.info
             groups[mt.info.series_key].append(it)
     air_checks: dict[str, AirCheck] = {}
@@ -344,6 +379,11 @@ def measure_batch(
         _collect(k, rows, air, results, air_checks)
     for i, note in legacy.items():
         results[i] = add_flags(results[i], LEGACY_FLAG, detail=note)
+    # target ROIs that longitudinal cannot place: flagged on their rows (and counted)
+    for it in items:
+        lf = label_flags(it.roi)
+        if lf:
+            results[it.order] = add_flags(results[it.order], *lf)
     ordered = [results[i] for i in range(len(items))]
     calibrated, fits = apply_calibration(ordered, infos, air_checks)
     meta = {
@@ -355,7 +395,8 @@ def measure_batch(
         },
         "settings": {
             "workers": workers,
-            "scheduler": None if scheduler is None else str(scheduler),
+            "scheduler": _scheduler_name(scheduler),
+            "pseudonym_map": patient_codes is not None,
             "min_voxels": MIN_VOXELS,
             "min_target_area_mm2": MIN_TARGET_AREA_MM2,
             "padding_hu_limit": PADDING_HU_LIMIT,
@@ -382,6 +423,14 @@ def measure_batch(
         },
     }
     return BatchResult(calibrated, meta, fits, air_checks)
+
+
+def _scheduler_name(scheduler: str | object | None) -> str | None:
+    """The scheduler's address for the provenance (a client: its scheduler's address)."""
+    if scheduler is None or isinstance(scheduler, str):
+        return scheduler
+    addr = getattr(getattr(scheduler, "scheduler", None), "address", None)
+    return str(addr) if addr else type(scheduler).__name__
 
 
 def _collect(key, rows, air, results, air_checks) -> None:
@@ -434,6 +483,14 @@ def add_measure_parser(subparsers: argparse._SubParsersAction) -> None:
         f"{','.join(ACCEPTED_PROBLEMS)} (e.g. duplicate-positions,mixed-orientation); "
         "rows keep a series-<problem> warning",
     )
+    p.add_argument(
+        "--pseudonym-map",
+        metavar="MAP.csv",
+        help="pseudonym map (patient_id,study_code; see hu-roi pseudonymize) for ROI files "
+        "whose patient_id is the study code while DICOM holds the real PatientID; without "
+        "it, an ROI whose patient_id differs from its series' PatientID is a "
+        "patient-mismatch fail row",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     p.add_argument(
         "--no-cache",
@@ -461,8 +518,11 @@ def _accept_codes(text: str) -> tuple[str, ...]:
     codes = tuple(c.strip() for c in (text or "").split(",") if c.strip())
     unknown = [c for c in codes if c not in PROBLEM_CODES]
     if unknown:
+        from hu_roi.util import show
+
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         raise BatchInputError(
-            f"unknown problem code(s) for --accept: {', '.join(unknown)}; "
+            f"unknown problem code(s) for --accept: {', '.join(map(show, unknown[:5]))}{more}; "
             f"known: {', '.join(PROBLEM_CODES)}"
         )
     return codes
@@ -481,6 +541,29 @@ def _header_cache(args: argparse.Namespace) -> object | None:
     return HeaderCache.default()
 
 
+def _scheduler_client(args: argparse.Namespace) -> object | None:
+    """A client of ``--scheduler`` (None without it), made before any work: a malformed
+    address or a scheduler that does not answer is one line and exit 2 at once."""
+    address = getattr(args, "scheduler", None)
+    if address is None:
+        return None
+    try:
+        check_scheduler_address(address)
+        return connect_scheduler(address)
+    except (ValueError, OSError) as exc:
+        raise BatchInputError(f"--scheduler: {exc}") from None
+
+
+def _patient_codes(args: argparse.Namespace) -> dict[str, str] | None:
+    """``--pseudonym-map``: DICOM PatientID -> study code (None without the option)."""
+    path = getattr(args, "pseudonym_map", None)
+    if path is None:
+        return None
+    from hu_roi.pseudonym import load_pseudonyms
+
+    return dict(load_pseudonyms(path).codes)
+
+
 def run_measure(args: argparse.Namespace) -> int:
     """Run ``hu-roi measure``; returns the exit status (0 = ran).
 
@@ -488,22 +571,36 @@ def run_measure(args: argparse.Namespace) -> int:
     CLI prints it as one line on stderr and exits 2.
     """
     from hu_roi.export import measurements_csv_text, write_measurements_csv
+    from hu_roi.util import show
 
+    if getattr(args, "scheduler", None) is not None:  # malformed: one line, before any work
+        try:
+            check_scheduler_address(args.scheduler)
+        except ValueError as exc:
+            raise BatchInputError(f"--scheduler: {exc}") from None
     if args.workers < 1:
         raise BatchInputError(f"--workers must be ≥ 1; got {args.workers}")
     dicom = Path(args.dicom)
     if not dicom.exists():
         raise BatchInputError(f"no such DICOM folder: {dicom}")
-    res = measure_batch(
-        dicom,
-        args.rois,
-        workers=args.workers,
-        scheduler=getattr(args, "scheduler", None),
-        progress=not args.quiet,
-        accept=_accept_codes(getattr(args, "accept", "")),
-        cache=_header_cache(args),
-        follow_links=getattr(args, "follow_links", False),
-    )
+    accept = _accept_codes(getattr(args, "accept", ""))
+    codes = _patient_codes(args)
+    client = _scheduler_client(args)  # connected before any work
+    try:
+        res = measure_batch(
+            dicom,
+            args.rois,
+            workers=args.workers,
+            scheduler=client,
+            progress=not args.quiet,
+            accept=accept,
+            cache=_header_cache(args),
+            patient_codes=codes,
+            follow_links=getattr(args, "follow_links", False),
+        )
+    finally:
+        if client is not None:
+            client.close()  # type: ignore[attr-defined]
     if args.out and args.out != "-":
         meta = dict(res.meta)
         meta["argv"] = sys.argv
@@ -518,14 +615,23 @@ def run_measure(args: argparse.Namespace) -> int:
         n = len(res.measurements)
         n_fail = sum(m.qc_status == "fail" for m in res.measurements)
         n_warn = sum(m.qc_status == "warn" for m in res.measurements)
+        unplaced = sum(
+            1 for m in res.measurements if {"no-timepoint", "no-level"} & set(m.qc_flags)
+        )
         print(
             f"hu-roi measure: {n} ROIs ({n - n_fail - n_warn} pass, {n_warn} warn, "
-            f"{n_fail} fail) on {res.meta['n_series_measured']} series",
+            f"{n_fail} fail) on {res.meta['n_series_measured']} series"
+            + (
+                f"; {unplaced} target ROI(s) without timepoint or level "
+                "(longitudinal cannot use them)"
+                if unplaced
+                else ""
+            ),
             file=sys.stderr,
         )
         for m in res.measurements:
-            if m.qc_status == "fail":
-                print(f"  fail {m.roi_id}: {';'.join(m.qc_flags)}", file=sys.stderr)
+            if m.qc_status == "fail":  # show(): an roi_id with a newline forges no line
+                print(f"  fail {show(m.roi_id)}: {';'.join(m.qc_flags)}", file=sys.stderr)
         if args.out and args.out != "-":
             print(f"  wrote {args.out}", file=sys.stderr)
     return 0

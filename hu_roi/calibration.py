@@ -36,7 +36,10 @@ so lung or fat touching the image border would be taken for air (e.g. an 85 mm s
 Header checks per scan: RescaleType present and not ``HU`` → ``rescale-type-not-hu``;
 slope ≤ 0 or > 10, intercept outside −10000…1000 → ``rescale-unusual`` (missing
 slope/intercept is the index's ``no-rescale`` problem, flagged as ``series-no-rescale``);
-ContrastBolusAgent recorded (non-empty and not NONE/NO/N) → ``contrast-agent``.
+ContrastBolusAgent recorded (non-empty and not NONE/NO/N) → ``contrast-agent``.  The index
+holds the rescale of the series' first image only, so :func:`rescale_flags` applies the same
+limits to the rescale of **every slice read** (``Volume.rescale_slopes`` /
+``rescale_intercepts``); the batch sets its flag on every ROI of the scan.
 
 Consistency across a patient's timepoints: each scan is compared with the patient's
 baseline (T0) scan — kVp, convolution kernel, slice thickness (> 0.01 mm apart),
@@ -72,6 +75,7 @@ __all__ = [
     "reference_flag",
     "auto_air_check",
     "header_flags",
+    "rescale_flags",
     "consistency_flags",
     "contrast_recorded",
     "phantom_fit",
@@ -187,9 +191,10 @@ def auto_air_check(volume: Volume, *, max_slices: int = AUTO_AIR_MAX_SLICES) -> 
             # erode against tissue only (padding is not tissue: keep air next to padding)
             air = _erode_square(air | pad, erosion) & air
         vals = img[air].astype(np.float64)
-        total += float(vals.sum())
+        with np.errstate(all="ignore"):  # inf HU (absurd rescale): no RuntimeWarning
+            total += float(vals.sum())
         count += int(vals.size)
-    if count < AUTO_AIR_MIN_VOXELS:
+    if count < AUTO_AIR_MIN_VOXELS or not np.isfinite(total):
         return AirCheck(float("nan"), count, None)
     mean = total / count
     return AirCheck(mean, count, abs(mean - AIR_EXPECTED_HU) <= AIR_TOLERANCE_HU)
@@ -280,13 +285,40 @@ def _erode_square(mask: np.ndarray, radius: int) -> np.ndarray:
     return out
 
 
+#: Sane RescaleSlope (HU per stored unit, exclusive low end) and RescaleIntercept (HU)
+#: ranges; outside them a scan is flagged ``rescale-unusual`` (project sanity limits).
+RESCALE_SLOPE_RANGE = (0.0, 10.0)
+RESCALE_INTERCEPT_RANGE = (-10000.0, 1000.0)
+
+
+def _rescale_unusual(slope: float | None, intercept: float | None) -> bool:
+    """True when a slope or intercept lies outside the sane ranges (NaN included)."""
+    s_lo, s_hi = RESCALE_SLOPE_RANGE
+    b_lo, b_hi = RESCALE_INTERCEPT_RANGE
+    return (slope is not None and not (s_lo < slope <= s_hi)) or (
+        intercept is not None and not (b_lo <= intercept <= b_hi)
+    )
+
+
+def rescale_flags(volume: Volume) -> list[str]:
+    """``["rescale-unusual"]`` when the rescale of any loaded slice is outside the sane
+    ranges (same limits as :func:`header_flags`, which sees the first image only)."""
+    slopes, inters = volume.rescale_slopes, volume.rescale_intercepts
+    if slopes is None and inters is None:
+        return []
+    n = volume.hu.shape[0]
+    s = np.full(n, 1.0) if slopes is None else np.asarray(slopes, dtype=float)
+    b = np.full(n, 0.0) if inters is None else np.asarray(inters, dtype=float)
+    bad = any(_rescale_unusual(float(si), float(bi)) for si, bi in zip(s, b, strict=True))
+    return ["rescale-unusual"] if bad else []
+
+
 def header_flags(info: SeriesInfo) -> list[str]:
     """Per-scan header checks: rescale type/slope/intercept sanity, contrast agent."""
     flags = []
     if info.rescale_type and info.rescale_type.strip().upper() != "HU":
         flags.append("rescale-type-not-hu")
-    s, b = info.rescale_slope, info.rescale_intercept
-    if (s is not None and not (0 < s <= 10)) or (b is not None and not (-10000 <= b <= 1000)):
+    if _rescale_unusual(info.rescale_slope, info.rescale_intercept):
         flags.append("rescale-unusual")
     if contrast_recorded(info.contrast_agent):
         flags.append("contrast-agent")

@@ -347,7 +347,7 @@ def test_written_series_measured_like_brute_force(tmp_path, case):
         Roi.from_dict(
             {
                 "roi_id": k,
-                "patient_id": "X",
+                "patient_id": "TEST",
                 "kind": "target",
                 "series_instance_uid": UID,
                 "shape": shape_for(k, ref),
@@ -436,7 +436,7 @@ def _one_roi_file(tmp_path, uid, z):
     r = Roi.from_dict(
         {
             "roi_id": "r",
-            "patient_id": "X",
+            "patient_id": "TEST",
             "kind": "target",
             "series_instance_uid": uid,
             "shape": {"type": "circle", "center_mm": [8.0, 8.0, z], "radius_mm": 5},
@@ -488,7 +488,7 @@ def test_unreadable_pixels_give_series_load_failed(tmp_path):
     r = Roi.from_dict(
         {
             "roi_id": "r",
-            "patient_id": "X",
+            "patient_id": "TEST",
             "kind": "target",
             "shape": {"type": "circle", "center_mm": [8.0, 8.0, 2.0], "radius_mm": 5},
         }
@@ -515,7 +515,7 @@ def _small_series(tmp_path, n_series=2):
             Roi.from_dict(
                 {
                     "roi_id": f"r{i}",
-                    "patient_id": "X",
+                    "patient_id": "TEST",
                     "kind": "target",
                     "series_instance_uid": f"{UID}.9{i}",
                     "shape": {"type": "circle", "center_mm": [9.0, 9.0, 2.0], "radius_mm": 5},
