@@ -298,7 +298,11 @@ def test_rescale_unusual_looks_at_every_slice_read(tmp_path):
         slice_positions=[0, 2, 4, 6, 8],
         series_uid=UID,
         extra_tags={"RescaleIntercept": lambda i: 2000.0 if i == 3 else -1024.0},
+        file_names="sequential",  # the index's header facts come from IM0001 (slice 0)
     )
+    from hu_roi.io import index_folder
+
+    assert index_folder(d).series[0].rescale_intercept == -1024.0  # the index sees slice 0
     f = _rois_file(tmp_path, _roi("on-3", 6.0))
     m = measure_batch(d, f).measurements[0]
     assert "rescale-unusual" in m.qc_flags, m.qc_flags
