@@ -400,7 +400,9 @@ def test_real_siemens_vertebral_body_vs_simpleitk(tmp_path):
         "sphere": {"type": "sphere", "center_mm": c_off, "radius_mm": 7.0},
     }
     rois = tuple(
-        Roi.from_dict({"roi_id": k, "patient_id": "S01", "kind": "target", "level": "T12", "shape": s})
+        Roi.from_dict(
+            {"roi_id": k, "patient_id": "S01", "kind": "target", "level": "T12", "shape": s}
+        )
         for k, s in shapes.items()
     )
     f = tmp_path / "siemens.rois.json"
