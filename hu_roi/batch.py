@@ -508,6 +508,9 @@ def add_measure_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also write patient name and birth date (off by default)",
     )
+    from hu_roi.cli import add_formula_escape_option
+
+    add_formula_escape_option(p)
     p.set_defaults(func=run_measure)
 
 
@@ -570,8 +573,8 @@ def run_measure(args: argparse.Namespace) -> int:
     Raises :class:`BatchInputError` (a :class:`HuRoiError`) when it cannot run at all; the
     CLI prints it as one line on stderr and exits 2.
     """
-    from hu_roi.export import measurements_csv_text, write_measurements_csv
-    from hu_roi.util import show
+    from hu_roi.export import add_measurements_csv, meta_path
+    from hu_roi.util import OutputSet, printable, show
 
     if getattr(args, "scheduler", None) is not None:  # malformed: one line, before any work
         try:
@@ -582,7 +585,14 @@ def run_measure(args: argparse.Namespace) -> int:
         raise BatchInputError(f"--workers must be ≥ 1; got {args.workers}")
     dicom = Path(args.dicom)
     if not dicom.exists():
-        raise BatchInputError(f"no such DICOM folder: {dicom}")
+        raise BatchInputError(f"no such DICOM folder: {printable(dicom)}")
+    # refuse an output that is an input (an ROI file, a DICOM file) before measuring
+    out = args.out or "-"
+    inputs = [("the ROI file or folder", r) for r in args.rois] + [("DICOM_DIR", dicom)]
+    if getattr(args, "pseudonym_map", None):
+        inputs.append(("the pseudonym map", args.pseudonym_map))
+    outs = OutputSet(inputs)
+    outs.check(meta_path(out), sidecar_of=out)
     accept = _accept_codes(getattr(args, "accept", ""))
     codes = _patient_codes(args)
     client = _scheduler_client(args)  # connected before any work
@@ -601,15 +611,16 @@ def run_measure(args: argparse.Namespace) -> int:
     finally:
         if client is not None:
             client.close()  # type: ignore[attr-defined]
-    if args.out and args.out != "-":
-        meta = dict(res.meta)
-        meta["argv"] = sys.argv
-        write_measurements_csv(
-            res.measurements, args.out, include_identifiers=args.include_identifiers, meta=meta
-        )
-    else:
-        sys.stdout.write(
-            measurements_csv_text(res.measurements, include_identifiers=args.include_identifiers)
+    meta = dict(res.meta)
+    meta["argv"] = sys.argv
+    with outs:
+        add_measurements_csv(
+            outs,
+            res.measurements,
+            out,
+            include_identifiers=args.include_identifiers,
+            formula_escape=getattr(args, "formula_escape", True),
+            meta=meta,
         )
     if not args.quiet:
         n = len(res.measurements)
@@ -632,6 +643,6 @@ def run_measure(args: argparse.Namespace) -> int:
         for m in res.measurements:
             if m.qc_status == "fail":  # show(): an roi_id with a newline forges no line
                 print(f"  fail {show(m.roi_id)}: {';'.join(m.qc_flags)}", file=sys.stderr)
-        if args.out and args.out != "-":
-            print(f"  wrote {args.out}", file=sys.stderr)
+        if out != "-":
+            print(f"  wrote {printable(out)}", file=sys.stderr)
     return 0
