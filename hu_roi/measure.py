@@ -119,7 +119,7 @@ QC_FLAGS: dict[str, QcFlag] = dict(
             "roi-outside-image",
             "fail",
             "The ROI covers no voxel of the image: its plane (a sphere's centre) lies beyond the first/last slice by more than half the slice spacing (the detail gives the distance in mm), or it lies entirely outside the rows/columns",
-            "DESIGN.md voxel rule",
+            "voxel rule of docs/roi_format.md",
         ),
         _f(
             "roi-in-gap",
@@ -131,7 +131,7 @@ QC_FLAGS: dict[str, QcFlag] = dict(
             "roi-slice-tie",
             "fail",
             "A 2D ROI's plane is equally far (within 0.001 mm) from two slices, or two slices share the nearest position",
-            "DESIGN.md: ties are an error; tolerance hu_roi.rasterize.TIE_TOL_MM",
+            "docs/roi_format.md: ties are an error; tolerance hu_roi.rasterize.TIE_TOL_MM",
         ),
         _f(
             "roi-not-parallel",
@@ -155,7 +155,7 @@ QC_FLAGS: dict[str, QcFlag] = dict(
             "roi-partly-outside",
             "warn",
             "Some voxel centres of the shape lie outside the image rows/columns, or a sphere reaches beyond the first/last slice; only the inside is measured",
-            "DESIGN.md voxel rule",
+            "voxel rule of docs/roi_format.md",
         ),
         _f(
             "roi-partly-in-gap",

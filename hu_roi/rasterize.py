@@ -1,6 +1,6 @@
 """The voxel rule: which voxels of a :class:`~hu_roi.volume.Volume` belong to an ROI.
 
-Rule (DESIGN.md, "ROI set file"):
+Rule (docs/roi_format.md, "The slice rule"):
 
 * A 2D shape (circle, ellipse, polygon) lies on the **one slice whose centre is nearest to
   the shape's plane**.  The plane of a circle/ellipse is the slice-parallel plane through its

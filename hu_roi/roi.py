@@ -762,7 +762,7 @@ class Roi:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON object of this ROI (DESIGN.md field order, then optional and unknown fields)."""
+        """JSON object of this ROI (docs/roi_format.md field order, then optional and unknown fields)."""
         out: dict[str, Any] = {
             "roi_id": self.roi_id,
             "patient_id": self.patient_id,

@@ -10,7 +10,7 @@ writes into ``DIR`` (default: ``sample_dicom/`` of the repository)::
     dicom/<patient>/<timepoint>/<16 hex chars>   CT Image Storage files, no extension
     ground_truth.csv                             one row per series x structure
     ground_truth.json                            same rows + series list (with decoys) + roi list
-    rois/sample.rois.json                        ROI set (DESIGN.md format, reader "R1")
+    rois/sample.rois.json                        ROI set (docs/roi_format.md format, reader "R1")
 
 The cohort: 3 patients (P01, P02, P03) x 3 timepoints (T0 baseline, T2 ~3 months, T3
 ~6 months).  Every series is an axial Siemens-like "bone kernel" (B60s) CT of 27 slices at
@@ -26,7 +26,7 @@ bone-like materials (cortical and trabecular bone, K2HPO4 rods) read 5 % higher.
 
 Every written pixel is an integer HU; the expected ROI statistics recorded in the ground
 truth are computed here, independently of ``hu_roi``, from the generated pixels with the
-DESIGN.md voxel rule (2D shape: voxel centres inside or on the boundary, on the slice
+voxel rule of docs/roi_format.md (2D shape: voxel centres inside or on the boundary, on the slice
 whose centre is nearest to the shape's plane; sphere: voxel centres within the radius).
 The generator also checks that every ROI covers a single labelled region.
 
@@ -523,7 +523,7 @@ def write_scout(folder: Path, p: PatientSpec, tp: str, grid: Grid, hu: np.ndarra
 
 
 def roi_mask(shape: dict[str, Any], grid: Grid) -> tuple[np.ndarray, int | None]:
-    """Independent rasterisation (DESIGN.md rule) -> (mask (slices,rows,cols), slice index)."""
+    """Independent rasterisation (rule of docs/roi_format.md) -> (mask (slices,rows,cols), slice index)."""
     x, y = grid.xy()
     mask = np.zeros((N_SLICES, grid.matrix, grid.matrix), dtype=bool)
     eps = 1e-9

@@ -1,4 +1,4 @@
-"""The analysis depends only on CSV schemas: no DICOM, ROI or I/O code (DESIGN.md).
+"""The analysis depends only on CSV schemas: no DICOM, ROI or I/O code (docs/design.md).
 
 Checked twice: statically (no import statement in the analysis sources names a forbidden
 module) and dynamically (importing every analysis module in a fresh interpreter loads none

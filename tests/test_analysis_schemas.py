@@ -1,7 +1,7 @@
 """Declared CSV schemas: validation, empty typed tables, the longitudinal reshaping, docs.
 
 References: hand-made measurement rows with known HU (changes worked out below) and the
-column lists of DESIGN.md (measurement CSV) and docs/csv_schemas.md.
+column lists of docs/design.md (measurement CSV) and docs/csv_schemas.md.
 """
 
 from __future__ import annotations

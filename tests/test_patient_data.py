@@ -6,7 +6,7 @@ logging on) over them -- including a damaged file whose garbage makes pydicom lo
 bytes, a failing ROI, and a file that cannot be decoded -- must not put any of those
 identifiers into the index CSV, the skipped-files CSV, the measurement CSV and its
 meta.json, the longitudinal CSV, stderr (logs, warnings, error messages) or the header
-cache.  ``patient_id`` is written (DESIGN.md requires it) and can be replaced by study
+cache.  ``patient_id`` is written (docs/design.md requires it) and can be replaced by study
 codes with :mod:`hu_roi.pseudonym`.
 
 Control: with ``--include-identifiers`` the name *is* found, so the search works.
@@ -191,7 +191,7 @@ def test_header_cache_holds_no_identifier(outputs) -> None:
 
 
 def test_patient_id_is_written_and_only_it(outputs) -> None:
-    """DESIGN.md: the index and measurement tables carry patient_id (a pseudonymous ID)."""
+    """docs/design.md: the index and measurement tables carry patient_id (a pseudonymous ID)."""
     d = outputs["dir"]
     with open(d / "index.csv", newline="", encoding="utf-8") as fh:  # type: ignore[operator]
         rows = list(csv.DictReader(fh))

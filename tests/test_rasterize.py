@@ -1,7 +1,7 @@
 """The voxel rule against an independent brute-force reference.
 
 Reference: LPS coordinates of *every* voxel centre of the full volume computed directly
-from DICOM's formula ``IPP + c·ΔC·X + r·ΔR·Y`` with numpy, and the rule of DESIGN.md
+from DICOM's formula ``IPP + c·ΔC·X + r·ΔR·Y`` with numpy, and the rule of docs/roi_format.md
 applied to them (nearest slice for 2D shapes, inside-or-on test; sphere distance test).
 Polygons are tested against matplotlib's ``Path.contains_points`` (a separate
 implementation), with vertices placed off the pixel grid so boundary handling is moot.

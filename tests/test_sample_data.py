@@ -229,7 +229,7 @@ def test_roi_json_follows_design(roiset: dict, gt: dict) -> None:
 
 
 def _independent_mask(shape: dict, dss: list[pydicom.Dataset]) -> np.ndarray:
-    """ROI voxels from the DICOM headers (IPP, PixelSpacing), per DESIGN.md's rule."""
+    """ROI voxels from the DICOM headers (IPP, PixelSpacing), per the rule of docs/roi_format.md."""
     n, rows, cols = len(dss), int(dss[0].Rows), int(dss[0].Columns)
     d_r, d_c = (float(v) for v in dss[0].PixelSpacing)
     mask = np.zeros((n, rows, cols), dtype=bool)

@@ -4,7 +4,7 @@ The analysis part of hu-roi depends only on CSV files, never on DICOM or ROI cod
 trial endpoints can be reproduced from exported tables alone.  This module declares, in one
 place, the columns (name, dtype, unit, meaning) of
 
-- the **measurement CSV** (one row per ROI; columns fixed by ``DESIGN.md``),
+- the **measurement CSV** (one row per ROI; columns fixed by ``docs/csv_schemas.md``),
 - the **longitudinal CSV** (one row per patient x level x ROI kind x reader, with the HU of
   every timepoint and the change against baseline),
 
@@ -593,7 +593,7 @@ MEASUREMENT_SCHEMA = TableSchema(
         Column("reader", "str", "", "Who placed the ROI (e.g. R1).", required=False),
     ),
 )
-"""The measurement CSV (DESIGN.md).  Columns not needed by the analysis are optional here."""
+"""The measurement CSV (docs/csv_schemas.md).  Columns not needed by the analysis are optional here."""
 
 
 # --------------------------------------------------------------------------- longitudinal CSV

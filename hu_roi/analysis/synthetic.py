@@ -3,7 +3,7 @@
     python scripts/make_synthetic_trial.py --out DIR [--seed N]
     (or: from hu_roi.analysis.synthetic import make_trial, write_trial)
 
-writes ``DIR/measurements.csv`` (measurement CSV of DESIGN.md: per patient and measured
+writes ``DIR/measurements.csv`` (measurement CSV of docs/csv_schemas.md: per patient and measured
 timepoint T0/T2/T3 one irradiated target vertebra and one unirradiated vertebra) and
 ``DIR/clinical.csv`` (clinical CSV, docs/analysis.md).  The data are invented; the counts
 are those printed in the trial paper (NCT02832830):

@@ -14,7 +14,7 @@ Conventions
 * Shapes layers of the plugin use the *same* transform as their image, so shape vertices
   are fractional data indices ``(k, r, c)``.  Converting a vertex to LPS uses the exact
   ImagePositionPatient of slice ``round(k)`` (not the mean spacing):
-  ``p = IPP_k + c·ΔC·X + r·ΔR·Y`` (DESIGN.md "Coordinates").
+  ``p = IPP_k + c·ΔC·X + r·ΔR·Y`` (docs/roi_format.md).
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def hu_b() -> np.ndarray:
 
 
 def lps_of(origin, orientation, spacing, step, k: int, r: int, c: int) -> np.ndarray:
-    """LPS (mm) of voxel (k, r, c) by DESIGN.md's formula (independent of the plugin)."""
+    """LPS (mm) of voxel (k, r, c) by the formula of docs/roi_format.md (independent of the plugin)."""
     o = np.asarray(orientation, dtype=float).reshape(2, 3)
     n = np.cross(o[0], o[1])
     return np.asarray(origin) + k * step * n + c * spacing[1] * o[0] + r * spacing[0] * o[1]

@@ -1,6 +1,6 @@
 """napari shape ↔ core Shape conversion (no Qt): round trips and the voxel rule agree.
 
-Reference: DESIGN.md's pixel formula ``IPP + c·ΔC·X + r·ΔR·Y`` applied by hand.
+Reference: docs/design.md's pixel formula ``IPP + c·ΔC·X + r·ΔR·Y`` applied by hand.
 """
 
 from __future__ import annotations

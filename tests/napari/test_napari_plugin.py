@@ -1,6 +1,6 @@
 """The napari plugin against real DICOM series written with pydicom, in a real viewer.
 
-References: voxel positions from DESIGN.md's formula (``lps_of``), HU from the arrays
+References: voxel positions from the formula of docs/roi_format.md (``lps_of``), HU from the arrays
 written; ROI statistics from the core batch (``hu_roi.batch.measure_batch``, what
 ``hu-roi measure`` runs) and from the sample cohort's independent ground truth.
 """
@@ -216,7 +216,7 @@ def test_live_table_matches_batch(widget, study, qtbot):
         f"{b.sd_hu:.1f}",
         f"{b.median_hu:.1f}",
     ]
-    # independent check of the ellipse's voxels (DESIGN.md rule on the written array)
+    # independent check of the ellipse's voxels (docs/design.md rule on the written array)
     r, c = np.indices(hu_a().shape[1:])
     inside = ((r - 20) / 8.5) ** 2 + ((c - 24) / 12.0) ** 2 <= 1
     assert b.n_voxels == int(inside.sum())
