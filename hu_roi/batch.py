@@ -43,6 +43,7 @@ from hu_roi.calibration import (
     auto_air_check,
     rescale_flags,
 )
+from hu_roi.clibase import add_common_options, add_formula_escape_option, plural
 from hu_roi.errors import DicomReadError, HuRoiError, RoiFormatError, SeriesProblemError
 from hu_roi.measure import (
     CORTICAL_FRACTION,
@@ -60,8 +61,9 @@ from hu_roi.measure import (
 from hu_roi.parallel import check_scheduler_address, connect_scheduler, map_tasks
 from hu_roi.rasterize import RoiPlacementError, slices_needed
 from hu_roi.roi import Roi, RoiSet, find_roi_files, load_roiset
-from hu_roi.series import SeriesInfo
+from hu_roi.series import MEASURE_ACCEPTS, SeriesInfo
 from hu_roi.series_lookup import LEGACY_FLAG, LEGACY_HOWS, SeriesResolver, patient_id_rule
+from hu_roi.util import show
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +78,9 @@ __all__ = [
     "run_measure",
 ]
 
-#: Refusing series problems under which the voxel rule still selects the right voxels.
-ACCEPTED_PROBLEMS: tuple[str, ...] = ("missing-slices", "gantry-tilt")
+#: Refusing series problems under which the voxel rule still selects the right voxels
+#: (defined beside the series so that ``hu-roi index`` counts what measure accepts).
+ACCEPTED_PROBLEMS: tuple[str, ...] = MEASURE_ACCEPTS
 
 
 class BatchInputError(HuRoiError, ValueError):
@@ -298,6 +301,14 @@ def measure_batch(
     date_hint: dict[tuple[str, str | None], set[str]] = defaultdict(set)
     # one series rule with the viewer (hu_roi.series_lookup); old path-based keys of series
     # without UID still resolve, noted once per key and flagged on the row
+    logger.info(
+        "read %s with %s; indexed %s: %s, %d skipped",
+        plural(len(roisets), "ROI file"),
+        plural(sum(len(rs.rois) for _, rs in roisets), "ROI"),
+        plural(idx.n_files, "file"),
+        plural(len(idx.series), "series", "series"),
+        len(idx.skipped),
+    )
     resolver = SeriesResolver(idx.series)
     legacy: dict[int, str] = {}
     for _, rs in roisets:
@@ -356,6 +367,23 @@ def measure_batch(
     air_checks: dict[str, AirCheck] = {}
     accepted = tuple(dict.fromkeys([*ACCEPTED_PROBLEMS, *accept]))
     tasks = list(groups.items())
+    for k, v in tasks:
+        need: set[int] = set()
+        for it in v:
+            try:
+                need.update(slices_needed(it.roi, infos[k]))
+            except RoiPlacementError:
+                pass  # a fail row of measure_series
+        logger.info(
+            "series %s (%s, %s): %s %s, reading %s%s",
+            k,
+            show(infos[k].series_description),
+            plural(infos[k].n_slices, "slice"),
+            plural(len(v), "ROI"),
+            ", ".join(show(it.roi.roi_id) for it in v[:6]) + (" …" if len(v) > 6 else ""),
+            plural(len(need), "slice"),
+            f" {min(need)}-{max(need)}" if need else "",
+        )
     # one task per series: in this process, on local processes (ProcessPoolExecutor) or
     # on a dask.distributed cluster (hu_roi.parallel.map_tasks); a task that raises turns
     # its ROIs into fail rows, the others go on
@@ -386,6 +414,11 @@ def measure_batch(
             results[it.order] = add_flags(results[it.order], *lf)
     ordered = [results[i] for i in range(len(items))]
     calibrated, fits = apply_calibration(ordered, infos, air_checks)
+    if logger.isEnabledFor(logging.INFO):
+        for m in calibrated:
+            hu = "" if m.mean_hu is None else f", mean {m.mean_hu:.1f} HU over {m.n_voxels} voxels"
+            flags = f" [{';'.join(m.qc_flags)}]" if m.qc_flags else ""
+            logger.info("ROI %s: %s%s%s", show(m.roi_id), m.qc_status, hu, flags)
     meta = {
         "tool": f"hu-roi {__version__}",
         "command": "measure",
@@ -491,7 +524,7 @@ def add_measure_parser(subparsers: argparse._SubParsersAction) -> None:
         "it, an ROI whose patient_id differs from its series' PatientID is a "
         "patient-mismatch fail row",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    add_common_options(p)
     p.add_argument(
         "--no-cache",
         action="store_true",
@@ -508,8 +541,6 @@ def add_measure_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also write patient name and birth date (off by default)",
     )
-    from hu_roi.cli import add_formula_escape_option
-
     add_formula_escape_option(p)
     p.set_defaults(func=run_measure)
 
@@ -602,7 +633,7 @@ def run_measure(args: argparse.Namespace) -> int:
             args.rois,
             workers=args.workers,
             scheduler=client,
-            progress=not args.quiet,
+            progress=not getattr(args, "quiet", False),
             accept=accept,
             cache=_header_cache(args),
             patient_codes=codes,
@@ -622,7 +653,7 @@ def run_measure(args: argparse.Namespace) -> int:
             formula_escape=getattr(args, "formula_escape", True),
             meta=meta,
         )
-    if not args.quiet:
+    if not getattr(args, "quiet", False):
         n = len(res.measurements)
         n_fail = sum(m.qc_status == "fail" for m in res.measurements)
         n_warn = sum(m.qc_status == "warn" for m in res.measurements)
@@ -630,10 +661,10 @@ def run_measure(args: argparse.Namespace) -> int:
             1 for m in res.measurements if {"no-timepoint", "no-level"} & set(m.qc_flags)
         )
         print(
-            f"hu-roi measure: {n} ROIs ({n - n_fail - n_warn} pass, {n_warn} warn, "
-            f"{n_fail} fail) on {res.meta['n_series_measured']} series"
+            f"hu-roi measure: {plural(n, 'ROI')} ({n - n_fail - n_warn} pass, {n_warn} warn, "
+            f"{n_fail} fail) on {plural(res.meta['n_series_measured'], 'series', 'series')}"
             + (
-                f"; {unplaced} target ROI(s) without timepoint or level "
+                f"; {plural(unplaced, 'target ROI')} without timepoint or level "
                 "(longitudinal cannot use them)"
                 if unplaced
                 else ""

@@ -13,16 +13,18 @@ AddParser = Callable[[argparse._SubParsersAction], object]
 
 
 def registered() -> list[AddParser]:
-    """The parser builders of ``measure``, ``roi``, ``longitudinal``, ``pseudonymize``,
-    ``analyze`` and ``demo``."""
+    """The parser builders of ``index``, ``measure``, ``roi``, ``longitudinal``,
+    ``pseudonymize``, ``analyze`` and ``demo``."""
     from hu_roi.analysis.cli import add_analyze_parser
     from hu_roi.batch import add_measure_parser
     from hu_roi.demo import add_demo_parser
+    from hu_roi.indexcli import add_index_parser
     from hu_roi.longitudinal import add_longitudinal_parser
     from hu_roi.pseudonym import add_pseudonymize_parser
     from hu_roi.roicli import add_roi_parser
 
     return [
+        add_index_parser,
         add_measure_parser,
         add_roi_parser,
         add_longitudinal_parser,

@@ -69,6 +69,55 @@ def is_number(text: str) -> bool:
     return _NUMBER.fullmatch(text) is not None
 
 
+def number_text(value: float, digits: int | None = None) -> str:
+    """A float as a CSV cell without binary-float noise; ``""`` for NaN or infinity.
+
+    By default (measured and header values): when the value is, to 15 significant digits
+    (what a float64 holds exactly), a decimal of at most :data:`SHORT_DIGITS` digits, that
+    decimal is written (``167.19999999999993`` → ``167.2``, ``0.9765625`` stays);
+    otherwise Python's shortest round-trip form, so a mean such as
+    ``170.5438596491228`` reads back bit-identical.  With ``digits``, that many
+    significant digits (derived tables, :data:`DERIVED_DIGITS`: a difference of two HU
+    values carries its operands' rounding error, ``342.3 - 340.5 = 1.8000000000000114``).
+    A whole number keeps ``.0``.
+    """
+    import math
+
+    v = float(value)
+    if not math.isfinite(v):
+        return ""
+    if digits is None:
+        text = f"{v:.15g}"
+        mantissa = text.lstrip("-").split("e")[0].replace(".", "").strip("0")
+        if len(mantissa) > SHORT_DIGITS:
+            text = repr(v)
+    else:
+        text = f"{v:.{digits}g}"
+    if not any(ch in text for ch in ".en"):
+        text += ".0"
+    return text
+
+
+#: Longest decimal (significant digits) that :func:`number_text` takes for noise-free.
+SHORT_DIGITS = 12
+
+
+#: Significant digits of derived tables (longitudinal changes, analysis tables): far
+#: beyond any HU precision, short of the rounding error a subtraction leaves.
+DERIVED_DIGITS = 12
+
+
+def derived_number_text(value: float) -> str:
+    """:func:`number_text` with :data:`DERIVED_DIGITS` (longitudinal and analysis tables)."""
+    return number_text(value, DERIVED_DIGITS)
+
+
+def multi_value_text(text: str) -> str:
+    """A DICOM multi-valued string (``Br38f\\3``) as a CSV cell: values joined by ``;``,
+    like every list cell of hu-roi's tables (``Br38f;3``)."""
+    return ";".join(v.strip() for v in text.split("\\")) if "\\" in text else text
+
+
 def escape_cell(text: str) -> str:
     """``text`` made safe to open in a spreadsheet (see the module docstring).
 

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from hu_roi.clibase import CliError, add_common_options
+
 #: The bundled synthetic cohort (see scripts/make_sample_dicom.py).
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_dicom"
 
@@ -28,7 +30,7 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="demo_out", metavar="DIR", help="output folder")
     p.add_argument("--sample", default=str(SAMPLE_DIR), metavar="DIR", help=argparse.SUPPRESS)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_common_options(p, quiet_help="no progress bars")
     p.set_defaults(func=run_demo)
 
 
@@ -54,9 +56,28 @@ def _summary(longitudinal_csv: Path) -> list[str]:
     return lines
 
 
+def run_step(argv: list[str]) -> int:
+    """Run one pipeline step (``index``, ``measure``, ``longitudinal`` or ``analyze``) as
+    the command line would, from the command modules themselves: the demo sits beside
+    them, below :mod:`hu_roi.cli`."""
+    from hu_roi.analysis.cli import add_analyze_parser
+    from hu_roi.batch import add_measure_parser
+    from hu_roi.indexcli import add_index_parser
+    from hu_roi.longitudinal import add_longitudinal_parser
+
+    parser = argparse.ArgumentParser(prog="hu-roi")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-q", "--quiet", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (add_index_parser, add_measure_parser, add_longitudinal_parser, add_analyze_parser):
+        add(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from hu_roi.analysis.synthetic import make_trial
-    from hu_roi.cli import CliError, main
+    from hu_roi.csvtext import number_text
     from hu_roi.util import OutputSet
 
     sample = Path(args.sample)
@@ -65,11 +86,13 @@ def run_demo(args: argparse.Namespace) -> int:
         raise CliError(f"sample data not found in {sample}; run scripts/make_sample_dicom.py")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    quiet = ["--quiet"] if args.quiet else []
+    quiet = ["--quiet"] if getattr(args, "quiet", False) else []
     t0 = time.perf_counter()
 
     def step(argv: list[str]) -> None:
-        status = main(argv)
+        # the step's own error (an HuRoiError, OSError...) reaches the CLI as this
+        # command's one-line error
+        status = run_step(argv)
         if status != 0:
             raise CliError(f"step 'hu-roi {' '.join(argv)}' failed with status {status}")
 
@@ -105,8 +128,8 @@ def run_demo(args: argparse.Namespace) -> int:
     meas, clin = data / "measurements.csv", data / "clinical.csv"
     meas_df, clin_df = make_trial()
     with OutputSet() as outs:
-        outs.add(meas, meas_df.to_csv(index=False))
-        outs.add(clin, clin_df.to_csv(index=False))
+        outs.add(meas, meas_df.to_csv(index=False, float_format=number_text))
+        outs.add(clin, clin_df.to_csv(index=False, float_format=number_text))
     step(
         [
             "analyze",

@@ -1,9 +1,10 @@
 """The measurement CSV: columns declared once here, rows from :class:`Measurement`.
 
-Columns: :data:`MEASUREMENT_COLUMNS` (DESIGN.md, in that exact order), then
+Columns: :data:`MEASUREMENT_COLUMNS` (docs/csv_schemas.md, in that exact order), then
 :data:`EXTRA_COLUMNS`; :data:`IDENTIFIER_COLUMNS` (patient name, birth date) only when the
-user asks for them.  Cell formats: floats in Python's shortest round-trip form (``repr``,
-so a value read back is bit-identical to the one measured), empty for missing/NaN;
+user asks for them.  Cell formats: floats with 15 significant digits
+(:func:`hu_roi.csvtext.number_text`: the decimals a float64 holds exactly, without the
+binary noise of ``repr`` such as ``167.19999999999993``), empty for missing/NaN;
 booleans ``true``/``false``; ``study_date`` as ISO ``YYYY-MM-DD`` when the DICOM date has 8
 digits; lists (``qc_flags``, ``slice_indices``) ``;``-separated.
 
@@ -23,14 +24,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from hu_roi import __version__
-from hu_roi.csvtext import escape_cell
+from hu_roi.csvtext import escape_cell, multi_value_text, number_text
 from hu_roi.measure import Measurement
 from hu_roi.util import OutputSet
 
@@ -47,7 +47,7 @@ __all__ = [
     "meta_path",
 ]
 
-#: DESIGN.md columns, in this order.
+#: docs/csv_schemas.md columns, in this order.
 MEASUREMENT_COLUMNS: tuple[str, ...] = (
     "roi_id",
     "patient_id",
@@ -77,7 +77,7 @@ MEASUREMENT_COLUMNS: tuple[str, ...] = (
     "qc_flags",
     "reader",
 )
-#: Extra columns after the DESIGN.md ones (units: HU, mg/cm³, mm).
+#: Extra columns after the contract ones (units: HU, mg/cm³, mm).
 EXTRA_COLUMNS: tuple[str, ...] = (
     "p5_hu",
     "p95_hu",
@@ -113,7 +113,7 @@ def format_cell(value: Any, *, formula_escape: bool = False) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return "" if not math.isfinite(value) else repr(value)
+        return number_text(value)  # 15 significant digits: no binary-float noise
     if isinstance(value, tuple | list):
         text = ";".join(format_cell(v) for v in value)
         is_text = any(isinstance(v, str) for v in value)
@@ -139,6 +139,8 @@ def measurement_row(
         v = m.qc_status if c == "qc_status" else getattr(m, c)
         if c == "study_date":
             v = _iso_date(v or "")
+        elif c == "kernel":
+            v = multi_value_text(v or "")
         row[c] = format_cell(v, formula_escape=formula_escape)
     return row
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from hu_roi.clibase import add_common_options, add_formula_escape_option
 from hu_roi.errors import SchemaError
 
 if TYPE_CHECKING:  # pandas and the schemas are imported when used: `hu-roi --help` stays fast
@@ -145,15 +145,17 @@ def longitudinal_table(measurements: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _cell(v: object) -> str:
+def _cell(v: object, derived: bool = False) -> str:
     import pandas as pd
+
+    from hu_roi.csvtext import derived_number_text, number_text
 
     if v is None or v is pd.NA:
         return ""
     if isinstance(v, bool | np.bool_):
         return "true" if v else "false"
     if isinstance(v, float | np.floating):
-        return "" if not math.isfinite(float(v)) else repr(float(v))
+        return derived_number_text(float(v)) if derived else number_text(float(v))
     return str(v)
 
 
@@ -174,9 +176,15 @@ def longitudinal_csv_text(table: pd.DataFrame, *, formula_escape: bool = True) -
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
+    # changes vs T0 with DERIVED_DIGITS (a difference carries its operands' rounding
+    # error); the HU values as measured (number_text: bit-identical to the measurement CSV)
+    derived = [c.startswith(("delta_", "pct_delta_")) for c in cols]
     for rec in table[cols].itertuples(index=False):
         w.writerow(
-            [escape_cell(v) if formula_escape and isinstance(v, str) else _cell(v) for v in rec]
+            [
+                escape_cell(v) if formula_escape and isinstance(v, str) else _cell(v, d)
+                for v, d in zip(rec, derived, strict=True)
+            ]
         )
     return buf.getvalue()
 
@@ -206,15 +214,13 @@ def add_longitudinal_parser(subparsers: argparse._SubParsersAction) -> None:
         "longitudinal",
         help="patient × level table of HU per timepoint with change vs T0",
         description="Read a measurement CSV (hu-roi measure) and write one row per patient × "
-        "level × ROI kind × reader with HU at T0..T3, ΔHU and %%Δ vs T0 and flags "
+        "level × ROI kind × reader with HU at T0..T3, ΔHU and %Δ vs T0 and flags "
         f"(pct-unstable when |HU T0| < {UNSTABLE_BASELINE_HU:g} HU, within-lsc-Tk when "
         f"|ΔHU| < {LSC_HU:g} HU, technical differences vs T0).",
     )
     p.add_argument("measurements", metavar="MEASUREMENTS.csv")
     p.add_argument("--out", metavar="FILE.csv", help="output CSV (default: stdout)")
-    p.add_argument("--quiet", action="store_true", help="no summary on stderr")
-    from hu_roi.cli import add_formula_escape_option
-
+    add_common_options(p, quiet_help="no summary on stderr")
     add_formula_escape_option(p)
     p.set_defaults(func=run_longitudinal)
 

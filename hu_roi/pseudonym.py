@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from random import Random
 
+from hu_roi.clibase import add_common_options, add_formula_escape_option, plural
 from hu_roi.csvtext import CsvRows, escape_cell, is_number, read_csv_rows, unescape_cell
 from hu_roi.errors import SchemaError
 from hu_roi.util import atomic_write_bytes, show
@@ -476,9 +477,7 @@ def add_pseudonymize_parser(subparsers) -> None:  # noqa: ANN001 - argparse priv
     g = p.add_mutually_exclusive_group()
     g.add_argument("--create", action="store_true", help="create MAP.csv (must not exist)")
     g.add_argument("--extend", action="store_true", help="add codes for new IDs to MAP.csv")
-    p.add_argument("--quiet", action="store_true")
-    from hu_roi.cli import add_formula_escape_option
-
+    add_common_options(p, quiet_help="no summary on stderr")
     add_formula_escape_option(p)
     p.set_defaults(func=run_pseudonymize)
 
@@ -544,7 +543,7 @@ def run_pseudonymize(args) -> int:  # noqa: ANN001
         )
         for t, r in zip(tables, read, strict=True)
     ]
-    if out.resolve() == map_path.resolve().parent and not args.quiet:
+    if out.resolve() == map_path.resolve().parent and not getattr(args, "quiet", False):
         print(
             f"hu-roi pseudonymize: warning: the map {args.map} is in the output folder; "
             "move it before sharing the folder",
@@ -552,12 +551,15 @@ def run_pseudonymize(args) -> int:  # noqa: ANN001
         )
     new_map = (args.create or args.extend) and (existing is None or pmap.codes != existing.codes)
     _write_outputs(dests, texts, map_path if new_map else None, pmap, existing, tables=tables)
-    if not args.quiet:
+    if not getattr(args, "quiet", False):
         for t, d, r in zip(tables, dests, read, strict=True):
-            print(f"hu-roi pseudonymize: {t} -> {d} ({len(r.rows)} rows)", file=sys.stderr)
+            print(
+                f"hu-roi pseudonymize: {t} -> {d} ({plural(len(r.rows), 'row')})", file=sys.stderr
+            )
         if new_map:
             print(
-                f"hu-roi pseudonymize: wrote the map {map_path} ({len(pmap)} IDs)", file=sys.stderr
+                f"hu-roi pseudonymize: wrote the map {map_path} ({plural(len(pmap), 'ID')})",
+                file=sys.stderr,
             )
     return 0
 

@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from hu_roi.clibase import add_common_options, plural
 from hu_roi.errors import HuRoiError
 
 logger = logging.getLogger(__name__)
@@ -34,11 +35,6 @@ FORMAT_PAGE = "docs/roi_format.md"
 
 class RoiInputError(HuRoiError, ValueError):
     """``hu-roi roi`` cannot run with these arguments (the message says why)."""
-
-
-def _count(n: int, word: str, plural: str | None = None) -> str:
-    """``1 ROI``, ``2 ROIs``."""
-    return f"{n} {word if n == 1 else (plural or word + 's')}"
 
 
 def add_roi_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -61,6 +57,7 @@ def add_roi_parser(subparsers: argparse._SubParsersAction) -> None:
     v.add_argument(
         "files", nargs="+", metavar="FILE_OR_DIR", help="ROI file(s), or folders of *.rois.json"
     )
+    add_common_options(v, quiet_help="no summary line")
     v.set_defaults(func=run_validate)
     n = sub.add_parser(
         "new",
@@ -120,7 +117,7 @@ def add_roi_parser(subparsers: argparse._SubParsersAction) -> None:
     n.add_argument("--reader", metavar="NAME", help="reader of a new ROI set (e.g. R1)")
     n.add_argument("--out", required=True, metavar="FILE", help="ROI set to append to")
     n.add_argument("--no-cache", action="store_true", help="do not use the header cache")
-    n.add_argument("--quiet", action="store_true", help="no summary line")
+    add_common_options(n, quiet_help="no summary line")
     n.set_defaults(func=run_new)
 
 
@@ -142,22 +139,22 @@ def _summary(rs: Any, n_unknown: int) -> str:
     refs = [r for r in rois if r.kind.startswith("reference-")]
     phantoms = [r for r in rois if r.kind.startswith("phantom-")]
     parts = [
-        f"valid, {_count(len(rois), 'ROI')} ({len(targets)} target, {len(refs)} reference, "
+        f"valid, {plural(len(rois), 'ROI')} ({len(targets)} target, {len(refs)} reference, "
         f"{len(phantoms)} phantom)",
-        _count(len({r.patient_id for r in rois}), "patient"),
+        plural(len({r.patient_id for r in rois}), "patient"),
         f"reader {rs.reader!r}" if rs.reader else "no reader",
     ]
     unusable = [r for r in targets if not (r.level and r.timepoint)]
     if unusable:
         parts.append(
-            f"{_count(len(unusable), 'target ROI')} without level or timepoint "
+            f"{plural(len(unusable), 'target ROI')} without level or timepoint "
             "(longitudinal cannot use them)"
         )
     no_pid = [r for r in rois if not r.patient_id]
     if no_pid:
-        parts.append(f"{_count(len(no_pid), 'ROI')} with an empty patient_id")
+        parts.append(f"{plural(len(no_pid), 'ROI')} with an empty patient_id")
     if n_unknown:
-        parts.append(f"{_count(n_unknown, 'unknown field name')} kept (listed above)")
+        parts.append(f"{plural(n_unknown, 'unknown field name')} kept (listed above)")
     return "; ".join(parts)
 
 
@@ -254,19 +251,19 @@ def run_new(args: argparse.Namespace) -> int:
             f"--patient-id {show(args.patient_id)} differs from the series' PatientID "
             f"{show(info.patient_id)}; measure would fail the ROI (patient-mismatch)"
         )
-    if info.refusing_problems:
+    if info.measure_refuses:
         logger.warning(
             "series %s has problems %s: measure refuses it unless they are accepted (--accept)",
             info.series_key,
-            ",".join(info.refusing_problems),
+            ",".join(info.measure_refuses),
         )
     expected: FileStamp | None = rs.stamp
     saved = save_roiset(replace(rs, rois=(*rs.rois, roi)), out, expected_stamp=expected)
-    if not args.quiet:
+    if not getattr(args, "quiet", False):
         x, y, z = roi.shape.center_mm  # type: ignore[misc]
         print(
             f"added ROI {show(rid)} (circle, radius {args.radius:g} mm, centre LPS "
             f"[{x:.3f}, {y:.3f}, {z:.3f}] mm = voxel {' '.join(map(str, args.voxel))} of "
-            f"series {info.series_key}) to {out} ({_count(len(saved.rois), 'ROI')})"
+            f"series {info.series_key}) to {out} ({plural(len(saved.rois), 'ROI')})"
         )
     return 0

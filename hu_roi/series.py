@@ -45,6 +45,12 @@ REFUSING_PROBLEMS: frozenset[str] = frozenset(
 )
 
 
+#: Refusing problems that ``hu-roi measure`` accepts by default: the voxel rule uses each
+#: slice's own position, so ROIs on such a series still get the right voxels (rows carry
+#: a ``series-<problem>`` warning).  ``load_series`` still refuses them unless accepted.
+MEASURE_ACCEPTS: tuple[str, ...] = ("missing-slices", "gantry-tilt")
+
+
 #: Largest deviation of ImageOrientationPatient from two orthonormal vectors: of each
 #: vector's length from 1 and of their dot product from 0 (≈ 0.06° from a right angle;
 #: at 250 mm from the first pixel a quarter of a 1 mm pixel).  The one tolerance of the
@@ -196,3 +202,19 @@ class SeriesInfo:
     def refusing_problems(self) -> tuple[str, ...]:
         """The problems of this series that make loading refuse by default."""
         return tuple(p for p in self.problems if p in REFUSING_PROBLEMS)
+
+    @property
+    def measure_refuses(self) -> tuple[str, ...]:
+        """The problems for which ``hu-roi measure`` (without ``--accept``) refuses this
+        series: :attr:`refusing_problems` minus :data:`MEASURE_ACCEPTS`."""
+        return tuple(p for p in self.refusing_problems if p not in MEASURE_ACCEPTS)
+
+    def __repr__(self) -> str:
+        # short: the slice list of a 300-image series would fill the terminal
+        kvp = "" if self.kvp is None else f", kvp={self.kvp:g}"
+        return (
+            f"SeriesInfo(series_key={self.series_key!r}, modality={self.modality!r}, "
+            f"series_description={self.series_description!r}, "
+            f"n_slices={self.n_slices}, rows={self.rows}, columns={self.columns}{kvp}, "
+            f"problems={self.problems!r})"
+        )

@@ -33,11 +33,15 @@ from cli_helpers import run_main as _run_main
 
 from hu_roi.errors import DicomReadError, HuRoiError, SeriesProblemError
 from hu_roi.io import index_folder, load_series
-from hu_roi.series import REFUSING_PROBLEMS
+from hu_roi.series import MEASURE_ACCEPTS, REFUSING_PROBLEMS
+
+#: Problems for which `hu-roi measure` refuses a series by default.
+MEASURE_REFUSES = REFUSING_PROBLEMS - set(MEASURE_ACCEPTS)
 
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY_RE = re.compile(
-    r"^hu-roi index: (\d+) files, (\d+) series \((\d+) measurable\), (\d+) files skipped$"
+    r"^hu-roi index: (\d+) files?, (\d+) series \((\d+) measurable by hu-roi measure"
+    r"(?:, \d+ of them with a warning)?\), (\d+) files? skipped$"
 )
 ERRORS = {"DicomReadError": DicomReadError, "SeriesProblemError": SeriesProblemError}
 #: Wall-clock limit of one CLI run on the whole corpus (it takes ~2 s).
@@ -172,7 +176,8 @@ def test_cli_index_case(corpus, case: str, tmp_path: Path, capsys) -> None:
     assert m, err
     n_files, n_series, n_ok, n_skipped = map(int, m.groups())
     assert n_series == exp.n_series
-    assert n_ok == sum(1 for p in exp.problems if not REFUSING_PROBLEMS.intersection(p))
+    # what measure measures by default: gantry tilt and missing slices with a warning
+    assert n_ok == sum(1 for p in exp.problems if not MEASURE_REFUSES.intersection(p))
     assert n_skipped == len(exp.skipped)
     assert n_files >= sum(exp.n_slices)
     with open(out, newline="", encoding="utf-8") as fh:
@@ -183,7 +188,9 @@ def test_cli_index_case(corpus, case: str, tmp_path: Path, capsys) -> None:
         skipped = list(csv.DictReader(fh))
     assert len(skipped) == len(exp.skipped)
     for line in err.splitlines()[1:]:
-        assert line.startswith(("  skipped ", "  wrote ", "  … and")), line
+        assert line.startswith(
+            ("  skipped ", "  wrote ", "  … and", "  not measured: ", "  0 series: ")
+        ), line
 
 
 # ---------------------------------------------------------------------------------------
@@ -206,10 +213,12 @@ def test_cli_index_whole_corpus(corpus, tmp_path: Path) -> None:
     assert n_series == sum(e.n_series for e in cases.values())
     assert n_skipped == sum(len(e.skipped) for e in cases.values())
     assert n_ok == sum(
-        1 for e in cases.values() for p in e.problems if not REFUSING_PROBLEMS.intersection(p)
+        1 for e in cases.values() for p in e.problems if not MEASURE_REFUSES.intersection(p)
     )
     for line in lines[1:]:
-        assert line.startswith(("  skipped ", "  wrote ", "  … and")), line
+        assert line.startswith(
+            ("  skipped ", "  wrote ", "  … and", "  not measured: ", "  0 series: ")
+        ), line
     # the table of series and the table of skipped files are complete
     with open(out, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))

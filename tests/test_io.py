@@ -363,7 +363,7 @@ def test_cli_index(tmp_path: Path) -> None:
     assert "P77" in text and "DOE" not in text  # no patient name in the output
     skipped = (tmp_path / "index.skipped.csv").read_text()
     assert "readme.txt" in skipped and "not a DICOM file" in skipped
-    assert "1 files skipped" in r.stderr
+    assert "1 file skipped" in r.stderr and "1 files" not in r.stderr
     bad = subprocess.run(
         [sys.executable, "-m", "hu_roi.cli", "index", str(tmp_path / "nope")],
         capture_output=True,

@@ -144,7 +144,7 @@ def test_targets_without_timepoint_or_level_are_flagged_and_counted(series, tmp_
     for k in ("no-tp", "no-level", "neither"):
         assert rows[k]["qc_status"] == "warn" and float(rows[k]["mean_hu"]) == 150.0
     summary = proc.stderr.splitlines()[0]
-    assert "3 target ROI(s) without timepoint or level" in summary, proc.stderr
+    assert "3 target ROIs without timepoint or level" in summary, proc.stderr
 
 
 # ------------------------------------------------------------------ --scheduler

@@ -515,7 +515,7 @@ def test_multi_line_schema_error_is_shown_not_cut(study: dict[str, Path], tmp_pa
 
 def _fake_command(exc: BaseException):  # type: ignore[no-untyped-def]
     """`hu-roi index` whose work raises ``exc``."""
-    import hu_roi.cli as cli
+    import hu_roi.indexcli as cli
 
     def boom(args):  # type: ignore[no-untyped-def]
         raise exc

@@ -242,6 +242,6 @@ def test_real_ge_phantom_index_holds_no_patient_id(real_ct: Path, tmp_path: Path
     assert "phantom_example" not in text.lower()
     out = _rows(tmp_path / "share" / "index.csv")
     for ra, rb in zip(rows, out, strict=True):
-        for col in ("series_instance_uid", "study_date", "kvp", "n_slices", "pixel_spacing_mm"):
+        for col in ("series_instance_uid", "study_date", "kvp", "n_slices", "pixel_spacing_row_mm"):
             assert ra[col] == rb[col], col
     assert os.path.getsize(tmp_path / "s" / "map.csv") > 0

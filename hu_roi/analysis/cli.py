@@ -3,7 +3,7 @@
 ``hu-roi analyze --measurements M.csv --clinical C.csv --out DIR`` writes a CSV per table,
 the PNG figures and ``DIR/report.html``.  DIR is built as a whole in a temporary folder and
 then takes the place of the old one (a failed run leaves the old one as it was).  Exit 0
-on success; 2 with the ``hu-roi analyze: error:`` message of :mod:`hu_roi.cli` when an
+on success; 2 with the ``hu-roi analyze: error:`` message of :mod:`hu_roi.clibase` when an
 input is missing or does not match its schema, or DIR cannot be written (it holds an input
 or files ``analyze`` does not write).
 """
@@ -14,6 +14,8 @@ import argparse
 import sys
 import time
 from pathlib import Path
+
+from hu_roi.clibase import add_common_options, add_formula_escape_option, plural
 
 
 def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
@@ -49,9 +51,7 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         action="store_true",
         help="also fit the paper's ANCOVA with repeated measurements (mixed model; slower)",
     )
-    p.add_argument("--quiet", action="store_true", help="print nothing on success")
-    from hu_roi.cli import add_formula_escape_option
-
+    add_common_options(p, quiet_help="print nothing on success")
     add_formula_escape_option(p)
     p.set_defaults(func=run_analyze)
     return p
@@ -59,9 +59,9 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 def run_analyze(args: argparse.Namespace) -> int:
     """Run the analysis for parsed arguments; returns the exit code (0, or 2 with the
-    ``hu-roi analyze: error: …`` message of :func:`hu_roi.cli.error_lines` on stderr when
-    an input is unusable or the output folder cannot be written)."""
-    from hu_roi.cli import error_lines, input_errors
+    ``hu-roi analyze: error: …`` message of :func:`hu_roi.clibase.error_lines` on stderr
+    when an input is unusable or the output folder cannot be written)."""
+    from hu_roi.clibase import error_lines, input_errors
 
     try:
         return _run_analyze(args)
@@ -104,7 +104,8 @@ def _run_analyze(args: argparse.Namespace) -> int:
         for note in ep.notes:
             print(f"note: {note}")
         print(
-            f"wrote {len(written) - 1} tables/figures and {written['report']} "
+            f"wrote {plural(len(written) - 1, 'table or figure', 'tables and figures')} and "
+            f"{written['report']} "
             f"in {time.perf_counter() - t0:.1f} s"
         )
     return 0
@@ -113,9 +114,13 @@ def _run_analyze(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry point (``python -m hu_roi.analysis.cli analyze ...``): the same as
     ``hu-roi analyze ...``, with its error messages and exit codes."""
-    from hu_roi.cli import main as cli_main
-
-    return cli_main(argv)
+    parser = argparse.ArgumentParser(prog="hu-roi")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-q", "--quiet", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_analyze_parser(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":

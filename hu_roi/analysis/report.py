@@ -546,6 +546,7 @@ def write_outputs(
     hu_roi.util.OutputError
         The folder cannot be written or replaced; nothing was changed.
     """
+    from hu_roi.csvtext import derived_number_text
     from hu_roi.util import OutputError, OutputSet, printable
 
     out = Path(out_dir)
@@ -557,7 +558,7 @@ def write_outputs(
         try:
             for name, table in ep.tables.items():
                 (_escaped(table) if formula_escape else table).to_csv(
-                    build / f"{name}.csv", index=False
+                    build / f"{name}.csv", index=False, float_format=derived_number_text
                 )
                 written[name] = out / f"{name}.csv"
             for name, png in figs.items():

@@ -43,6 +43,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from hu_roi.clibase import plural
 from hu_roi.roi import LESION_TYPES, LEVELS, REFERENCE_KINDS, TIMEPOINTS
 
 from .._series import handle_of_layer
@@ -387,7 +388,8 @@ class HuRoiWidget(QWidget):
             return
         n_ok = len(self.session.reading_list)
         self.message(
-            f"{len(res.series)} series ({n_ok} measurable), {len(res.skipped)} files skipped. "
+            f"{plural(len(res.series), 'series', 'series')} ({n_ok} measurable), "
+            f"{plural(len(res.skipped), 'file')} skipped. "
             "Click a series or press Next."
         )
         self._offer_autosave()
@@ -550,7 +552,7 @@ class HuRoiWidget(QWidget):
         except Exception as exc:  # noqa: BLE001 - conflict, permissions: say why
             self.message(f"Not saved: {exc}", warning=True)
             return
-        self.message(f"Saved {len(self.session.roiset.rois)} ROIs to {p.name}.")
+        self.message(f"Saved {plural(len(self.session.roiset.rois), 'ROI')} to {p.name}.")
 
     def save_as(self) -> None:
         p = self.choose_path("Save ROI file", save=True, filter="ROI sets (*.rois.json)")
@@ -579,7 +581,7 @@ class HuRoiWidget(QWidget):
         except Exception as exc:  # noqa: BLE001
             self.message(f"Export failed: {exc}", warning=True)
             return None
-        self.message(f"Wrote {len(self.session.measurements)} rows to {Path(out).name}.")
+        self.message(f"Wrote {plural(len(self.session.measurements), 'row')} to {Path(out).name}.")
         return out
 
     def measure_all(self, path: str | Path | None = None) -> Path | None:
