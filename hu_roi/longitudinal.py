@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hu_roi.clibase import add_common_options, add_formula_escape_option
+from hu_roi.clibase import add_common_options, add_formula_escape_option, plural
 from hu_roi.errors import SchemaError
 
 if TYPE_CHECKING:  # pandas and the schemas are imported when used: `hu-roi --help` stays fast
@@ -86,7 +86,7 @@ def read_measurement_targets(path: str | Path) -> pd.DataFrame:
         Unreadable file, a row with a wrong number of fields, a missing ``kind`` or
         ``level`` column, or a target row that does not fit the schema.
     """
-    from hu_roi.analysis.schemas import MEASUREMENT_SCHEMA
+    from hu_roi.analysis.schemas import MEASUREMENT_SCHEMA, drop_unplaced_fail_rows
 
     p = Path(path)
     raw = MEASUREMENT_SCHEMA.read_raw(p)
@@ -97,6 +97,7 @@ def read_measurement_targets(path: str | Path) -> pd.DataFrame:
                 "hu-roi measure?"
             )
     raw = raw.loc[(raw["kind"].str.strip() == "target") & (raw["level"].str.strip() != "")]
+    raw = drop_unplaced_fail_rows(raw, f"measurement CSV ({p})")
     return MEASUREMENT_SCHEMA.validate(raw, source=str(p), lines=raw.index.tolist())
 
 
@@ -240,8 +241,8 @@ def run_longitudinal(args: argparse.Namespace) -> int:
         )
     if not getattr(args, "quiet", False):
         print(
-            f"hu-roi longitudinal: {len(table)} patient × level rows from {len(m)} target ROIs"
-            + (f"; wrote {printable(out)}" if out != "-" else ""),
+            f"hu-roi longitudinal: {plural(len(table), 'patient × level row')} from "
+            f"{plural(len(m), 'target ROI')}" + (f"; wrote {printable(out)}" if out != "-" else ""),
             file=sys.stderr,
         )
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import json
 import re
 import subprocess
 import sys
@@ -297,3 +298,37 @@ def test_no_doc_points_outside_the_repository() -> None:
         text = p.read_text(encoding="utf-8")
         assert "DESIGN.md" not in text, p
         assert "/work/" not in text, p
+
+
+def test_a_fail_row_without_patient_id_does_not_refuse_the_table(tmp_path: Path) -> None:
+    """A series without PatientID (as the anonymised Siemens export) and one ROI that names
+    no patient: measure writes a patient-id-missing fail row with an empty patient_id;
+    longitudinal and analyze's reader leave that row out with a warning naming it instead
+    of refusing the whole file, and keep the good ROI."""
+    from hu_roi.analysis.schemas import read_measurements
+
+    d = tmp_path / "dicom"
+    write_ct_series(d, np.full((4, 16, 16), 120.0), extra_tags={"PatientID": None})
+    rois = tmp_path / "r.rois.json"
+    base = ["--dicom", str(d), "--series", _key(d), "--radius", "4", "--timepoint", "T0"]
+    ok = run_main("roi", "new", *base, "--voxel", "1", "8", "8", "--level", "L1",
+                  "--patient-id", "S01", "--out", str(rois), "--no-cache")  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    data = json.loads(rois.read_text())
+    bad = dict(data["rois"][0], roi_id="X-T0-L2", level="L2", patient_id="")
+    data["rois"].append(bad)
+    rois.write_text(json.dumps(data))
+    m = tmp_path / "m.csv"
+    assert run_main("measure", "--dicom", str(d), "--rois", str(rois), "--out", str(m),
+                    "-q").returncode == 0  # fmt: skip
+    by_id = {r["roi_id"]: r for r in _rows(m)}
+    assert by_id["X-T0-L2"]["qc_status"] == "fail" and by_id["X-T0-L2"]["patient_id"] == ""
+    assert "patient-id-missing" in by_id["X-T0-L2"]["qc_flags"]
+    lg = tmp_path / "l.csv"
+    proc = _hu_roi("longitudinal", str(m), "--out", str(lg))
+    assert proc.returncode == 0, proc.stderr
+    assert "1 fail row(s) without patient_id left out (line 3: roi_id 'X-T0-L2')" in proc.stderr
+    (row,) = _rows(lg)
+    assert row["patient_id"] == "S01" and row["level"] == "L1"
+    assert float(row["hu_T0"]) == 120.0
+    assert list(read_measurements(m)["roi_id"]) == ["S01-T0-L1"]

@@ -666,9 +666,39 @@ LONGITUDINAL_SCHEMA = TableSchema(
 """One row per patient x level x ROI kind x reader; HU per timepoint and change vs T0."""
 
 
+def drop_unplaced_fail_rows(raw: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Leave out ``fail`` rows without a ``patient_id`` (text cells as read).
+
+    ``hu-roi measure`` writes such a row when an ROI names no patient and its series has
+    no PatientID (``patient-id-missing``): it holds no measurement and belongs to no
+    patient, so no table can place it.  Dropping it keeps one bad ROI from refusing the
+    whole file; a warning names each row left out.  Any other row without a
+    ``patient_id`` is still refused by the schema.
+    """
+    if "patient_id" not in raw.columns or "qc_status" not in raw.columns:
+        return raw
+    unplaced = (raw["qc_status"].str.strip() == "fail") & (raw["patient_id"].str.strip() == "")
+    if unplaced.any():
+        from hu_roi.util import show
+
+        rows = raw.loc[unplaced]
+        ids = rows["roi_id"] if "roi_id" in rows.columns else pd.Series("", index=rows.index)
+        shown = ", ".join(f"line {i}: roi_id {show(r, 40)}" for i, r in ids.items())
+        logger.warning(
+            "%s: %d fail row(s) without patient_id left out (%s); give the ROI a patient_id "
+            "(the study code) and measure again",
+            source,
+            int(unplaced.sum()),
+            shown,
+        )
+    return raw.loc[~unplaced]
+
+
 def read_measurements(path: str | Path) -> pd.DataFrame:
-    """Read and validate a measurement CSV (:data:`MEASUREMENT_SCHEMA`)."""
-    return MEASUREMENT_SCHEMA.read_csv(path)
+    """Read and validate a measurement CSV (:data:`MEASUREMENT_SCHEMA`); ``fail`` rows
+    without a patient_id are left out with a warning (:func:`drop_unplaced_fail_rows`)."""
+    raw = drop_unplaced_fail_rows(MEASUREMENT_SCHEMA.read_raw(path), str(path))
+    return MEASUREMENT_SCHEMA.validate(raw, source=str(path), lines=raw.index.tolist())
 
 
 def read_longitudinal(path: str | Path) -> pd.DataFrame:
