@@ -45,7 +45,12 @@ __all__ = [
     "LogrankResult",
     "rank_sum",
     "signed_rank",
+    "signed_rank_sas",
+    "SignedRankSasResult",
     "chi_square",
+    "cochran_rule",
+    "survival_at",
+    "SurvivalAtResult",
     "fisher_exact",
     "kaplan_meier",
     "logrank",
@@ -995,6 +1000,107 @@ def signed_rank(
     )
 
 
+@dataclass(frozen=True)
+class SignedRankSasResult:
+    """Result of :func:`signed_rank_sas`.
+
+    Attributes
+    ----------
+    statistic : float
+        SAS's S = V − n(n + 1)/4 (V the sum of the positive signed ranks, n the number of
+        non-zero differences).
+    p_value : float
+        Two-sided ``Pr >= |S|``.
+    n : int
+        Number of non-zero differences used.
+    n_zeros : int
+        Zero differences dropped.
+    exact : bool
+        Exact distribution (n ≤ 20) or Student-t approximation (n > 20).
+    t : float
+        The t statistic of the approximation (nan when exact).
+    method : str
+    """
+
+    statistic: float
+    p_value: float
+    n: int
+    n_zeros: int
+    exact: bool
+    t: float
+    method: str
+
+
+#: SAS PROC UNIVARIATE uses the exact distribution of S up to this many non-zero values.
+SAS_SIGNED_RANK_EXACT_MAX_N = 20
+
+
+def signed_rank_sas(x: Sequence[float] | np.ndarray, *, mu: float = 0.0) -> SignedRankSasResult:
+    """Wilcoxon signed-rank test as SAS PROC UNIVARIATE (``MU0=``) reports it.
+
+    SAS's rule: zero differences are dropped; S = Σ_{x_i > mu} r_i − n(n + 1)/4 with
+    average ranks r_i of |x_i − mu|; for n ≤ 20 the two-sided p-value ``Pr >= |S|`` comes
+    from the exact permutation distribution of S (all 2^n sign patterns of the observed,
+    possibly tied, ranks); for n > 20 from Student's t with n − 1 degrees of freedom,
+    t = S·sqrt((n − 1)/(n·V − S²)), V = n(n + 1)(2n + 1)/24 − Σ(t_j³ − t_j)/48 (t_j the
+    sizes of the tie groups).  SAS gives no Hodges–Lehmann interval here; use
+    :func:`signed_rank` (R) for the pseudo-median.
+
+    Parameters
+    ----------
+    x : sequence of float, shape (n,)
+        Differences (e.g. change of HU vs baseline).  NaN dropped.
+    mu : float
+        Location under the null hypothesis (same unit as x).
+
+    Returns
+    -------
+    SignedRankSasResult
+
+    Raises
+    ------
+    StatsInputError
+        No non-missing value, or infinite values.
+    """
+    xa = _as_sample(x, "x")
+    xa = xa[~np.isnan(xa)]
+    if xa.size < 1:
+        raise StatsInputError("not enough (non-missing) 'x' observations: need at least 1")
+    d = xa - mu
+    n_zeros = int(np.sum(d == 0))
+    d = d[d != 0]
+    n = int(d.size)
+    if n == 0:
+        return SignedRankSasResult(0.0, 1.0, 0, n_zeros, True, math.nan,
+                                   "SAS UNIVARIATE signed rank (all differences zero)")  # fmt: skip
+    r = _rank(np.abs(d))
+    s = float(np.sum(r[d > 0])) - n * (n + 1) / 4.0
+    if n <= SAS_SIGNED_RANK_EXACT_MAX_N:
+        # doubled average ranks are whole numbers: distribution of the sum of the doubled
+        # positive ranks over all 2^n sign patterns by convolution
+        r2 = np.rint(2 * r).astype(np.int64)
+        dist = np.zeros(int(r2.sum()) + 1)
+        dist[0] = 1.0
+        for k in r2:
+            shifted = np.zeros_like(dist)
+            shifted[k:] = dist[: dist.size - k]
+            dist = (dist + shifted) / 2.0
+        sums = np.arange(dist.size) / 2.0 - n * (n + 1) / 4.0
+        p = float(np.sum(dist[np.abs(sums) >= abs(s) - 1e-9]))
+        return SignedRankSasResult(
+            s, min(1.0, p), n, n_zeros, True, math.nan,
+            "SAS UNIVARIATE signed rank, exact distribution (n <= 20)",
+        )  # fmt: skip
+    v = n * (n + 1) * (2 * n + 1) / 24.0 - _tie_sum(r) / 48.0
+    denom = n * v - s * s
+    t = math.copysign(math.inf, s) if denom <= 0 else s * math.sqrt((n - 1) / denom)
+    p = float(2 * special.stdtr(n - 1, -abs(t)))
+    return SignedRankSasResult(
+        s, min(1.0, p), n, n_zeros, False, t,
+        "SAS UNIVARIATE signed rank, Student t approximation (n > 20)",
+    )  # fmt: skip
+
+
 # ---------------------------------------------------------------------------
 # Contingency tables
 # ---------------------------------------------------------------------------
@@ -1079,6 +1185,37 @@ def chi_square(table: Any, *, correct: bool = False) -> ContingencyResult:
         dof=dof,
         method=method,
     )
+
+
+def cochran_rule(table: Any) -> tuple[bool, str]:
+    """Cochran's rule for the chi-square approximation of an r×c table.
+
+    The approximation is trusted when no expected count is below 1 and at most 20 % of
+    the expected counts are below 5 (Cochran 1954; the rule of SAS PROC FREQ's warning
+    and of R's "Chi-squared approximation may be incorrect" for 2×2 tables).
+
+    Parameters
+    ----------
+    table : array-like, shape (r, c)
+        Counts with no empty row or column.
+
+    Returns
+    -------
+    (ok, message) : tuple of (bool, str)
+        ``ok`` False when the rule is broken; ``message`` says why ("" when ok).
+    """
+    t = _as_table(table)
+    n = float(np.sum(t))
+    e = np.outer(t.sum(axis=1), t.sum(axis=0)) / n if n > 0 else np.zeros_like(t)
+    small = int(np.sum(e < 5))
+    tiny = int(np.sum(e < 1))
+    if tiny or small > 0.2 * e.size:
+        return False, (
+            f"{small} of {e.size} expected counts below 5"
+            + (f" ({tiny} below 1)" if tiny else "")
+            + "; the chi-square approximation may be poor (Cochran's rule), see Fisher's exact p"
+        )
+    return True, ""
 
 
 _FISHER_MAX_TABLES = 20_000_000
@@ -1357,6 +1494,76 @@ def kaplan_meier(time: Any, event: Any, *, conf_level: float = 0.95) -> KaplanMe
         median_lower=med_lo,
         median_upper=med_hi,
     )
+
+
+@dataclass(frozen=True, eq=False)
+class SurvivalAtResult:
+    """Result of :func:`survival_at`; arrays of shape (n_times,).
+
+    Attributes
+    ----------
+    time : ndarray
+        The requested times.
+    survival, std_err, lower, upper : ndarray
+        S(t), its Greenwood standard error and the log-type limits; nan after the last
+        observed time (not estimable, R's ``summary(..., extend=FALSE)`` drops them).
+    n_risk : ndarray of int
+        Number of subjects still under observation at t (time ≥ t).
+    n_event : ndarray of int
+        Events up to and including t.
+    """
+
+    time: np.ndarray
+    survival: np.ndarray
+    std_err: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    n_risk: np.ndarray
+    n_event: np.ndarray
+
+
+def survival_at(km: KaplanMeierResult, times: Sequence[float]) -> SurvivalAtResult:
+    """Kaplan–Meier survival at given times with CI and number at risk.
+
+    Reproduces R ``summary(survfit(Surv(time, event) ~ 1), times=)`` (``extend=FALSE``):
+    S(t) is the estimate at the last observed time ≤ t (1 before the first one, with
+    limits 1 and standard error 0); ``n.risk`` is the number with time ≥ t; times after
+    the last observed time are not estimable (nan survival, 0 at risk).
+
+    Parameters
+    ----------
+    km : KaplanMeierResult
+        From :func:`kaplan_meier`.
+    times : sequence of float
+        Times in the unit of the curve (e.g. months: 3 and 6).
+
+    Returns
+    -------
+    SurvivalAtResult
+    """
+    tt = np.asarray(list(times), dtype=float)
+    k = tt.size
+    surv = np.full(k, np.nan)
+    se = np.full(k, np.nan)
+    lo = np.full(k, np.nan)
+    hi = np.full(k, np.nan)
+    nr = np.zeros(k, dtype=int)
+    ne = np.zeros(k, dtype=int)
+    tmax = float(km.time[-1]) if km.time.size else -math.inf
+    for i, t in enumerate(tt):
+        after = np.nonzero(km.time >= t)[0]
+        nr[i] = int(km.n_risk[after[0]]) if after.size else 0
+        upto = np.nonzero(km.time <= t)[0]
+        ne[i] = int(np.sum(km.n_event[upto])) if upto.size else 0
+        if t > tmax:
+            continue
+        if upto.size == 0:
+            surv[i], se[i], lo[i], hi[i] = 1.0, 0.0, 1.0, 1.0
+        else:
+            j = int(upto[-1])
+            surv[i], se[i] = km.survival[j], km.std_err[j]
+            lo[i], hi[i] = km.lower[j], km.upper[j]
+    return SurvivalAtResult(tt, surv, se, lo, hi, nr, ne)
 
 
 @dataclass(frozen=True, eq=False)
