@@ -188,6 +188,12 @@ QC_FLAGS: dict[str, QcFlag] = dict(
             "A target ROI has no level: measured, but hu-roi longitudinal cannot place it (counted in the measure summary)",
             "hu_roi.measure.label_flags",
         ),
+        _f(
+            "proposed-unconfirmed",
+            "warn",
+            "The ROI is a proposal (proposed: true, e.g. from hu-roi propagate) that the reader has not confirmed yet",
+            "ROI file (hu_roi.measure.label_flags)",
+        ),
         # -- ROI quality (measure) -------------------------------------------------------
         _f(
             "roi-on-padding",
@@ -591,10 +597,11 @@ def patient_mismatch(
 
 
 def label_flags(roi: Roi) -> list[str]:
-    """``no-timepoint`` / ``no-level`` for a target ROI lacking them (longitudinal needs both)."""
+    """``proposed-unconfirmed`` for an unconfirmed proposal (any kind), and ``no-timepoint`` /
+    ``no-level`` for a target ROI lacking them (longitudinal needs both)."""
+    flags = ["proposed-unconfirmed"] if roi.proposed else []
     if roi.kind != "target":
-        return []
-    flags = []
+        return flags
     if not roi.timepoint:
         flags.append("no-timepoint")
     if not roi.level:

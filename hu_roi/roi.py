@@ -136,6 +136,7 @@ _KNOWN_ROI_KEYS = (
     "kind",
     "density_mg_cm3",
     "proposed",
+    "registration",
     "shape",
 )
 _KNOWN_SHAPE_KEYS = ("type", "center_mm", "radius_mm", "radii_mm", "angle_deg", "points_mm")
@@ -667,6 +668,10 @@ class Roi:
     proposed : bool or None
         True for an ROI the tool proposed that the reader has not confirmed yet; None when
         the file does not say.
+    registration : dict or None
+        How a proposed ROI was registered from its baseline (``hu-roi propagate``): a JSON
+        object of numbers, strings, booleans, null and lists/objects of them (metric value,
+        transform parameters in mm and radians, iterations); None when absent.
     extra : dict
         Unknown ROI fields, kept for the round trip.
     """
@@ -684,6 +689,7 @@ class Roi:
     study_date: str = ""
     density_mg_cm3: float | None = None
     proposed: bool | None = None
+    registration: dict[str, Any] | None = field(default=None, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -742,6 +748,13 @@ class Roi:
         proposed = d.get("proposed")
         if proposed is not None and not isinstance(proposed, bool):
             raise _err(rid, "proposed", f"must be true, false or null; got {show_value(proposed)}")
+        registration = d.get("registration")
+        if registration is not None and not isinstance(registration, Mapping):
+            raise _err(
+                rid,
+                "registration",
+                f"must be a JSON object or null; got {show_value(registration)}",
+            )
         shape = Shape.from_dict(d["shape"], rid)
         extra = {k: v for k, v in d.items() if k not in _KNOWN_ROI_KEYS}
         return cls(
@@ -758,6 +771,7 @@ class Roi:
             study_date=sdate,
             density_mg_cm3=dens_v,
             proposed=proposed,
+            registration=None if registration is None else dict(registration),
             extra=extra,
         )
 
@@ -781,6 +795,8 @@ class Roi:
             out["density_mg_cm3"] = self.density_mg_cm3
         if self.proposed is not None:
             out["proposed"] = self.proposed
+        if self.registration is not None:
+            out["registration"] = self.registration
         out["shape"] = self.shape.to_dict()
         out.update(self.extra)
         return out
