@@ -140,8 +140,15 @@ class SeriesHandle:
         would evict some before they are stacked).
         """
         if len(idx) > CACHE_SLICES:
+            full = _FULL.get(self.token)
+            if full is not None and full[0] == idx:
+                return full[1], full[2]
             vol = load_series(self.info, slices=idx, accept=self.accept)
             self.n_loads += 1
+            # a reformat (sagittal/coronal view) asks for every slice at each step: keep
+            # the last such stack of one series only (memory of one volume)
+            _FULL.clear()
+            _FULL[self.token] = (idx, vol.hu, vol.padding_hu)
             return vol.hu, vol.padding_hu
         self._load(idx)
         with self._lock:
@@ -324,6 +331,10 @@ def _expand_key(key: Any, ndim: int) -> tuple[Any, ...] | None:
             return None
     return tuple(out)
 
+
+#: The last stack of more than CACHE_SLICES slices read (reformat views): token -> (slices,
+#: HU, padding HU).  One entry at most.
+_FULL: dict[str, tuple[list[int], np.ndarray, float | None]] = {}
 
 # -- registry: layers carry only an opaque token; the handle lives here -------------------
 _REGISTRY: dict[str, SeriesHandle] = {}

@@ -8,6 +8,8 @@ Keyboard (active while the viewer window has focus):
 * ``Alt+Right`` / ``Alt+Left`` — next / previous series of the reading list
 * ``Alt+Down`` / ``Alt+Up`` — next / previous vertebral level for the next ROI
 * ``Ctrl+S`` — save the ROI file
+* ``Alt+1`` / ``Alt+2`` / ``Alt+3`` — bone / soft tissue / lung window (napari keymap)
+* ``Alt+A`` / ``Alt+S`` / ``Alt+C`` — axial / sagittal / coronal view (napari keymap)
 """
 
 from __future__ import annotations
@@ -48,6 +50,16 @@ from hu_roi.roi import LESION_TYPES, LEVELS, REFERENCE_KINDS, TIMEPOINTS
 
 from .._series import handle_of_layer
 from .._session import Session, next_level
+from .._viewing import (
+    VIEWS,
+    WINDOW_PRESETS,
+    cursor_text,
+    orientation_letters,
+    slice_text,
+    voxel_at,
+    window_limits,
+    window_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +145,7 @@ class HuRoiWidget(QWidget):
         self.tabs.addTab(self._build_calibration_tab(), "Calibration")
         lay = QVBoxLayout(self)
         lay.setContentsMargins(2, 2, 2, 2)
+        lay.addLayout(self._build_view_row())
         lay.addWidget(self.tabs)
         self.status = QLabel("Open a DICOM folder (Study tab).")
         self.status.setWordWrap(True)
@@ -151,6 +164,23 @@ class HuRoiWidget(QWidget):
             sc.activated.connect(fn)
             self._shortcuts.append(sc)
 
+        self._keys: list[str] = []
+        for keys, fn in (
+            ("Alt-1", lambda: self.set_window("bone")),
+            ("Alt-2", lambda: self.set_window("soft tissue")),
+            ("Alt-3", lambda: self.set_window("lung")),
+            ("Alt-A", lambda: self.set_view("axial")),
+            ("Alt-S", lambda: self.set_view("sagittal")),
+            ("Alt-C", lambda: self.set_view("coronal")),
+        ):
+            napari_viewer.bind_key(keys, lambda _v, f=fn: f(), overwrite=True)
+            self._keys.append(keys)
+        self._overlays: dict[str, Any] = {}
+        self._install_cursor_status()
+        napari_viewer.dims.events.point.connect(self.update_overlays)
+        napari_viewer.dims.events.order.connect(self.update_overlays)
+        self._camera().events.orientation.connect(self.update_overlays)
+
         self._guard = _CloseGuard(self)
         self._guarded: QWidget | None = None
         #: plugin layers added to the viewer (reader, sample data) and not yet adopted
@@ -161,6 +191,29 @@ class HuRoiWidget(QWidget):
             QTimer.singleShot(0, self.adopt_pending)
 
     # ------------------------------------------------------------------ building the UI
+    def _build_view_row(self) -> QHBoxLayout:
+        row = QHBoxLayout()
+        self._window_buttons: dict[str, QPushButton] = {}
+        for i, name in enumerate(WINDOW_PRESETS):
+            w, lv = WINDOW_PRESETS[name]
+            b = QPushButton(name.capitalize())
+            b.setToolTip(f"{name} window W {w:.0f} / L {lv:.0f} (Alt+{i + 1})")
+            b.clicked.connect(lambda _=False, n=name: self.set_window(n))
+            row.addWidget(b)
+            self._window_buttons[name] = b
+        self.window_label = QLabel("W – / L –")
+        self.window_label.setToolTip("Window width / level of the series shown (HU)")
+        row.addWidget(self.window_label)
+        self.view_combo = QComboBox()
+        self.view_combo.addItems(list(VIEWS))
+        self.view_combo.setToolTip(
+            "Axial, sagittal or coronal view of the series (Alt+A / Alt+S / Alt+C); "
+            "ROIs are drawn on axial slices"
+        )
+        self.view_combo.currentTextChanged.connect(self.set_view)
+        row.addWidget(self.view_combo)
+        return row
+
     def _build_study_tab(self) -> QWidget:
         w = QWidget()
         g = QGridLayout(w)
@@ -333,6 +386,120 @@ class HuRoiWidget(QWidget):
         b.clicked.connect(self.refresh_calibration)
         v.addWidget(b)
         return w
+
+    # ------------------------------------------------------------------ reading aids
+    def _camera(self) -> Any:
+        scene = getattr(self.viewer, "scene", None)  # napari >= 0.9; older: viewer.camera
+        return scene.camera if scene is not None else self.viewer.camera
+
+    def set_window(self, name: str) -> None:
+        """Apply a window preset (``bone``, ``soft tissue``, ``lung``) to the series shown."""
+        img = self.session.image_layer
+        if img is None:
+            self.message("Open a series first.", warning=True)
+            return
+        img.contrast_limits = window_limits(*WINDOW_PRESETS[name])
+        self.update_window_label()
+
+    def update_window_label(self, *_: Any) -> None:
+        """Show the current window width/level of the series shown."""
+        img = self.session.image_layer
+        self.window_label.setText("W – / L –" if img is None else window_text(img.contrast_limits))
+
+    def set_view(self, name: str) -> None:
+        """Axial, sagittal or coronal view (world LPS planes; superior up in reformats).
+
+        ROIs are drawn on the series' own slices; the reformats are for looking (and for
+        vertebral heights), napari reads every slice of the series once for them.
+        """
+        if name not in VIEWS:
+            return
+        if self.view_combo.currentText() != name:
+            self.view_combo.blockSignals(True)
+            self.view_combo.setCurrentText(name)
+            self.view_combo.blockSignals(False)
+        shown, orient = VIEWS[name]
+        hidden = next(a for a in range(3) if a not in shown)
+        if self.viewer.dims.ndim == 3:
+            self.viewer.dims.order = (hidden, *shown)
+            self._camera().orientation2d = orient
+            self.viewer.reset_view()
+        self.update_overlays()
+
+    def update_overlays(self, *_: Any) -> None:
+        """R/L/A/P markers at the canvas edges and the slice index and position (mm)."""
+        from napari.components.overlays import TextOverlay
+
+        cur = self.session.current
+        dims = self.viewer.dims
+        show = cur is not None and dims.ndisplay == 2 and dims.ndim == 3
+        texts: dict[str, str] = {}
+        if show:
+            displayed = tuple(dims.displayed)
+            letters = orientation_letters(displayed, tuple(self._camera().orientation2d))
+            texts = {
+                "middle_left": letters["left"],
+                "middle_right": letters["right"],
+                "top_center": letters["top"],
+                "bottom_center": letters["bottom"],
+                "top_left": slice_text(cur.info, tuple(dims.point), displayed),  # type: ignore[union-attr]
+            }
+        overlays = self.viewer.canvas.overlays
+        for pos in ("middle_left", "middle_right", "top_center", "bottom_center", "top_left"):
+            key = f"hu_roi_{pos}"
+            ov = self._overlays.get(pos)
+            if ov is None:
+                if not show:
+                    continue
+                ov = TextOverlay(position=pos, font_size=13, color="yellow", visible=True)
+                overlays[key] = ov
+                self._overlays[pos] = ov
+            ov.text = texts.get(pos, "")
+            ov.visible = show
+
+    def overlay_texts(self) -> dict[str, str]:
+        """What the canvas markers show now (position → text; only visible ones)."""
+        return {p: o.text for p, o in self._overlays.items() if o.visible}
+
+    def _install_cursor_status(self) -> None:
+        """Put the image's HU and the voxel's LPS position into napari's status bar.
+
+        napari computes the status from the *active* layer (the ROI Shapes layer while
+        drawing, which shows shape indices); its status thread and its own update both
+        call the viewer's ``_calc_status_from_cursor``, so the hook wraps that method of
+        this viewer only.
+        """
+        v = self.viewer
+        self._orig_status = v._calc_status_from_cursor
+        object.__setattr__(v, "_calc_status_from_cursor", self._status_from_cursor)
+
+    def _status_from_cursor(self) -> tuple[Any, str] | None:
+        res = self._orig_status()
+        s = self.session
+        if res is None or s is None:
+            return res
+        status, tip = res
+        img, cur = s.image_layer, s.current
+        if cur is not None and img is not None and img in self.viewer.layers:
+            try:
+                vox = voxel_at(cur.info, img, self.viewer.cursor.position)
+                hu = None if vox is None else float(cur.slice_hu(vox[0])[vox[1], vox[2]])
+                text = cursor_text(cur.info, vox, hu)
+            except Exception:  # noqa: BLE001 - runs on napari's status thread: never raise
+                log.debug("cursor status failed", exc_info=True)
+                return res
+            status = {
+                "layer_base": s.label(cur.info),
+                "source_type": "",
+                "plugin": "",
+                "coordinates": text,
+            }
+        elif s.blinded:
+            coords = status.get("coordinates", "") if isinstance(status, dict) else ""
+            status = {"layer_base": "", "source_type": "", "plugin": "", "coordinates": coords}
+        if s.blinded:
+            tip = ""
+        return status, tip
 
     # ------------------------------------------------------------------ dialogs (overridable)
     def ask(self, title: str, question: str, buttons: tuple[str, ...]) -> str:
@@ -706,11 +873,28 @@ class HuRoiWidget(QWidget):
                 )
                 self.tabs.setCurrentIndex(1)
             self.refresh_tree()
+            self._watch_image()
+            self.update_overlays()
         if what in ("series", "rois", "saved", "roifile"):
             self.refresh_table()
             self.refresh_calibration()
             if self.session.problems:
                 self.message("; ".join(self.session.problems), warning=True)
+
+    def _watch_image(self) -> None:
+        """Follow the contrast limits of the image shown (the W/L label)."""
+        img = self.session.image_layer
+        old = getattr(self, "_watched_image", None)
+        if old is not img:
+            if old is not None:
+                try:
+                    old.events.contrast_limits.disconnect(self.update_window_label)
+                except Exception:  # noqa: BLE001 - layer already gone
+                    pass
+            if img is not None:
+                img.events.contrast_limits.connect(self.update_window_label)
+            self._watched_image = img
+        self.update_window_label()
 
     def _update_roi_file_label(self) -> None:
         p = self.session.roi_path
@@ -844,6 +1028,15 @@ class HuRoiWidget(QWidget):
         self._timer.stop()
         self._preview_timer.stop()
         self._pending.clear()
+        if getattr(self, "_orig_status", None) is not None:
+            self.viewer.__dict__.pop("_calc_status_from_cursor", None)
+            self._orig_status = None
+        for keys in self._keys:
+            try:
+                self.viewer.bind_key(keys, None)
+            except Exception:  # noqa: BLE001 - already unbound
+                pass
+        self._keys.clear()
         try:
             self.viewer.layers.events.inserted.disconnect(self._on_layer_inserted)
         except Exception:  # noqa: BLE001 - already gone
