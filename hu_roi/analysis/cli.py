@@ -47,6 +47,34 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         "categories (default 0: any increase is an increase)",
     )
     p.add_argument(
+        "--within-test",
+        choices=("r-default", "r-normal", "sas"),
+        default="r-default",
+        help="within-arm signed-rank test of the HU changes: r-default = R wilcox.test "
+        "(exact for n < 50 without ties or zeros; default), r-normal = R normal approximation "
+        "with continuity correction, sas = SAS PROC UNIVARIATE (exact n <= 20, t above)",
+    )
+    p.add_argument(
+        "--between",
+        choices=("sas", "r"),
+        default="sas",
+        help="between-arm rank-sum test and Hodges-Lehmann interval: sas = SAS NPAR1WAY with "
+        "asymptotic Moses limits (default, the paper's), r = R wilcox.test(conf.int=TRUE)",
+    )
+    p.add_argument(
+        "--os-origin",
+        choices=("diagnosis", "rt", "columns"),
+        default="diagnosis",
+        help="origin of overall survival: diagnosis = date_diagnosis (default, the paper's), "
+        "rt = date_rt (start of RT), columns = os_months and os_event of the clinical CSV",
+    )
+    p.add_argument(
+        "--include-hu-after-death",
+        action="store_true",
+        help="use HU measured at a timepoint whose nominal date is after the patient's death "
+        "(default: left out, with a note)",
+    )
+    p.add_argument(
         "--repeated-measures",
         action="store_true",
         help="also fit the paper's ANCOVA with repeated measurements (mixed model; slower)",
@@ -81,9 +109,10 @@ def _run_analyze(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     inputs = {"measurements": args.measurements, "clinical": args.clinical}
     # before the work: an output folder that holds an input or other files is refused
-    OutputSet([(f"the {k} input", p) for k, p in inputs.items()]).check_folder(
-        args.out, own=output_names()
-    )
+    from hu_roi.analysis.endpoints import NEW_TABLE_NAMES
+
+    own = output_names() | {f"{name}.csv" for name in NEW_TABLE_NAMES}
+    OutputSet([(f"the {k} input", p) for k, p in inputs.items()]).check_folder(args.out, own=own)
     meas = read_measurements(args.measurements)
     clin = read_clinical(args.clinical)
     long = longitudinal_from_measurements(meas)
@@ -92,6 +121,11 @@ def _run_analyze(args: argparse.Namespace) -> int:
         clin,
         tolerance_pct=getattr(args, "omed_tolerance", 0.0),
         repeated_measures=getattr(args, "repeated_measures", False),
+        within_test=getattr(args, "within_test", "r-default"),
+        between=getattr(args, "between", "sas"),
+        os_origin=getattr(args, "os_origin", "diagnosis"),
+        hu_after_death=getattr(args, "include_hu_after_death", False),
+        measurements=meas,
     )
     written = write_outputs(
         ep,

@@ -187,8 +187,8 @@ def _clinical_columns() -> tuple[Column, ...]:
             "date_diagnosis",
             "date",
             "",
-            "Date of initial cancer diagnosis (start of OS).",
-            nullable=False,
+            "Date of initial cancer diagnosis (default origin of OS); may be empty when "
+            "os_months and os_event are given.",
         ),
         Column("date_rt", "date", "", "Start of radiotherapy (origin of T1-T3).", nullable=False),
         Column("date_death", "date", "", "Date of death; empty when alive at last contact."),
@@ -196,8 +196,24 @@ def _clinical_columns() -> tuple[Column, ...]:
             "date_last_contact",
             "date",
             "",
-            "Date of last contact (censoring date when alive).",
-            nullable=False,
+            "Date of last contact (censoring date when alive); may be empty when os_months "
+            "and os_event are given.",
+        ),
+        Column(
+            "os_months",
+            "float",
+            "months",
+            "Optional: overall survival time entered directly (used with "
+            "`analyze --os-origin columns`).",
+            required=False,
+            min_value=0,
+        ),
+        Column(
+            "os_event",
+            "bool",
+            "",
+            "Optional: 1 = died at os_months, 0 = censored (with os_months).",
+            required=False,
         ),
     ]
     return tuple(c)
@@ -286,6 +302,22 @@ def validate_clinical(
         d_dx, d_rt, d_death, d_last = (
             row[c] for c in ("date_diagnosis", "date_rt", "date_death", "date_last_contact")
         )
+        os_given = pd.notna(row.get("os_months")) and pd.notna(row.get("os_event"))
+        for col in ("date_diagnosis", "date_last_contact"):
+            if (
+                pd.isna(row[col])
+                and not os_given
+                and not (col == "date_last_contact" and pd.notna(d_death))
+            ):
+                errors.append(
+                    f"{who}, column '{col}': value is missing; give it, or os_months and os_event."
+                )
+        if pd.notna(row.get("os_months")) != pd.notna(row.get("os_event")):
+            errors.append(f"{who}, columns 'os_months'/'os_event': give both or neither.")
+        if pd.notna(d_death) and pd.notna(row.get("os_event")) and not bool(row["os_event"]):
+            errors.append(
+                f"{who}, column 'os_event': 0 (censored) but date_death is {d_death:%Y-%m-%d}."
+            )
         if pd.notna(d_dx) and pd.notna(d_rt) and d_rt < d_dx:
             errors.append(
                 f"{who}, column 'date_rt': {d_rt:%Y-%m-%d} is before date_diagnosis "
@@ -336,6 +368,31 @@ def alive_at(clinical: pd.DataFrame, timepoint: str) -> pd.Series:
     return (death.isna() | (death > nominal)).astype(bool)
 
 
+def height_loss(clinical: pd.DataFrame, timepoint: str) -> pd.DataFrame:
+    """Vertebral body height loss of the treated level at ``timepoint`` vs baseline.
+
+    Loss (%) = 100 × (h_T0 − h_Tk) / h_T0 for each of the anterior, middle and posterior
+    heights (``height_<site>_<Tk>_mm``); a gain is a negative loss.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index as ``clinical``; columns ``loss_ant_pct``, ``loss_mid_pct``,
+        ``loss_post_pct`` and ``max_loss_pct`` (the largest of the known sites, NaN when
+        no site has both heights).
+    """
+    if timepoint not in FRACTURE_TIMEPOINTS[1:]:
+        raise ValueError(f"height loss needs a follow-up timepoint T2 or T3, got {timepoint!r}")
+    out = pd.DataFrame(index=clinical.index)
+    for site in HEIGHT_SITES:
+        h0 = clinical[f"height_{site}_T0_mm"].astype(float)
+        ht = clinical[f"height_{site}_{timepoint}_mm"].astype(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[f"loss_{site}_pct"] = (100.0 * (h0 - ht) / h0).where(h0 > 0)
+    out["max_loss_pct"] = out[[f"loss_{s}_pct" for s in HEIGHT_SITES]].max(axis=1, skipna=True)
+    return out
+
+
 def vertebral_compression_fracture(clinical: pd.DataFrame, timepoint: str) -> pd.Series:
     """VCF at ``timepoint``: any of anterior/middle/posterior height lost > 20 % vs baseline.
 
@@ -345,13 +402,7 @@ def vertebral_compression_fracture(clinical: pd.DataFrame, timepoint: str) -> pd
     """
     if timepoint not in FRACTURE_TIMEPOINTS[1:]:
         raise ValueError(f"VCF needs a follow-up timepoint T2 or T3, got {timepoint!r}")
-    loss = []
-    for site in HEIGHT_SITES:
-        h0 = clinical[f"height_{site}_T0_mm"].astype(float)
-        ht = clinical[f"height_{site}_{timepoint}_mm"].astype(float)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            loss.append(((h0 - ht) / h0).where(h0 > 0))
-    frac = pd.concat(loss, axis=1)
+    frac = height_loss(clinical, timepoint)[[f"loss_{s}_pct" for s in HEIGHT_SITES]] / 100.0
     any_known = frac.notna().any(axis=1)
     vcf = (frac > VCF_HEIGHT_LOSS).any(axis=1)
     return pd.Series(np.where(any_known, vcf, pd.NA), index=clinical.index, dtype="boolean")
@@ -373,21 +424,70 @@ def fracture_status(clinical: pd.DataFrame, timepoint: str) -> pd.Series:
     return pd.Series(np.where(known, yes, pd.NA), index=clinical.index, dtype="boolean")
 
 
-def survival_months(clinical: pd.DataFrame) -> pd.DataFrame:
-    """Overall survival from diagnosis: time (months) and event per patient.
+OS_ORIGINS = ("diagnosis", "rt", "columns")
+"""Origins of overall survival: initial diagnosis (the trial's definition), start of RT,
+or ``os_months``/``os_event`` entered in the clinical CSV."""
+
+OS_ORIGIN_TEXT = {
+    "diagnosis": "from initial diagnosis (date_diagnosis) to death, censored at last contact",
+    "rt": "from the start of radiotherapy (date_rt) to death, censored at last contact",
+    "columns": "as entered in the clinical CSV (os_months, os_event)",
+}
+
+
+def survival_months(clinical: pd.DataFrame, origin: str = "diagnosis") -> pd.DataFrame:
+    """Overall survival time (months) and event per patient.
+
+    Parameters
+    ----------
+    clinical : pandas.DataFrame
+        Validated clinical table.
+    origin : {"diagnosis", "rt", "columns"}
+        Start of OS: ``date_diagnosis`` (default, the trial's definition) or ``date_rt``
+        (end: ``date_death``, else ``date_last_contact``; months = days / 30.4375), or
+        the ``os_months``/``os_event`` columns as entered.
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``patient_id``, ``arm``, ``os_months`` (days / 30.4375), ``death`` (bool).
+        Columns ``patient_id``, ``arm``, ``os_months``, ``death`` (bool).
+
+    Raises
+    ------
+    SchemaError
+        A patient lacks what ``origin`` needs (the message names the patients).
     """
-    end = clinical["date_death"].fillna(clinical["date_last_contact"])
-    days = (end - clinical["date_diagnosis"]).dt.days.astype(float)
+    if origin not in OS_ORIGINS:
+        raise ValueError(f"origin must be one of {OS_ORIGINS}; received {origin!r}")
+    if origin == "columns":
+        cols = [c for c in ("os_months", "os_event") if c in clinical.columns]
+        if len(cols) < 2:
+            raise SchemaError(
+                "OS origin 'columns' needs the columns os_months and os_event in the clinical CSV"
+            )
+        months = clinical["os_months"].astype(float)
+        death = clinical["os_event"].astype("boolean")
+        bad = clinical.loc[months.isna() | death.isna(), "patient_id"].astype(str).tolist()
+        what = "os_months/os_event"
+    else:
+        end = clinical["date_death"].fillna(clinical["date_last_contact"])
+        start = clinical["date_diagnosis" if origin == "diagnosis" else "date_rt"]
+        months = (end - start).dt.days.astype(float) / 30.4375
+        death = clinical["date_death"].notna()
+        bad = clinical.loc[months.isna(), "patient_id"].astype(str).tolist()
+        what = ("date_diagnosis" if origin == "diagnosis" else "date_rt") + (
+            " or date_last_contact"
+        )
+    if bad:
+        raise SchemaError(
+            f"clinical CSV: overall survival (origin {origin!r}) cannot be computed for "
+            f"{len(bad)} patient(s) without {what}: {', '.join(bad)}"
+        )
     return pd.DataFrame(
         {
             "patient_id": clinical["patient_id"],
             "arm": clinical["arm"],
-            "os_months": days / 30.4375,
-            "death": clinical["date_death"].notna().to_numpy(),
+            "os_months": months.to_numpy(),
+            "death": np.asarray(death, dtype=bool),
         }
     )

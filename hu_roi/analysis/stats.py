@@ -1213,7 +1213,7 @@ def cochran_rule(table: Any) -> tuple[bool, str]:
         return False, (
             f"{small} of {e.size} expected counts below 5"
             + (f" ({tiny} below 1)" if tiny else "")
-            + "; the chi-square approximation may be poor (Cochran's rule), see Fisher's exact p"
+            + "; the chi-square approximation may be poor (Cochran's rule)"
         )
     return True, ""
 
