@@ -14,13 +14,14 @@ AddParser = Callable[[argparse._SubParsersAction], object]
 
 def registered() -> list[AddParser]:
     """The parser builders of ``index``, ``measure``, ``roi``, ``longitudinal``,
-    ``pseudonymize``, ``analyze`` and ``demo``."""
+    ``reliability``, ``pseudonymize``, ``analyze`` and ``demo``."""
     from hu_roi.analysis.cli import add_analyze_parser
     from hu_roi.batch import add_measure_parser
     from hu_roi.demo import add_demo_parser
     from hu_roi.indexcli import add_index_parser
     from hu_roi.longitudinal import add_longitudinal_parser
     from hu_roi.pseudonym import add_pseudonymize_parser
+    from hu_roi.reliability import add_reliability_parser
     from hu_roi.roicli import add_roi_parser
 
     return [
@@ -28,6 +29,7 @@ def registered() -> list[AddParser]:
         add_measure_parser,
         add_roi_parser,
         add_longitudinal_parser,
+        add_reliability_parser,
         add_pseudonymize_parser,
         add_analyze_parser,
         add_demo_parser,

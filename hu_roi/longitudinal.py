@@ -22,6 +22,11 @@ This module adds interpretation flags to ``flags``:
     ISCD).  We take the conservative upper end of the 10–16 HU range quoted for
     trabecular-ROI HU measurements in the project's specification (≈ 5.8 HU precision
     error); this value is not re-derived here — set your own from a precision study.
+``below-lsc-Tk``
+    ``|delta_hu_Tk| <`` the LSC given with ``--lsc HU`` or ``--precision reliability.csv``
+    (the ``lsc`` row written by ``hu-roi reliability``, docs/reliability.md): the change is
+    smaller than the study's own least significant change.  Given an LSC, this flag takes
+    the place of ``within-lsc-Tk`` (the name says which LSC was applied).
 ``kvp-differs-Tk``, ``kernel-differs-Tk``, ``thickness-differs-Tk``, ``scanner-differs-Tk``, ``contrast-differs-Tk``
     carried from the measurement's qc flags ``<what>-differs-from-T0``: the change at Tk
     may be (partly) technical.
@@ -50,6 +55,7 @@ __all__ = [
     "CARRIED_FLAGS",
     "read_measurement_targets",
     "longitudinal_table",
+    "read_precision_lsc",
     "longitudinal_csv_text",
     "write_longitudinal_csv",
     "add_longitudinal_parser",
@@ -101,13 +107,16 @@ def read_measurement_targets(path: str | Path) -> pd.DataFrame:
     return MEASUREMENT_SCHEMA.validate(raw, source=str(p), lines=raw.index.tolist())
 
 
-def longitudinal_table(measurements: pd.DataFrame) -> pd.DataFrame:
+def longitudinal_table(measurements: pd.DataFrame, *, lsc_hu: float | None = None) -> pd.DataFrame:
     """Longitudinal table (:data:`LONGITUDINAL_SCHEMA`) with the flags of this module.
 
     Parameters
     ----------
     measurements : pandas.DataFrame
         Validated measurement rows (e.g. :func:`read_measurement_targets`).
+    lsc_hu : float, optional
+        The study's least significant change (HU, > 0): flags ``below-lsc-Tk`` at this
+        value instead of ``within-lsc-Tk`` at :data:`LSC_HU`.
 
     Returns
     -------
@@ -138,8 +147,8 @@ def longitudinal_table(measurements: pd.DataFrame) -> pd.DataFrame:
             fl.append("pct-unstable")
         for tp in TIMEPOINTS[1:]:
             d = row[f"delta_hu_{tp}"]
-            if pd.notna(d) and abs(float(d)) < LSC_HU:
-                fl.append(f"within-lsc-{tp}")
+            if pd.notna(d) and abs(float(d)) < (LSC_HU if lsc_hu is None else lsc_hu):
+                fl.append(f"{'within' if lsc_hu is None else 'below'}-lsc-{tp}")
         fl += carried.get(tuple(row[_KEY]), [])
         flags_out.append(";".join(dict.fromkeys(fl)))
     out["flags"] = flags_out
@@ -221,9 +230,70 @@ def add_longitudinal_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("measurements", metavar="MEASUREMENTS.csv")
     p.add_argument("--out", metavar="FILE.csv", help="output CSV (default: stdout)")
+    lsc = p.add_mutually_exclusive_group()
+    lsc.add_argument(
+        "--lsc",
+        metavar="HU",
+        type=_lsc_value,
+        help="the study's least significant change: flag below-lsc-Tk when |ΔHU| < HU "
+        f"(instead of within-lsc-Tk at {LSC_HU:g} HU)",
+    )
+    lsc.add_argument(
+        "--precision",
+        metavar="RELIABILITY.csv",
+        help="take the LSC from the lsc row of hu-roi reliability's reliability.csv",
+    )
     add_common_options(p, quiet_help="no summary on stderr")
     add_formula_escape_option(p)
     p.set_defaults(func=run_longitudinal)
+
+
+def _lsc_value(text: str) -> float:
+    """``--lsc``: a finite number of HU > 0."""
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a number of HU > 0, got {text!r}")
+    return v
+
+
+def read_precision_lsc(path: str | Path) -> float:
+    """The ``lsc`` estimate (HU) of a reliability.csv written by ``hu-roi reliability``.
+
+    Raises
+    ------
+    SchemaError
+        Not such a file (columns ``statistic,estimate,ci_low,ci_high,n``), no ``lsc`` row
+        or more than one, or an estimate that is not a number > 0.
+    """
+    import math
+
+    from hu_roi.csvtext import read_csv_rows
+
+    what = "reliability CSV"
+    t = read_csv_rows(path, what)
+    if t.header[:2] != ["statistic", "estimate"]:
+        raise SchemaError(
+            f"{what} ({path}): expected the columns statistic,estimate,ci_low,ci_high,n "
+            "(reliability.csv of hu-roi reliability)"
+        )
+    rows = [(line, r[1].strip()) for line, r in zip(t.lines, t.rows, strict=True) if r[0] == "lsc"]
+    if len(rows) != 1:
+        raise SchemaError(f"{what} ({path}): {len(rows)} rows named lsc; expected one")
+    line, text = rows[0]
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and v > 0):
+        raise SchemaError(
+            f"{what} ({path}): line {line}: lsc estimate {text!r} is not a number of HU > 0"
+        )
+    return v
 
 
 def run_longitudinal(args: argparse.Namespace) -> int:
@@ -231,10 +301,15 @@ def run_longitudinal(args: argparse.Namespace) -> int:
     from hu_roi.util import OutputSet, printable
 
     out = args.out or "-"
-    outs = OutputSet([("the measurement CSV", args.measurements)])
+    precision = getattr(args, "precision", None)
+    outs = OutputSet(
+        [("the measurement CSV", args.measurements)]
+        + ([("the reliability CSV", precision)] if precision else [])
+    )
     outs.check(out)  # before reading: `longitudinal m.csv --out m.csv` is refused
+    lsc = read_precision_lsc(precision) if precision else getattr(args, "lsc", None)
     m = read_measurement_targets(args.measurements)
-    table = longitudinal_table(m)
+    table = longitudinal_table(m, lsc_hu=lsc)
     with outs:
         outs.add(
             out, longitudinal_csv_text(table, formula_escape=getattr(args, "formula_escape", True))
@@ -242,7 +317,9 @@ def run_longitudinal(args: argparse.Namespace) -> int:
     if not getattr(args, "quiet", False):
         print(
             f"hu-roi longitudinal: {plural(len(table), 'patient × level row')} from "
-            f"{plural(len(m), 'target ROI')}" + (f"; wrote {printable(out)}" if out != "-" else ""),
+            f"{plural(len(m), 'target ROI')}"
+            + (f"; below-lsc at LSC {lsc:g} HU" if lsc is not None else "")
+            + (f"; wrote {printable(out)}" if out != "-" else ""),
             file=sys.stderr,
         )
     return 0
