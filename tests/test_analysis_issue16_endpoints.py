@@ -360,3 +360,20 @@ def test_cli_refuses_an_unknown_convention_and_a_wrong_arm(tmp_path: Path) -> No
     lines = r.stderr.strip().splitlines()
     assert lines[0].startswith("hu-roi analyze: error: measurement CSV: 1 row(s) whose arm")
     assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_docs_list_every_accepted_clinical_value_and_alias() -> None:
+    from hu_roi.analysis.clinical import accepted_values_markdown
+
+    text = (ROOT / "docs" / "csv_schemas.md").read_text(encoding="utf-8")
+    part = text.split("<!-- accepted:clinical -->\n")[1].split("<!-- /accepted -->")[0]
+    assert part.strip() == accepted_values_markdown().strip()
+    for col in CLINICAL_SCHEMA.columns:
+        for alias in col.aliases:
+            assert f"`{alias}`" in part, (col.name, alias)
+        if col.dtype == "bool":
+            assert f"`{col.name}`" in part
+    # every documented alias is read as documented
+    t = _clinical(_row("A", arm="3d crt", sex="W", primary_site="Prostata", localisation="sacral"))
+    assert t.loc[0, ["arm", "sex", "primary_site", "localisation"]].tolist() == [
+        "3DCRT", "female", "prostate", "sacrum"]  # fmt: skip

@@ -491,3 +491,50 @@ def survival_months(clinical: pd.DataFrame, origin: str = "diagnosis") -> pd.Dat
             "death": np.asarray(death, dtype=bool),
         }
     )
+
+
+def accepted_values_markdown() -> str:
+    """Every accepted value and alias of the clinical CSV's coded columns, as markdown.
+
+    Generated from :data:`CLINICAL_SCHEMA` (category columns: canonical values, matched
+    without regard to case, and their aliases), the yes/no spellings of every bool column,
+    the date formats and the analgesic names of the OMED table.  ``docs/csv_schemas.md``
+    holds this text between ``<!-- accepted:clinical -->`` markers (a test keeps it equal).
+    """
+    from hu_roi.analysis.pain import _ALIASES
+    from hu_roi.analysis.schemas import _FALSE, _TRUE, DATE_MAX, DATE_MIN
+
+    lines = [
+        "| column(s) | accepted values (any upper/lower case) | also accepted (alias → value) |",
+        "|---|---|---|",
+    ]
+    bools: list[str] = []
+    dates: list[str] = []
+    for c in CLINICAL_SCHEMA.columns:
+        if c.dtype == "category":
+            alias = ", ".join(f"`{a}` → `{v}`" for a, v in sorted(c.aliases.items())) or "—"
+            allowed = ", ".join(f"`{v}`" for v in c.allowed or ())
+            lines.append(f"| `{c.name}` | {allowed} | {alias} |")
+        elif c.dtype == "bool":
+            bools.append(c.name)
+        elif c.dtype == "date":
+            dates.append(c.name)
+    yes = ", ".join(f"`{v}`" for v in sorted(_TRUE))
+    no = ", ".join(f"`{v}`" for v in sorted(_FALSE))
+    lines.append("| " + ", ".join(f"`{b}`" for b in bools) + f" | yes: {yes}; no: {no} | — |")
+    lines.append(
+        "| " + ", ".join(f"`{d}`" for d in dates)
+        + f" | `YYYY-MM-DD` (a time after it is dropped) or `YYYYMMDD`, from {DATE_MIN} to "
+        f"{DATE_MAX} | — |"
+    )  # fmt: skip
+    drugs = ", ".join(f"`{d}`" for d in OMED_TABLE)
+    alias = ", ".join(f"`{a}` → `{v}`" for a, v in sorted(_ALIASES.items()))
+    lines.append(
+        "| `analgesics_T0` … `analgesics_T3` | entries `<drug> <daily dose>` separated by `;` "
+        f"(`none` = no analgesic); drugs: {drugs} | {alias or '—'} |"
+    )
+    lines.append(
+        "| numbers | decimal point `.`; the ranges of the column table above; an empty cell "
+        "is a missing value | — |"
+    )
+    return "\n".join(lines)
