@@ -1241,6 +1241,8 @@ def tidy_endpoints(
             for stat in ("randomised", "deaths_since_previous", "alive", "hu_measured",
                          "vas_assessed"):  # fmt: skip
                 add("CONSORT", r["arm"], r["timepoint"], stat.replace("_", " "), r[stat])
+            add("CONSORT", r["arm"], r["timepoint"], "percent deaths since previous",
+                r["pct_deaths_since_previous"])  # fmt: skip
 
     for key, title in (("table2_hu_irradiated", "Table 2"), ("table3_hu_by_lesion", "Table 3"),
                        ("hu_unirradiated", "Unirradiated vertebrae")):  # fmt: skip

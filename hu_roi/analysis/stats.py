@@ -646,7 +646,8 @@ def _rank_sum_r(
         hi = root(_qnorm(alpha))
     estimate = _uniroot(lambda d: w_stat(d, False), mumin, mumax, 1e-4)
     if exact and ties:
-        logger.warning("cannot compute exact p-value with ties; used the normal approximation")
+        # R warns; here the method string says so (analyze would print it for every tied row)
+        logger.info("cannot compute exact p-value with ties; used the normal approximation")
     return RankSumResult(
         statistic=statistic,
         p_value=float(p_value),
