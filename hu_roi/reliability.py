@@ -415,17 +415,18 @@ def pair_readings(paths: Sequence[str | Path]) -> Pairing:
         usable: dict[tuple[str, str, str], tuple[int, str, float]] = {}
         dropped: dict[tuple[str, str, str], str] = {}
         twice: dict[tuple[str, str, str], list[str]] = {}
-        for i in range(len(m)):
-            if m["timepoint"].iloc[i] is None or pd.isna(m["timepoint"].iloc[i]):
-                continue
-            key = tuple(str(m[c].iloc[i]) for c in _KEY)
-            roi = str(m["roi_id"].iloc[i])
+        has_tp = m["timepoint"].notna().to_numpy(dtype=bool)
+        cols = [m[c].astype(object).tolist() for c in (*_KEY, "roi_id", "mean_hu")]
+        for i, (pid, tp, level, roi, hu) in enumerate(zip(*cols, strict=True)):
+            if not has_tp[i]:
+                continue  # counted above; a key needs a timepoint
+            key = (str(pid), str(tp), str(level))
             if use[i]:
                 if key in usable:
-                    twice.setdefault(key, [usable[key][1]]).append(roi)  # type: ignore[index]
-                usable[key] = (lines[i], roi, float(m["mean_hu"].iloc[i]))  # type: ignore[index]
+                    twice.setdefault(key, [usable[key][1]]).append(str(roi))
+                usable[key] = (lines[i], str(roi), float(hu))
             else:
-                dropped.setdefault(key, "qc_status fail" if fail[i] else "no mean_hu")  # type: ignore[arg-type]
+                dropped.setdefault(key, "qc_status fail" if fail[i] else "no mean_hu")
         if twice:
             from hu_roi.csvtext import problem_message
 
@@ -599,9 +600,9 @@ def bland_altman_png(x: np.ndarray, labels: Sequence[str]) -> bytes:
         ba = bland_altman(x[:, 0], x[:, 1])
         ax.scatter(mean, d, s=18, color="#1f77b4", alpha=0.8)
         for y, style, text in (
-            (ba.bias, "-", f"bias {ba.bias:.1f}"),
-            (ba.loa_low, "--", f"−1.96 SD {ba.loa_low:.1f}"),
-            (ba.loa_high, "--", f"+1.96 SD {ba.loa_high:.1f}"),
+            (ba.bias, "-", f"bias {_signed(ba.bias)}"),
+            (ba.loa_low, "--", f"−1.96 SD {_signed(ba.loa_low)}"),
+            (ba.loa_high, "--", f"+1.96 SD {_signed(ba.loa_high)}"),
         ):
             ax.axhline(y, color="#444444", linestyle=style, linewidth=1)
             ax.annotate(
@@ -624,9 +625,17 @@ def bland_altman_png(x: np.ndarray, labels: Sequence[str]) -> bytes:
     return buf.getvalue()
 
 
+def _signed(v: float) -> str:
+    """``-9.6`` with a typographic minus, as the axis labels have."""
+    return f"{v:.1f}".replace("-", "−")
+
+
 def _short(label: str, limit: int = 30) -> str:
+    """A file name for the figure: shortened, ``$`` escaped (matplotlib reads ``$…$`` as
+    mathematics)."""
     name = Path(label).name
-    return name if len(name) <= limit else name[: limit - 1] + "…"
+    name = name if len(name) <= limit else name[: limit - 1] + "…"
+    return name.replace("$", r"\$")
 
 
 _NAMES = {

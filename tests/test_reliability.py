@@ -326,6 +326,13 @@ def test_cv_leaves_out_subjects_near_zero_hu() -> None:
     assert math.isnan(precision(np.array([[1.0, 2.0], [3.0, 5.0]])).cv_percent)
 
 
+def test_file_names_are_not_read_as_mathematics_in_the_figure() -> None:
+    from hu_roi.reliability import _short
+
+    assert _short("/data/a$b$.csv") == r"a\$b\$.csv"  # matplotlib would render b in italics
+    assert _short("x" * 40 + ".csv") == "x" * 29 + "…"
+
+
 def test_text_cells_are_escaped_for_spreadsheets(tmp_path: Path) -> None:
     rows = [target("=HYPERLINK(1)", "T0", "L1", "100.0"), target("P2", "T0", "L1", "90.0"),
             target("P3", "T0", "L1", "80.0")]  # fmt: skip
