@@ -165,6 +165,9 @@ def test_os_columns_may_replace_diagnosis_and_last_contact_dates() -> None:
     assert s["os_months"].iloc[0] == 7.5 and bool(s["death"].iloc[0])
     with pytest.raises(SchemaError, match="without date_diagnosis"):
         survival_months(clin, "diagnosis")
+    dates_only = _clinical(_row("E"))
+    with pytest.raises(SchemaError, match="no patient has them"):
+        survival_months(dates_only, "columns")
     with pytest.raises(SchemaError, match="column 'date_diagnosis': value is missing"):
         _clinical(_row("B", date_diagnosis=""))
     with pytest.raises(SchemaError, match="give both or neither"):

@@ -478,10 +478,16 @@ def survival_months(clinical: pd.DataFrame, origin: str = "diagnosis") -> pd.Dat
         what = ("date_diagnosis" if origin == "diagnosis" else "date_rt") + (
             " or date_last_contact"
         )
+    if bad and len(bad) == len(clinical) and origin == "columns":
+        raise SchemaError(
+            "OS origin 'columns' needs the columns os_months and os_event filled in the "
+            "clinical CSV; no patient has them (use --os-origin diagnosis or rt for the dates)"
+        )
     if bad:
+        shown = ", ".join(bad[:10]) + (f", ... and {len(bad) - 10} more" if len(bad) > 10 else "")
         raise SchemaError(
             f"clinical CSV: overall survival (origin {origin!r}) cannot be computed for "
-            f"{len(bad)} patient(s) without {what}: {', '.join(bad)}"
+            f"{len(bad)} patient(s) without {what}: {shown}"
         )
     return pd.DataFrame(
         {
