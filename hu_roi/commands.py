@@ -18,6 +18,7 @@ def registered() -> list[AddParser]:
     from hu_roi.analysis.cli import add_analyze_parser
     from hu_roi.batch import add_measure_parser
     from hu_roi.demo import add_demo_parser
+    from hu_roi.exportdicom import add_export_dicom_parser
     from hu_roi.indexcli import add_index_parser
     from hu_roi.longitudinal import add_longitudinal_parser
     from hu_roi.pseudonym import add_pseudonymize_parser
@@ -33,4 +34,5 @@ def registered() -> list[AddParser]:
         add_pseudonymize_parser,
         add_analyze_parser,
         add_demo_parser,
+        add_export_dicom_parser,
     ]

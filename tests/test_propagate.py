@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from cli_helpers import run_main
 from dicom_factory import write_ct_series
 
@@ -114,3 +115,310 @@ def test_measure_flags_unconfirmed_proposals(tmp_path: Path) -> None:
     assert "proposed-unconfirmed" in rows["D"]["qc_flags"].split(";")
     for rid in ("B", "C"):
         assert "proposed-unconfirmed" not in rows[rid]["qc_flags"]
+
+
+# --------------------------------------------------------------------------------------
+# a synthetic patient: body, fat, five vertebrae of distinct height and trabecular HU with
+# cortical shells and posterior elements, an aorta, a rib, a liver; defined in LPS mm so a
+# follow-up is sampled exactly at the moved positions (no interpolation of the baseline)
+SHAPE = (40, 96, 96)  # slices, rows, columns
+SPACING = (1.5, 1.5)  # mm (rows, columns)
+DZ = 3.0  # mm between slices
+ORIGIN = (-71.25, -71.25, -58.5)  # slice k lies at z = -58.5 + 3 k
+ROT_CENTRE = np.array([0.0, 15.0, 0.0])
+
+
+def _step(d: np.ndarray, w: float = 0.8) -> np.ndarray:
+    """Smooth indicator of the inside (d < 0) of a signed distance (mm)."""
+    return 0.5 * (1 - np.tanh(d / w))
+
+
+def phantom_hu(p: np.ndarray) -> np.ndarray:
+    """HU of the synthetic patient at LPS points ``p`` (..., 3), mm."""
+    x, y, z = p[..., 0], p[..., 1], p[..., 2]
+    hu = np.full(x.shape, -1000.0)
+    body = _step((np.sqrt((x / 62) ** 2 + (y / 48) ** 2) - 1) * 50)
+    hu += body * 1040
+    fat = _step(-(np.sqrt((x / 56) ** 2 + (y / 42) ** 2) - 1) * 45)
+    hu -= fat * body * 140
+    r = np.sqrt(x**2 + (y - 15) ** 2)
+    for zc0, half, trab in (
+        (-62, 12, 150),
+        (-31, 13, 230),
+        (0, 12, 180),
+        (30, 14, 120),
+        (61, 13, 260),
+    ):
+        zc = z - zc0
+        vb = _step(np.maximum(r - 16, np.abs(zc) - half))
+        inner = _step(np.maximum(r - 13.5, np.abs(zc) - half + 2))
+        hu += vb * (trab - 40) + (vb - inner) * 600
+        pe = np.maximum.reduce([np.abs(x - 3) - 9, np.abs(y - 42) - 6, np.abs(zc - 2) - half + 4])
+        hu += _step(pe) * 500
+    hu += _step(np.sqrt((x - 14) ** 2 + (y + 8) ** 2) - 9) * 150  # aorta
+    hu += _step(np.sqrt((x - 40 - 0.2 * z) ** 2 + (y - 20 - 0.1 * z) ** 2) - 4) * 700  # rib
+    liver = _step(np.sqrt(((x + 25) / 30) ** 2 + ((y + 20) / 20) ** 2) * 15 - 15) * _step(z - 20)
+    return hu + liver * 25
+
+
+def _rotation(deg: tuple[float, float, float]) -> np.ndarray:
+    """Rotation matrix Rz·Ry·Rx of angles (degrees) about x, y, z."""
+    ax, ay, az = np.radians(deg)
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def scan(
+    rot_deg=(0.0, 0.0, 0.0), trans=(0.0, 0.0, 0.0), *, scale=1.0, noise=12.0, seed=0, origin=ORIGIN
+) -> np.ndarray:
+    """HU array of the patient moved by p' = R (p - c) + c + t, with fresh noise; ``scale``
+    multiplies the HU of tissue (another kVp: HU of bone and fat scale differently)."""
+    rot = _rotation(rot_deg)
+    n, rows, cols = SHAPE
+    k, r, c = np.meshgrid(np.arange(n), np.arange(rows), np.arange(cols), indexing="ij")
+    q = np.stack([c * SPACING[1], r * SPACING[0], k * DZ], axis=-1) + np.asarray(origin)
+    p = (q - ROT_CENTRE - np.asarray(trans)) @ rot + ROT_CENTRE  # R^T (q - c - t) + c
+    hu = phantom_hu(p)
+    hu = np.where(hu > -900, hu * scale, hu)
+    return np.round(hu + np.random.default_rng(seed).normal(0, noise, hu.shape))
+
+
+def true_map(points: np.ndarray, rot_deg, trans) -> np.ndarray:
+    return (np.asarray(points) - ROT_CENTRE) @ _rotation(rot_deg).T + ROT_CENTRE + np.asarray(trans)
+
+
+def _write(folder: Path, hu: np.ndarray, uid: str, **kw) -> None:
+    write_ct_series(
+        folder,
+        hu,
+        pixel_spacing=SPACING,
+        slice_positions=np.arange(len(hu)) * DZ,
+        origin=kw.pop("origin", ORIGIN),
+        intercept=-2048,
+        series_uid=uid,
+        extra_tags={"PatientID": "P01", **kw.pop("tags", {})},
+        **kw,
+    )
+
+
+UID = "1.2.826.0.1.3680043.10.1414."
+# follow-ups: (name, rotation deg about x, y, z, translation mm, HU scale, kVp)
+FOLLOW_UPS = {
+    "moved": ((2.0, -3.0, 6.0), (14.0, -10.0, 16.0), 1.0, 120),
+    "kvp": ((-3.0, 2.0, -7.0), (-20.0, 8.0, -9.0), 0.93, 100),
+}
+BASELINE_ROIS = [
+    # on vertebra at z = 0 (slice 20 lies at z = 1.5), at z = -31 (slice 9: -31.5), at z = 30
+    {
+        "roi_id": "P01-T0-L2",
+        "level": "L2",
+        "shape": {"type": "circle", "center_mm": [0.0, 15.0, 1.5], "radius_mm": 8.0},
+    },
+    {
+        "roi_id": "P01-T0-L3",
+        "level": "L3",
+        "shape": {
+            "type": "ellipse",
+            "center_mm": [1.0, 14.0, -31.5],
+            "radii_mm": [9.0, 6.0],
+            "angle_deg": 20.0,
+        },
+    },
+    {
+        "roi_id": "P01-T0-L1",
+        "level": "L1",
+        "shape": {
+            "type": "polygon",
+            "points_mm": [
+                [-6.0, 9.0, 28.5],
+                [6.0, 9.0, 28.5],
+                [7.0, 20.0, 28.5],
+                [-7.0, 20.0, 28.5],
+            ],
+        },
+    },
+    {
+        "roi_id": "P01-T0-muscle",
+        "level": None,
+        "kind": "reference-muscle",
+        "shape": {"type": "sphere", "center_mm": [-30.0, 20.0, 1.5], "radius_mm": 5.0},
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("propagate")
+    _write(root / "dicom" / "t0", scan(seed=1), UID + "0")
+    for i, (name, (rot, trans, scale, kvp)) in enumerate(FOLLOW_UPS.items(), start=1):
+        # the follow-up images the same part of the body: its field of view moves with the
+        # patient (by the translation rounded to whole voxels)
+        fov = np.asarray(ORIGIN) + np.round(np.asarray(trans) / [SPACING[1], SPACING[0], DZ]) * [
+            SPACING[1],
+            SPACING[0],
+            DZ,
+        ]
+        hu = scan(rot, trans, scale=scale, seed=10 + i, origin=fov)
+        _write(root / "dicom" / name, hu, UID + str(i), tags={"KVP": kvp}, origin=tuple(fov))
+    # the same patient imaged far away in scanner coordinates (another frame of reference):
+    # found through the second start (the centres of the image boxes aligned)
+    far = (ORIGIN[0], ORIGIN[1], ORIGIN[2] + 600.0)
+    _write(root / "dicom" / "far", scan(seed=20), UID + "7", origin=far)
+    # a thin slab of another body region (z 150-171 mm): nothing in common with the ROIs
+    slab = scan(seed=21, origin=(ORIGIN[0], ORIGIN[1], 150.0))[:8]
+    _write(root / "dicom" / "slab", slab, UID + "8", origin=(ORIGIN[0], ORIGIN[1], 150.0))
+    # a series of other content: no anatomy in common
+    other = np.random.default_rng(5).normal(0, 300, SHAPE).clip(-1000, 1500).round()
+    _write(root / "dicom" / "other", other, UID + "9")
+    rois = [
+        {
+            "patient_id": "P01",
+            "timepoint": "T0",
+            "series_instance_uid": UID + "0",
+            "irradiated": False,
+            "lesion_type": "none",
+            "kind": "target",
+            **r,
+        }
+        for r in BASELINE_ROIS
+    ]
+    _write_set(root / "t0.rois.json", *rois)
+    return root
+
+
+def _propagate(study: Path, uid: str, out: Path, *extra: str):
+    return run_main(
+        "propagate", "--dicom", str(study / "dicom"), "--rois", str(study / "t0.rois.json"),
+        "--to-series", uid, "--timepoint", "T2", "--out", str(out), *extra,
+    )  # fmt: skip
+
+
+def _euler_map(reg: dict, p: np.ndarray) -> np.ndarray:
+    """Apply the registration record with SimpleITK (the independent reference)."""
+    import SimpleITK as sitk
+
+    tx = sitk.Euler3DTransform()
+    tx.SetCenter(reg["center_mm"])
+    tx.SetParameters([*reg["rotation_rad"], *reg["translation_mm"]])
+    return np.array(tx.TransformPoint([float(v) for v in p]))
+
+
+@pytest.mark.parametrize("name", list(FOLLOW_UPS))
+def test_known_rigid_transform_is_recovered(study: Path, tmp_path: Path, name: str) -> None:
+    rot, trans, _scale, _kvp = FOLLOW_UPS[name]
+    assert np.linalg.norm(trans) >= 20 and max(abs(a) for a in rot) >= 5  # issue 14 item 4
+    i = list(FOLLOW_UPS).index(name) + 1
+    out = tmp_path / "p.rois.json"
+    proc = _propagate(study, UID + str(i), out)
+    assert proc.returncode == 0, proc.stderr
+    rs = load_roiset(out)
+    assert [r.roi_id for r in rs.rois] == [
+        "P01-T2-L2",
+        "P01-T2-L3",
+        "P01-T2-L1",
+        "P01-T2-reference-muscle",
+    ]
+    voxel = np.array([SPACING[1], SPACING[0], DZ])
+    for base, roi in zip(BASELINE_ROIS, rs.rois, strict=True):
+        assert roi.proposed is True and roi.timepoint == "T2"
+        assert roi.series_instance_uid == UID + str(i)
+        reg = roi.registration
+        assert reg is not None and reg["baseline_roi_id"] == base["roi_id"]
+        assert reg["ncc"] >= 0.8 and reg["iterations"] > 0
+        s = base["shape"]
+        c0 = np.mean(s["points_mm"], axis=0) if "points_mm" in s else np.array(s["center_mm"])
+        truth = true_map(c0, rot, trans)
+        # the registration itself: within one voxel (here within 1 mm) at the ROI centre
+        assert np.all(np.abs(_euler_map(reg, c0) - truth) < 1.0), (
+            roi.roi_id,
+            _euler_map(reg, c0),
+            truth,
+        )
+        # the written shape: in-plane within one pixel; along z snapped onto a slice plane
+        got = (
+            np.mean(roi.shape.points_mm, axis=0)
+            if roi.shape.points_mm
+            else np.array(roi.shape.center_mm)
+        )
+        assert np.all(np.abs(got - truth) <= voxel), (roi.roi_id, got, truth)
+        if roi.shape.type != "sphere":
+            k = (got[2] - ORIGIN[2] - round(trans[2] / DZ) * DZ) / DZ  # follow-up slice index
+            assert abs(k - round(k)) < 1e-6  # on a follow-up slice plane
+            assert abs(reg["snapped_mm"]) <= DZ / 2 + 1e-6
+        if roi.shape.points_mm:
+            assert np.ptp(np.asarray(roi.shape.points_mm)[:, 2]) < 1e-6  # flat on the slice
+        if roi.shape.type == "ellipse":  # the rx axis turns with the rotation about z
+            want = 20.0 + rot[2]
+            assert abs(roi.shape.angle_deg - want) < 1.5, roi.shape.angle_deg
+    # the proposals are measured, flagged until confirmed
+    m = tmp_path / "m.csv"
+    proc = run_main("measure", "--dicom", str(study / "dicom"), "--rois", str(out), "--out", str(m))
+    assert proc.returncode == 0, proc.stderr
+    with m.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4
+    for row in rows:
+        assert "proposed-unconfirmed" in row["qc_flags"].split(";")
+        assert row["qc_status"] == "warn", row
+
+
+def test_far_frame_of_reference_is_found(study: Path, tmp_path: Path) -> None:
+    """The follow-up lies 600 mm away in scanner coordinates (no overlap there): the second
+    start (image box centres aligned) finds it."""
+    out = tmp_path / "p.rois.json"
+    proc = _propagate(study, UID + "7", out, "--from-timepoint", "T0")
+    assert proc.returncode == 0, proc.stderr
+    for base, roi in zip(BASELINE_ROIS, load_roiset(out).rois, strict=True):
+        s = base["shape"]
+        c0 = np.mean(s["points_mm"], axis=0) if "points_mm" in s else np.array(s["center_mm"])
+        got = _euler_map(roi.registration, c0)
+        assert np.all(np.abs(got - (c0 + [0, 0, 600])) < 1.0), (roi.roi_id, got)
+
+
+def test_non_overlapping_series_are_refused(study: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p.rois.json"
+    proc = _propagate(study, UID + "8", out)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("hu-roi propagate: error:") and "do not overlap" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_poor_registration_is_refused(study: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p.rois.json"
+    proc = _propagate(study, UID + "9", out)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("hu-roi propagate: error: poor registration"), proc.stderr
+    assert "--min-ncc" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_sitk_image_geometry_matches_sitk_reader(study: Path) -> None:
+    """to_sitk's origin, spacing and direction are those of SimpleITK's ImageSeriesReader."""
+    from sitk_ref import read_with_sitk
+
+    from hu_roi.io import index_folder, load_series
+    from hu_roi.io.registration import to_sitk
+
+    for sub in ("t0", "kvp"):
+        info = index_folder(study / "dicom" / sub).series[0]
+        img, ref = to_sitk(load_series(info)), read_with_sitk(study / "dicom" / sub)
+        np.testing.assert_allclose(img.GetOrigin(), ref.GetOrigin(), atol=1e-4)
+        np.testing.assert_allclose(img.GetSpacing(), ref.GetSpacing(), rtol=1e-6)
+        np.testing.assert_allclose(img.GetDirection(), ref.GetDirection(), atol=1e-6)
+
+
+def test_bad_arguments_write_nothing(study: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p.rois.json"
+    proc = _propagate(study, "no-such-series", out)
+    assert proc.returncode == 2 and "no series 'no-such-series'" in proc.stderr
+    proc = _propagate(study, UID + "0", out)  # the baseline itself
+    assert proc.returncode == 2 and "already lies on the follow-up series" in proc.stderr
+    proc = run_main(
+        "propagate", "--dicom", str(study / "dicom"), "--rois", str(study / "t0.rois.json"),
+        "--to-series", UID + "1", "--timepoint", "T2", "--out", str(study / "t0.rois.json"),
+    )  # fmt: skip
+    assert proc.returncode == 2 and "input" in proc.stderr
+    assert not out.exists()

@@ -1,0 +1,372 @@
+"""Rigid registration of two CT volumes with SimpleITK (used by ``hu-roi propagate``).
+
+This is the only module of hu-roi that calls SimpleITK's registration.  It works on
+:class:`~hu_roi.volume.Volume` objects (HU, LPS geometry) and returns plain numbers, so
+the core (:mod:`hu_roi.propagate`) never sees a SimpleITK object.
+
+The method (docs/propagation.md):
+
+* both volumes become SimpleITK images with the volume's own origin, spacing and direction
+  (:func:`to_sitk`; the same geometry SimpleITK's ``ImageSeriesReader`` gives);
+* the *fixed* image (baseline) is cropped to the region box (the ROIs plus a margin), the
+  *moving* image (follow-up) to the same box widened by ``search_mm`` (and by the offset
+  of the second start below); HU are clipped to [−1000, 2000];
+* a rigid :class:`SimpleITK.Euler3DTransform` maps fixed (baseline) points to moving
+  (follow-up) points, ``p' = R·(p − c) + c + t`` with ``c`` the centre of the region;
+* Mattes mutual information (:data:`MI_BINS` bins, random sampling of :data:`SAMPLING`,
+  half and an eighth of it on the three levels, fixed seed), regular-step gradient
+  descent with physical-shift scales, three resolution levels (shrink 4, 2, 1; smoothing
+  2, 1, 0 voxels);
+* two starts, rotation 0: the scanner coordinates (identity), and the centres of the two
+  series' image boxes aligned (a follow-up whose field of view moved with the patient,
+  e.g. another table position).  The start whose result correlates best (Pearson r of
+  HU over the region) is kept: mutual information alone cannot tell a vertebra from its
+  neighbour, which looks alike one level off;
+* afterwards the normalised cross-correlation (Pearson r) of the baseline and the
+  registered follow-up is measured in a cube around each ROI centre
+  (:func:`neighbourhood_ncc`), the quality check of :mod:`hu_roi.propagate`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import SimpleITK as sitk
+
+from hu_roi.errors import GeometryError
+from hu_roi.volume import Volume
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "MI_BINS",
+    "SAMPLING",
+    "RigidResult",
+    "to_sitk",
+    "register_rigid",
+    "neighbourhood_ncc",
+    "overlap_fraction",
+]
+
+#: Histogram bins of Mattes mutual information.
+MI_BINS = 50
+#: Fraction of the fixed region's voxels sampled per iteration (random, fixed seed).
+SAMPLING = 0.25
+#: Seed of the metric's random sampling (the result is reproducible).
+SEED = 20260101
+#: HU below which voxels are clipped before registering (air, table padding).
+CLIP_LOW_HU = -1000.0
+#: HU above which voxels are clipped (metal, contrast streaks).
+CLIP_HIGH_HU = 2000.0
+
+
+@dataclass(frozen=True)
+class RigidResult:
+    """A rigid transform from baseline (fixed) LPS mm to follow-up (moving) LPS mm.
+
+    Attributes
+    ----------
+    rotation_rad : tuple of 3 float
+        Euler angles about x, y, z (radians), SimpleITK's Euler3DTransform order (ZXY).
+    translation_mm : tuple of 3 float
+        Translation (mm, LPS).
+    center_mm : tuple of 3 float
+        Centre of rotation (mm, LPS).
+    matrix : numpy.ndarray, shape (3, 3)
+        The rotation matrix R.
+    metric_value : float
+        Final Mattes mutual information (SimpleITK's sign: more negative is better).
+    iterations : int
+        Gradient-descent iterations at the last level.
+    stop : str
+        The optimizer's stopping condition.
+    seconds : float
+        Wall time of the registration.
+    """
+
+    rotation_rad: tuple[float, float, float]
+    translation_mm: tuple[float, float, float]
+    center_mm: tuple[float, float, float]
+    matrix: np.ndarray
+    metric_value: float
+    iterations: int
+    stop: str
+    seconds: float
+
+    def apply(self, points_lps_mm: np.ndarray) -> np.ndarray:
+        """Map baseline points (..., 3) to follow-up points (LPS mm)."""
+        p = np.asarray(points_lps_mm, dtype=float)
+        c = np.asarray(self.center_mm)
+        return (p - c) @ self.matrix.T + c + np.asarray(self.translation_mm)
+
+    @property
+    def rotation_deg(self) -> float:
+        """Total rotation angle of R (degrees)."""
+        cos = (float(np.trace(self.matrix)) - 1.0) / 2.0
+        return math.degrees(math.acos(min(1.0, max(-1.0, cos))))
+
+
+def to_sitk(volume: Volume) -> sitk.Image:
+    """A float32 SimpleITK image of ``volume`` with its LPS origin, spacing and direction.
+
+    Raises
+    ------
+    GeometryError
+        The loaded slices are not evenly spaced along the normal (a partial load, missing
+        slices): SimpleITK's image grid cannot describe them.
+    """
+    a = volume.affine  # raises GeometryError for uneven slices
+    step = a[:3, 0]
+    if volume.shape[0] > 1 and abs(float(np.dot(step, volume.normal))) < 0.999 * float(
+        np.linalg.norm(step)
+    ):
+        raise GeometryError("slices are not stacked along the slice normal (gantry tilt)")
+    dz = float(np.linalg.norm(step)) if volume.shape[0] > 1 else float(volume.spacing_xyz_mm[2])
+    if not (math.isfinite(dz) and dz > 0):
+        dz = 1.0
+    img = sitk.GetImageFromArray(np.asarray(volume.hu, dtype=np.float32))
+    img.SetOrigin(tuple(float(v) for v in volume.slice_origins_lps_mm[0]))
+    img.SetSpacing((float(volume.pixel_spacing_mm[1]), float(volume.pixel_spacing_mm[0]), dz))
+    img.SetDirection(tuple(float(v) for v in volume.direction.ravel()))
+    return img
+
+
+def _crop(img: sitk.Image, lo_mm: np.ndarray, hi_mm: np.ndarray) -> sitk.Image | None:
+    """The part of ``img`` inside the LPS box [lo, hi] (None when they do not meet)."""
+    corners = np.array(
+        [
+            [x, y, z]
+            for x in (lo_mm[0], hi_mm[0])
+            for y in (lo_mm[1], hi_mm[1])
+            for z in (lo_mm[2], hi_mm[2])
+        ]
+    )
+    idx = np.array(
+        [img.TransformPhysicalPointToContinuousIndex(tuple(map(float, c))) for c in corners]
+    )
+    size = np.array(img.GetSize())
+    lo = np.maximum(np.floor(idx.min(axis=0)).astype(int), 0)
+    hi = np.minimum(np.ceil(idx.max(axis=0)).astype(int) + 1, size)
+    if np.any(hi - lo < 1):
+        return None
+    return sitk.RegionOfInterest(img, [int(v) for v in hi - lo], [int(v) for v in lo])
+
+
+def _prepare(img: sitk.Image) -> sitk.Image:
+    return sitk.Clamp(img, sitk.sitkFloat32, CLIP_LOW_HU, CLIP_HIGH_HU)
+
+
+def overlap_fraction(fixed: Volume, moving: Volume, lo_mm: np.ndarray, hi_mm: np.ndarray) -> float:
+    """Fraction of the baseline region [lo, hi] (LPS mm, clipped to the baseline image)
+    that lies inside the follow-up image before registration: the larger of the fractions
+    at the two starts of :func:`register_rigid` (scanner coordinates; centres of the image
+    boxes aligned)."""
+    f = _crop(to_sitk(fixed), lo_mm, hi_mm)
+    if f is None:
+        return 0.0
+    m = to_sitk(moving)
+    size = np.array(f.GetSize())
+    # a coarse grid of the region (at most 16 points per axis)
+    axes = [np.linspace(0, s - 1, min(int(s), 16)) for s in size]
+    gi, gj, gk = np.meshgrid(*axes, indexing="ij")
+    pts = np.stack([gi.ravel(), gj.ravel(), gk.ravel()], axis=1)
+    origin = np.array(f.GetOrigin())
+    d = np.array(f.GetDirection()).reshape(3, 3)
+    sp = np.array(f.GetSpacing())
+    phys = origin + (pts * sp) @ d.T
+    mo = np.array(m.GetOrigin())
+    md = np.array(m.GetDirection()).reshape(3, 3)
+    ms = np.array(m.GetSpacing())
+    msize = np.array(m.GetSize())
+    best = 0.0
+    for shift in (np.zeros(3), _extent_centre(moving) - _extent_centre(fixed)):
+        cont = ((phys + shift - mo) @ md) / ms
+        inside = np.all((cont >= -0.5) & (cont <= msize - 0.5), axis=1)
+        best = max(best, float(inside.mean()))
+    return best
+
+
+def register_rigid(
+    fixed: Volume,
+    moving: Volume,
+    *,
+    region_lo_mm: Sequence[float],
+    region_hi_mm: Sequence[float],
+    search_mm: float = 40.0,
+    max_iterations: int = 200,
+) -> RigidResult:
+    """Rigidly register ``moving`` (follow-up) to ``fixed`` (baseline) in a region.
+
+    Parameters
+    ----------
+    fixed, moving : Volume
+        Baseline and follow-up volumes (HU, LPS geometry, evenly spaced slices).
+    region_lo_mm, region_hi_mm : sequence of 3 float
+        Corners of the box (LPS mm) of the baseline that drives the registration.
+    search_mm : float
+        Half-width (mm) of the coarse translation search, and the extra margin of the
+        follow-up crop.
+    max_iterations : int
+        Iterations per resolution level.
+
+    Returns
+    -------
+    RigidResult
+
+    Raises
+    ------
+    GeometryError
+        The region misses one of the images, or an image grid cannot be built.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    lo = np.asarray(region_lo_mm, dtype=float)
+    hi = np.asarray(region_hi_mm, dtype=float)
+    # two starts: the scanner coordinates (identity), and the two series' centres aligned
+    # (a follow-up whose field of view moved with the patient); the better one is kept
+    starts = [np.zeros(3)]
+    geo = _extent_centre(moving) - _extent_centre(fixed)
+    if float(np.linalg.norm(geo)) > 5.0:
+        starts.append(geo)
+    f = _crop(to_sitk(fixed), lo, hi)
+    m = _crop(
+        to_sitk(moving),
+        lo + np.minimum(geo, 0) - search_mm,
+        hi + np.maximum(geo, 0) + search_mm,
+    )
+    if f is None or m is None:
+        raise GeometryError("the region around the ROIs lies outside one of the two series")
+    if min(f.GetSize()) < 4 or min(m.GetSize()) < 4:
+        raise GeometryError(
+            f"the region around the ROIs is too thin to register (baseline {f.GetSize()} "
+            f"voxels, follow-up {m.GetSize()} voxels; at least 4 along each axis)"
+        )
+    f = _prepare(f)
+    m = _prepare(m)
+    centre = tuple(float(v) for v in (lo + hi) / 2.0)
+    best: tuple[float, RigidResult] | None = None
+    for start in starts:
+        tx = sitk.Euler3DTransform()
+        tx.SetCenter(centre)
+        tx.SetTranslation(tuple(float(v) for v in start))
+        reg = _method(max_iterations)
+        reg.SetInitialTransform(tx, inPlace=True)
+        try:
+            reg.Execute(f, m)
+        except RuntimeError as exc:  # ITK: "All samples map outside moving image buffer"
+            log.debug("start %s failed: %s", start.tolist(), str(exc).splitlines()[-1:])
+            continue
+        score, _inside = _ncc(f, m, tx)
+        log.debug("start %s: NCC %.4f, parameters %s", start.tolist(), score, tx.GetParameters())
+        params = tx.GetParameters()
+        res = RigidResult(
+            rotation_rad=(float(params[0]), float(params[1]), float(params[2])),
+            translation_mm=(float(params[3]), float(params[4]), float(params[5])),
+            center_mm=centre,  # type: ignore[arg-type]
+            matrix=np.array(tx.GetMatrix()).reshape(3, 3),
+            metric_value=float(reg.GetMetricValue()),
+            iterations=int(reg.GetOptimizerIteration()),
+            stop=str(reg.GetOptimizerStopConditionDescription()),
+            seconds=0.0,
+        )
+        score = score if math.isfinite(score) else -math.inf
+        if best is None or score > best[0]:
+            best = (score, res)
+    if best is None:
+        raise GeometryError(
+            "the series do not overlap enough to register (from the scanner coordinates "
+            "and with the centres of the two images aligned)"
+        )
+    return replace(best[1], seconds=time.perf_counter() - t0)
+
+
+def _method(max_iterations: int) -> sitk.ImageRegistrationMethod:
+    """Mattes MI, regular-step gradient descent, three resolution levels."""
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=MI_BINS)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=2.0,
+        minStep=1e-3,
+        numberOfIterations=max_iterations,
+        relaxationFactor=0.5,
+        gradientMagnitudeTolerance=1e-6,
+    )
+    reg.SetOptimizerScalesFromPhysicalShift()
+    # fewer samples on the finer levels: the time is spent there
+    reg.SetMetricSamplingPercentagePerLevel([SAMPLING, SAMPLING / 2, SAMPLING / 8], SEED)
+    reg.SetShrinkFactorsPerLevel([4, 2, 1])
+    reg.SetSmoothingSigmasPerLevel([2, 1, 0])
+    return reg
+
+
+def _extent_centre(vol: Volume) -> np.ndarray:
+    """Centre (LPS mm) of the box of a volume's voxel centres."""
+    n, rows, cols = vol.shape
+    mid_r, mid_c = np.asarray((rows - 1) / 2), np.asarray((cols - 1) / 2)
+    first = vol.pixel_to_lps(0, mid_r, mid_c)
+    last = vol.pixel_to_lps(n - 1, mid_r, mid_c)
+    return (np.asarray(first) + np.asarray(last)) / 2.0
+
+
+def _ncc(f: sitk.Image, m: sitk.Image, tx: sitk.Transform) -> tuple[float, float]:
+    """Pearson r of ``f`` and ``m`` resampled onto ``f`` through ``tx`` (voxels mapping
+    inside ``m`` only), and the fraction of ``f``'s voxels that map inside."""
+    sentinel = -1.0e6
+    warped = sitk.Resample(m, f, tx, sitk.sitkLinear, sentinel, sitk.sitkFloat32)
+    a = sitk.GetArrayViewFromImage(f).astype(np.float64).ravel()
+    b = sitk.GetArrayViewFromImage(warped).astype(np.float64).ravel()
+    ok = b > sentinel / 2
+    inside = float(ok.mean()) if ok.size else 0.0
+    if ok.sum() < 50:
+        return math.nan, inside
+    a = np.clip(a[ok], CLIP_LOW_HU, CLIP_HIGH_HU)
+    b = np.clip(b[ok], CLIP_LOW_HU, CLIP_HIGH_HU)
+    sa, sb = a.std(), b.std()
+    if sa == 0 or sb == 0:
+        return math.nan, inside
+    return float(np.mean((a - a.mean()) * (b - b.mean())) / (sa * sb)), inside
+
+
+def neighbourhood_ncc(
+    fixed: Volume,
+    moving: Volume,
+    result: RigidResult,
+    centre_mm: Sequence[float] | np.ndarray,
+    half_mm: float,
+) -> tuple[float, float]:
+    """Pearson correlation of the baseline and the registered follow-up around a point.
+
+    Parameters
+    ----------
+    fixed, moving : Volume
+        Baseline and follow-up.
+    result : RigidResult
+        The registration (baseline → follow-up).
+    centre_mm : sequence of 3 float
+        Centre of the cube (baseline LPS mm).
+    half_mm : float
+        Half the edge of the cube (mm).
+
+    Returns
+    -------
+    (ncc, inside) : (float, float)
+        The correlation over the baseline voxels of the cube whose mapped position lies
+        inside the follow-up image (NaN when fewer than 50 such voxels or no contrast), and
+        the fraction of the cube's voxels that do.
+    """
+    c = np.asarray(centre_mm, dtype=float)
+    f = _crop(to_sitk(fixed), c - half_mm, c + half_mm)
+    if f is None:
+        return math.nan, 0.0
+    m = to_sitk(moving)
+    tx = sitk.Euler3DTransform()
+    tx.SetCenter(result.center_mm)
+    tx.SetParameters((*result.rotation_rad, *result.translation_mm))
+    return _ncc(f, m, tx)
