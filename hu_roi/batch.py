@@ -17,6 +17,11 @@ Steps of :func:`measure_batch`:
    :func:`hu_roi.measure.measure_roi`, and run the automatic air check on the loaded slices;
 5. calibration checks across all rows (:func:`hu_roi.calibration.apply_calibration`).
 
+Line ROIs (vertebral heights) are measured from the series' header alone
+(:func:`hu_roi.measure.measure_line`: the length in mm, or ``line-outside-image``); no
+pixel is read for them, and the scan's HU calibration and header-comparison flags (air,
+contrast, kVp vs T0, ...) are not put on their rows, since they do not bear on a length.
+
 Series problems accepted for measurement (:data:`ACCEPTED_PROBLEMS`): ``missing-slices``
 and ``gantry-tilt`` — the voxel rule uses each slice's own position, so both still give
 correct voxels; rows carry the ``series-<problem>`` warning.  Other refusing problems make
@@ -48,6 +53,8 @@ from hu_roi.errors import DicomReadError, HuRoiError, RoiFormatError, SeriesProb
 from hu_roi.measure import (
     CORTICAL_FRACTION,
     CORTICAL_HU,
+    HETEROGENEITY_GAP_HU,
+    HETEROGENEITY_SD_HU,
     MIN_TARGET_AREA_MM2,
     MIN_VOXELS,
     PADDING_HU_LIMIT,
@@ -55,6 +62,7 @@ from hu_roi.measure import (
     add_flags,
     failed_measurement,
     label_flags,
+    measure_line,
     measure_roi,
     patient_mismatch,
 )
@@ -195,6 +203,11 @@ def measure_series(
     need: set[int] = set()
     todo: list[_Item] = []
     for it in items:
+        if it.roi.shape.is_line:  # a height: the header's geometry, no pixels
+            out.append(
+                (it.order, measure_line(info, it.roi, reader=it.reader, roi_file=it.roi_file))
+            )
+            continue
         try:
             need.update(slices_needed(it.roi, info))
             todo.append(it)
@@ -414,9 +427,19 @@ def measure_batch(
             results[it.order] = add_flags(results[it.order], *lf)
     ordered = [results[i] for i in range(len(items))]
     calibrated, fits = apply_calibration(ordered, infos, air_checks)
+    # a length does not depend on the HU scale or the scan technique: line rows keep their
+    # own flags (series problems, labels), not the scan's calibration flags
+    calibrated = [
+        before if it.roi.shape.is_line else after
+        for it, before, after in zip(items, ordered, calibrated, strict=True)
+    ]
     if logger.isEnabledFor(logging.INFO):
         for m in calibrated:
-            hu = "" if m.mean_hu is None else f", mean {m.mean_hu:.1f} HU over {m.n_voxels} voxels"
+            hu = (
+                f", length {m.length_mm:.1f} mm"
+                if m.length_mm is not None
+                else f", mean {m.mean_hu:.1f} HU over {m.n_voxels} voxels"
+            )
             flags = f" [{';'.join(m.qc_flags)}]" if m.qc_flags else ""
             logger.info("ROI %s: %s%s%s", show(m.roi_id), m.qc_status, hu, flags)
     meta = {
@@ -435,6 +458,8 @@ def measure_batch(
             "padding_hu_limit": PADDING_HU_LIMIT,
             "cortical_hu": CORTICAL_HU,
             "cortical_fraction": CORTICAL_FRACTION,
+            "heterogeneity_sd_hu": HETEROGENEITY_SD_HU,
+            "heterogeneity_gap_hu": HETEROGENEITY_GAP_HU,
             "accepted_series_problems": list(accepted),
         },
         "n_files_indexed": idx.n_files,

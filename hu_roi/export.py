@@ -77,8 +77,10 @@ MEASUREMENT_COLUMNS: tuple[str, ...] = (
     "qc_flags",
     "reader",
 )
-#: Extra columns after the contract ones (units: HU, mg/cm³, mm).
+#: Extra columns after the contract ones (units: HU, mg/cm³, mm).  ``length_mm`` first: the
+#: length of a line ROI (a vertebral height), empty for area and volume ROIs.
 EXTRA_COLUMNS: tuple[str, ...] = (
+    "length_mm",
     "p5_hu",
     "p95_hu",
     "bmd_mg_cm3",

@@ -1,5 +1,11 @@
 """The longitudinal table: one row per patient × level × ROI kind × reader, HU per timepoint.
 
+Vertebral heights (line ROIs of kind ``height-anterior``, ``height-middle``,
+``height-posterior``; ``length_mm`` in the measurement CSV) get rows of their own, with that
+kind: ``length_mm_T0..T3``, ``delta_length_mm_T1..T3`` (mm, follow-up minus baseline:
+negative = height lost) and ``pct_delta_length_T1..T3`` (%); their HU columns are empty, and
+the ``length*`` columns are empty on HU rows (:func:`height_table`).
+
 Columns are declared in :data:`hu_roi.analysis.schemas.LONGITUDINAL_SCHEMA` (documented in
 ``docs/csv_schemas.md``, section "longitudinal"): ``patient_id, level, kind, reader,
 irradiated, lesion_type, hu_T0..hu_T3, delta_hu_T1..T3, pct_delta_T1..T3, flags``, where
@@ -55,6 +61,7 @@ __all__ = [
     "CARRIED_FLAGS",
     "read_measurement_targets",
     "longitudinal_table",
+    "height_table",
     "read_precision_lsc",
     "longitudinal_csv_text",
     "write_longitudinal_csv",
@@ -78,13 +85,14 @@ _KEY = ["patient_id", "level", "kind", "reader"]
 
 
 def read_measurement_targets(path: str | Path) -> pd.DataFrame:
-    """Read a measurement CSV, keep target ROIs with a level, validate against the schema.
+    """Read a measurement CSV, keep target and height ROIs with a level, validate them.
 
     The file is read by the same strict reader as the analysis
     (:meth:`hu_roi.analysis.schemas.TableSchema.read_raw`): a row with more or fewer fields
     than the header is an error naming its line, never a silently dropped ROI.  Reference
     and phantom rows are then dropped before validation (they may lack a timepoint or
-    level and are not part of the longitudinal table).
+    level and are not part of the longitudinal table).  Height rows (kind ``height-*``) are
+    kept for :func:`height_table`.
 
     Raises
     ------
@@ -93,6 +101,7 @@ def read_measurement_targets(path: str | Path) -> pd.DataFrame:
         ``level`` column, or a target row that does not fit the schema.
     """
     from hu_roi.analysis.schemas import MEASUREMENT_SCHEMA, drop_unplaced_fail_rows
+    from hu_roi.roi import HEIGHT_KINDS
 
     p = Path(path)
     raw = MEASUREMENT_SCHEMA.read_raw(p)
@@ -102,7 +111,9 @@ def read_measurement_targets(path: str | Path) -> pd.DataFrame:
                 f"measurement CSV ({p}): required column {c!r} missing; is this the output of "
                 "hu-roi measure?"
             )
-    raw = raw.loc[(raw["kind"].str.strip() == "target") & (raw["level"].str.strip() != "")]
+    kind = raw["kind"].str.strip()
+    placed = kind.isin(("target", *HEIGHT_KINDS)) & (raw["level"].str.strip() != "")
+    raw = raw.loc[placed]
     raw = drop_unplaced_fail_rows(raw, f"measurement CSV ({p})")
     return MEASUREMENT_SCHEMA.validate(raw, source=str(p), lines=raw.index.tolist())
 
@@ -127,6 +138,9 @@ def longitudinal_table(measurements: pd.DataFrame, *, lsc_hu: float | None = Non
     from hu_roi.analysis.schemas import TIMEPOINTS, longitudinal_from_measurements
 
     out = longitudinal_from_measurements(measurements)
+    heights = height_table(measurements)
+    if not heights.empty:
+        out = _concat_sorted(out, heights)
     if out.empty:
         return out
     m = measurements.copy()
@@ -153,6 +167,116 @@ def longitudinal_table(measurements: pd.DataFrame, *, lsc_hu: float | None = Non
         flags_out.append(";".join(dict.fromkeys(fl)))
     out["flags"] = flags_out
     return out
+
+
+def height_table(measurements: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the vertebral heights: one per patient × level × height kind × reader.
+
+    ``length_mm_Tk`` is the ``length_mm`` of the usable height ROI (qc not ``fail``, a
+    length, a timepoint) at Tk; ``delta_length_mm_Tk = length_mm_Tk − length_mm_T0`` (mm,
+    negative = height lost) and ``pct_delta_length_Tk = 100 · delta_length_mm_Tk /
+    length_mm_T0`` (%).  Flags as on HU rows: ``no-baseline``, ``qc-warn-Tk``,
+    ``qc-fail-Tk``.  ``irradiated`` and ``lesion_type`` come from the baseline row (the
+    earliest usable one).  Two usable heights of the same kind, patient, level, reader and
+    timepoint are an error.
+
+    Parameters
+    ----------
+    measurements : pandas.DataFrame
+        Validated measurement rows (:func:`read_measurement_targets`); rows of other kinds
+        are ignored.
+
+    Returns
+    -------
+    pandas.DataFrame
+        :data:`~hu_roi.analysis.schemas.LONGITUDINAL_SCHEMA` columns (HU columns empty),
+        sorted by patient, level, kind, reader; empty (typed) without height rows.
+
+    Raises
+    ------
+    SchemaError
+        Duplicate usable heights (the message names them).
+    """
+    import pandas as pd
+
+    from hu_roi.analysis.schemas import LONGITUDINAL_SCHEMA, TIMEPOINTS
+    from hu_roi.roi import HEIGHT_KINDS
+    from hu_roi.util import show
+
+    if "length_mm" not in measurements.columns:
+        return LONGITUDINAL_SCHEMA.empty()
+    m = measurements.loc[
+        measurements["kind"].isin(HEIGHT_KINDS) & measurements["level"].notna()
+    ].copy()
+    if m.empty:
+        return LONGITUDINAL_SCHEMA.empty()
+    m["reader"] = m["reader"].fillna("") if "reader" in m.columns else ""
+    m["length_mm"] = pd.to_numeric(m["length_mm"], errors="coerce")
+    usable = (
+        (m["qc_status"].fillna("pass") != "fail") & m["length_mm"].notna() & m["timepoint"].notna()
+    )
+    dup = m.loc[usable].duplicated(subset=_KEY + ["timepoint"], keep=False)
+    if dup.any():
+        d = m.loc[usable].loc[dup]
+        groups = [
+            ", ".join(
+                f"{c}={show(str(v), 40)}" for c, v in zip(_KEY + ["timepoint"], k, strict=True)
+            )
+            + ": roi_id "
+            + ", ".join(show(str(r), 40) for r in g["roi_id"])
+            for k, g in d.groupby(_KEY + ["timepoint"], sort=True)
+        ]
+        raise SchemaError(
+            "measurement CSV: more than one usable height for the same patient, level, kind, "
+            "reader and timepoint; keep one line per height and timepoint (or mark the others "
+            "qc_status=fail): " + "; ".join(groups[:20])
+        )
+    order = {tp: i for i, tp in enumerate(TIMEPOINTS)}
+    m["_tp"] = m["timepoint"].map(order)
+    m["_usable"] = usable
+    m = m.sort_values(["_usable", "_tp"], ascending=[False, True])
+    good = m.loc[m["_usable"]]
+    out = m.groupby(_KEY, sort=True)[["irradiated", "lesion_type"]].first()
+    length = good.pivot_table(index=_KEY, columns="timepoint", values="length_mm", aggfunc="first")
+    out = out.join(length.reindex(columns=list(TIMEPOINTS)).add_prefix("length_mm_"), how="left")
+    for tp in TIMEPOINTS:
+        if f"length_mm_{tp}" not in out.columns:
+            out[f"length_mm_{tp}"] = np.nan
+    flags: dict[tuple, list[str]] = {k: [] for k in out.index}
+    warn = good.loc[good["qc_status"] == "warn"]
+    for k, tp in zip(map(tuple, warn[_KEY].to_numpy()), warn["timepoint"], strict=True):
+        flags[k].append(f"qc-warn-{tp}")
+    failed = m.loc[~m["_usable"] & m["timepoint"].notna()]
+    for k, tp in zip(map(tuple, failed[_KEY].to_numpy()), failed["timepoint"], strict=True):
+        if pd.isna(out.at[k, f"length_mm_{tp}"]) and f"qc-fail-{tp}" not in flags[k]:
+            flags[k].append(f"qc-fail-{tp}")
+    l0 = out["length_mm_T0"].astype(float)
+    for k in out.index[l0.isna()]:
+        flags[k].append("no-baseline")
+    for tp in TIMEPOINTS[1:]:
+        d = out[f"length_mm_{tp}"].astype(float) - l0
+        out[f"delta_length_mm_{tp}"] = d
+        out[f"pct_delta_length_{tp}"] = (100.0 * d / l0).where(l0 > 0)
+    out["flags"] = [";".join(flags[k]) for k in out.index]
+    out = out.reset_index()
+    for c in LONGITUDINAL_SCHEMA.names:  # the HU columns: empty on height rows
+        if c not in out.columns:
+            out[c] = np.nan
+    return LONGITUDINAL_SCHEMA.validate(out[list(LONGITUDINAL_SCHEMA.names)])
+
+
+def _concat_sorted(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """HU rows and height rows in one table, sorted by patient, level (C1 … S5), kind, reader."""
+    import pandas as pd
+
+    from hu_roi.analysis.schemas import LEVELS, LONGITUDINAL_SCHEMA
+
+    parts = [t for t in (a, b) if not t.empty]
+    out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].copy()
+    out["_lv"] = out["level"].map({x: i for i, x in enumerate(LEVELS)})
+    out = out.sort_values(["patient_id", "_lv", "kind", "reader"], kind="stable")
+    out = out.drop(columns="_lv").reset_index(drop=True)
+    return LONGITUDINAL_SCHEMA.validate(out[list(LONGITUDINAL_SCHEMA.names)])
 
 
 def _cell(v: object, derived: bool = False) -> str:
@@ -315,9 +439,13 @@ def run_longitudinal(args: argparse.Namespace) -> int:
             out, longitudinal_csv_text(table, formula_escape=getattr(args, "formula_escape", True))
         )
     if not getattr(args, "quiet", False):
+        from hu_roi.roi import HEIGHT_KINDS
+
+        n_heights = int(m["kind"].isin(HEIGHT_KINDS).sum())
         print(
             f"hu-roi longitudinal: {plural(len(table), 'patient × level row')} from "
-            f"{plural(len(m), 'target ROI')}"
+            f"{plural(len(m) - n_heights, 'target ROI')}"
+            + (f" and {plural(n_heights, 'height')}" if n_heights else "")
             + (f"; below-lsc at LSC {lsc:g} HU" if lsc is not None else "")
             + (f"; wrote {printable(out)}" if out != "-" else ""),
             file=sys.stderr,

@@ -1,7 +1,9 @@
 """HU statistics of one ROI on one Volume, with ROI quality flags.
 
 :func:`measure_roi` is *the* measurement: the napari viewer and the batch command both call
-it, so an ROI measured interactively and in batch gives identical numbers.
+it, so an ROI measured interactively and in batch gives identical numbers.  A line ROI (a
+vertebral height) is measured by :func:`measure_line` (``measure_roi`` hands it on): its
+length in mm from the geometry alone, with empty HU columns.
 
 Every qc flag code the measurement engine can emit is declared once in :data:`QC_FLAGS`
 (severity, meaning, source of the threshold); ``docs/qc_flags.md`` is the same table and a
@@ -17,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from hu_roi.rasterize import RoiMask, RoiPlacementError, rasterize_roi
-from hu_roi.roi import Roi, frame_hint
+from hu_roi.rasterize import EPS_MM, RoiMask, RoiPlacementError, rasterize_roi
+from hu_roi.roi import HEIGHT_KINDS, Roi, frame_hint
 from hu_roi.series import PROBLEM_CODES, SeriesInfo
 from hu_roi.util import show
 from hu_roi.volume import Volume
@@ -32,8 +34,12 @@ __all__ = [
     "PADDING_HU_LIMIT",
     "CORTICAL_HU",
     "CORTICAL_FRACTION",
+    "HETEROGENEITY_SD_HU",
+    "HETEROGENEITY_GAP_HU",
     "Measurement",
     "measure_roi",
+    "measure_line",
+    "heterogeneity_flags",
     "failed_measurement",
     "patient_mismatch",
     "label_flags",
@@ -56,6 +62,16 @@ PADDING_HU_LIMIT = -2000.0
 CORTICAL_HU = 1000.0
 #: Flag a target ROI when more than this fraction of voxels is above CORTICAL_HU.
 CORTICAL_FRACTION = 0.05
+#: A target ROI whose sample SD exceeds this (HU) mixes tissues (``roi-heterogeneous``).
+#: Project choice, set from the real Siemens series of the test data (120 kVp, Br38f,
+#: 3 mm): 879 trabecular circles of radius 3-8 mm inside the T11/T12 vertebral bodies had
+#: SD ≤ 77 HU (99th percentile), while an ROI half on cortex reads SD ≈ 360 HU.
+HETEROGENEITY_SD_HU = 150.0
+#: ... or whose mean and median differ by more than this (HU): a bright minority (cortex,
+#: endplate) drags the mean away from the median.  Same calibration: |mean − median| ≤ 36
+#: HU in all those trabecular circles, 264 HU in the ROI half on cortex reported in issue
+#: 13 (n 32, mean 314.6, median 51).
+HETEROGENEITY_GAP_HU = 50.0
 
 SEVERITY_ORDER = {"pass": 0, "info": 0, "warn": 1, "fail": 2}
 
@@ -179,13 +195,13 @@ QC_FLAGS: dict[str, QcFlag] = dict(
         _f(
             "no-timepoint",
             "warn",
-            "A target ROI has no timepoint: measured, but hu-roi longitudinal cannot place it (counted in the measure summary)",
+            "A target or height ROI has no timepoint: measured, but hu-roi longitudinal cannot place it (counted in the measure summary)",
             "hu_roi.measure.label_flags",
         ),
         _f(
             "no-level",
             "warn",
-            "A target ROI has no level: measured, but hu-roi longitudinal cannot place it (counted in the measure summary)",
+            "A target or height ROI has no level: measured, but hu-roi longitudinal cannot place it (counted in the measure summary)",
             "hu_roi.measure.label_flags",
         ),
         _f(
@@ -212,6 +228,18 @@ QC_FLAGS: dict[str, QcFlag] = dict(
             "warn",
             "A 2D target ROI covers less than 50 mm² (≈ 8 mm circle)",
             "hu_roi.measure.MIN_TARGET_AREA_MM2 (project choice; trabecular ROIs are usually several hundred mm²)",
+        ),
+        _f(
+            "roi-heterogeneous",
+            "warn",
+            "A target ROI mixes tissues: its SD exceeds 150 HU or its mean and median differ by more than 50 HU (e.g. an ROI partly on the cortex or an endplate, whose bright voxels pull the mean up while fewer than 5 % exceed 1000 HU); check its placement",
+            "hu_roi.measure.HETEROGENEITY_SD_HU, HETEROGENEITY_GAP_HU (project choice, calibrated on real trabecular ROIs: SD ≤ 77 HU, |mean − median| ≤ 36 HU; docs/qc_flags.md)",
+        ),
+        _f(
+            "line-outside-image",
+            "fail",
+            "An end point of a line ROI (a vertebral height) lies outside the image volume: beyond the first/last slice by more than half the slice spacing, or outside the rows/columns by more than half a pixel; no length is written (the detail names the point and how far out it is)",
+            "image extent of the series (voxel centres ± half a voxel), docs/roi_format.md",
         ),
         _f(
             "cortical-contamination",
@@ -366,6 +394,10 @@ class Measurement:
     :data:`CORTICAL_HU`; ``n_outside`` the shape's voxel centres outside the image;
     ``n_padding`` the padding voxels included.
 
+    ``length_mm`` is the length of a line ROI (a vertebral height): the Euclidean distance
+    between its two points in mm (None for area and volume ROIs, whose HU columns are
+    filled instead; a line row has n_voxels 0 and empty HU columns).
+
     ``qc_flags`` are short codes (see :data:`QC_FLAGS`); ``qc_status`` is derived from them.
     """
 
@@ -406,6 +438,7 @@ class Measurement:
     n_outside: int = 0
     n_padding: int = 0
     cortical_fraction: float = math.nan
+    length_mm: float | None = None
     contrast_agent: str = ""
     detail: str = ""
     patient_name: str = field(default="", repr=False)
@@ -494,7 +527,9 @@ def failed_measurement(
 ) -> Measurement:
     """The row of an ROI that could not be measured (qc_status ``fail``, empty statistics)."""
     flags = list(dict.fromkeys([*codes, *_series_problem_flags(info)]))
-    if "roi-outside-image" in flags and info is not None:  # where the image is; RAS hint
+    if (
+        "roi-outside-image" in flags or "line-outside-image" in flags
+    ) and info is not None:  # where the image is; RAS hint
         hint = frame_hint(roi.shape, info)
         detail = f"{detail}; {hint}" if detail and hint else detail or hint
     nan = math.nan
@@ -598,9 +633,9 @@ def patient_mismatch(
 
 def label_flags(roi: Roi) -> list[str]:
     """``proposed-unconfirmed`` for an unconfirmed proposal (any kind), and ``no-timepoint`` /
-    ``no-level`` for a target ROI lacking them (longitudinal needs both)."""
+    ``no-level`` for a target or height ROI lacking them (longitudinal needs both)."""
     flags = ["proposed-unconfirmed"] if roi.proposed else []
-    if roi.kind != "target":
+    if roi.kind != "target" and roi.kind not in HEIGHT_KINDS:
         return flags
     if not roi.timepoint:
         flags.append("no-timepoint")
@@ -641,6 +676,8 @@ def measure_roi(
         the ROI cannot be placed (tie, outside the image, ...), a row with
         ``qc_status == "fail"`` and the reason code in ``qc_flags``.
     """
+    if roi.shape.is_line:  # a height: a length, no voxels
+        return measure_line(volume, roi, reader=reader, roi_file=roi_file)
     info = volume.info
     try:
         rm = mask if mask is not None else rasterize_roi(volume, roi)
@@ -696,6 +733,8 @@ def measure_roi(
     cort = float(np.count_nonzero(x > CORTICAL_HU)) / n
     if roi.kind == "target" and cort > CORTICAL_FRACTION:
         flags.append("cortical-contamination")
+    if roi.kind == "target":
+        flags += heterogeneity_flags(stats["mean_hu"], stats["median_hu"], stats["sd_hu"])
     # reference slice: the one slice of a 2D shape; for a sphere the slice nearest its centre
     slice_k = _centre_k(volume, roi, rm)
     return Measurement(
@@ -723,3 +762,156 @@ def _centre_k(volume: Volume, roi: Roi, rm: RoiMask) -> int:
     c = float(np.asarray(roi.shape.center_mm) @ volume.normal)
     pos = volume.slice_positions_mm[ks]
     return ks[int(np.argmin(np.abs(pos - c)))]
+
+
+def heterogeneity_flags(mean_hu: float, median_hu: float, sd_hu: float) -> list[str]:
+    """``["roi-heterogeneous"]`` when a target ROI's statistics show mixed tissues, else ``[]``.
+
+    Rule: ``sd_hu > HETEROGENEITY_SD_HU`` (150 HU) or ``|mean_hu − median_hu| >
+    HETEROGENEITY_GAP_HU`` (50 HU).  Trabecular bone is homogeneous at CT resolution (noise
+    and texture); an ROI partly on the cortex or an endplate adds a bright minority that
+    raises the SD and pulls the mean away from the median even when fewer than
+    :data:`CORTICAL_FRACTION` of its voxels exceed :data:`CORTICAL_HU`.  NaN statistics
+    (n < 2 for the SD) do not flag.
+
+    Parameters
+    ----------
+    mean_hu, median_hu, sd_hu : float
+        The ROI's mean, median and sample SD (HU).
+
+    Returns
+    -------
+    list of str
+    """
+    sd_high = math.isfinite(sd_hu) and sd_hu > HETEROGENEITY_SD_HU
+    gap = mean_hu - median_hu
+    gap_high = math.isfinite(gap) and abs(gap) > HETEROGENEITY_GAP_HU
+    return ["roi-heterogeneous"] if sd_high or gap_high else []
+
+
+def _grid(
+    volume: Volume | SeriesInfo,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float, int, int, float]:
+    """The image block of a volume or series: slice origins (n, 3), X, Y, ΔR, ΔC, rows,
+    columns and the slice spacing (mm); from the full series when a volume knows it (a
+    partial load then gives the same answer as a full one)."""
+    info = volume if isinstance(volume, SeriesInfo) else volume.info
+    if info is not None and info.slices and info.rows > 0 and info.columns > 0:
+        origins = np.array([sl.position_lps_mm for sl in info.slices], dtype=float).reshape(-1, 3)
+        o = np.asarray(info.orientation, dtype=float)
+        dr, dc = info.pixel_spacing_mm
+        return origins, o[:3], o[3:], dr, dc, info.rows, info.columns, info.slice_spacing_mm
+    if isinstance(volume, SeriesInfo):  # a series without slices or grid
+        return np.zeros((0, 3)), np.eye(3)[0], np.eye(3)[1], 1.0, 1.0, 0, 0, math.nan
+    dr, dc = volume.pixel_spacing_mm
+    _, rows, cols = volume.hu.shape
+    return (
+        np.asarray(volume.slice_origins_lps_mm, dtype=float).reshape(-1, 3),
+        np.asarray(volume.orientation[0], dtype=float),
+        np.asarray(volume.orientation[1], dtype=float),
+        dr,
+        dc,
+        rows,
+        cols,
+        volume.slice_spacing_mm,
+    )
+
+
+def _point_outside(p: np.ndarray, volume: Volume | SeriesInfo) -> str:
+    """Why point ``p`` (LPS mm) lies outside the image block, or "" when it lies inside.
+
+    Inside: along the slice normal within half the slice spacing of the first/last slice
+    (half a millimetre for a single slice without spacing), and in the plane of the
+    nearest slice within half a pixel of the outermost voxel centres -- the extent of the
+    voxels themselves, the voxel rule's limits -- with the voxel rule's boundary tolerance
+    :data:`hu_roi.rasterize.EPS_MM` (a point on the border, up to rounding, is inside).
+    """
+    origins, x, y, dr, dc, rows, cols, sp = _grid(volume)
+    if origins.shape[0] == 0 or rows < 1 or cols < 1:
+        return "the image has no slices"
+    normal = np.cross(x, y)
+    normal /= np.linalg.norm(normal)
+    pos = origins @ normal
+    half = 0.5 * sp if math.isfinite(sp) and sp > 0 else 0.5
+    with np.errstate(all="ignore"):  # absurd coordinates are simply outside
+        h = float(p @ normal)
+        lo, hi = float(pos.min()) - half - EPS_MM, float(pos.max()) + half + EPS_MM
+        if not math.isfinite(h) or h < lo or h > hi:
+            by = lo - h if h < lo else h - hi
+            return (
+                f"{by:.2f} mm beyond the {'first' if h < lo else 'last'} slice (± half the spacing)"
+            )
+        k = int(np.argmin(np.abs(pos - h)))
+        d = p - origins[k]
+        col = float(d @ x) / dc
+        row = float(d @ y) / dr
+    out = []
+    for what, i, n, step in (("columns", col, cols, dc), ("rows", row, rows, dr)):
+        by = max(-0.5 - i, i - (n - 0.5)) * step  # mm beyond the nearer edge (< 0: inside)
+        if not by <= EPS_MM:  # also NaN
+            out.append(f"{by:.2f} mm outside the {what}")
+    return " and ".join(out)
+
+
+def measure_line(
+    volume: Volume | SeriesInfo, roi: Roi, *, reader: str = "", roi_file: str = ""
+) -> Measurement:
+    """Measure a line ROI (a vertebral height): its length, from the geometry alone.
+
+    ``length_mm`` = ‖p₂ − p₁‖ (Euclidean distance of the two points, LPS mm).  The HU
+    columns stay empty (NaN), ``n_voxels`` is 0, and no pixel is read -- only the image's
+    geometry (``volume.info`` when set, else the loaded slices) is used.
+
+    Parameters
+    ----------
+    volume : Volume or SeriesInfo
+        The image: a volume (with ``volume.info`` the extent is that of the full series,
+        else of the loaded slices), or the series' header alone (the batch reads no
+        pixels for a line).
+    roi : Roi
+        An ROI with a line shape.
+    reader, roi_file : str
+        Provenance, copied to the row.
+
+    Returns
+    -------
+    Measurement
+        qc ``pass`` (plus the series' own problem flags), or a ``fail`` row
+        ``line-outside-image`` without a length when an end point lies outside the image
+        volume (the detail names the point and how far out it is).
+    """
+    if not roi.shape.is_line or roi.shape.points_mm is None:
+        raise ValueError(f"measure_line: ROI {show(roi.roi_id)} is a {roi.shape.type}, not a line")
+    info = volume if isinstance(volume, SeriesInfo) else volume.info
+    why = []
+    for i, pt in enumerate(roi.shape.points_mm, start=1):
+        p = np.asarray(pt, dtype=float)
+        problem = _point_outside(p, volume)
+        if problem:
+            why.append(f"point {i} ({p[0]:.1f}, {p[1]:.1f}, {p[2]:.1f}) mm lies {problem}")
+    if why:
+        return failed_measurement(
+            roi,
+            ["line-outside-image"],
+            info=info,
+            reader=reader,
+            roi_file=roi_file,
+            detail=f"line ROI {show(roi.roi_id)}: " + "; ".join(why),
+        )
+    nan = math.nan
+    return Measurement(
+        slice_index=None,
+        n_voxels=0,
+        area_mm2=None,
+        volume_mm3=None,
+        mean_hu=nan,
+        sd_hu=nan,
+        median_hu=nan,
+        min_hu=nan,
+        max_hu=nan,
+        qc_flags=tuple(_series_problem_flags(info)),
+        reader=reader,
+        roi_file=roi_file,
+        length_mm=roi.shape.length_mm,
+        **_identity_fields(roi, info),
+    )

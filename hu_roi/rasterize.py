@@ -31,6 +31,10 @@ Rule (docs/roi_format.md, "The slice rule"):
   centre is imaged but which reaches beyond the first/last slice or into a gap is measured
   on its imaged part and flagged (``beyond_stack`` / ``partly_in_gap``).
 
+* Line (a vertebral height): a length, not an area; it selects **no voxels** (an empty
+  mask, no slices needed).  It is measured from the geometry alone
+  (:func:`hu_roi.measure.measure_line`).
+
 Masks are computed per slice on the ROI's bounding box only, never as full-volume masks.
 The rule only uses each slice's own ImagePositionPatient, so it holds for any orientation,
 anisotropic pixels, feet-first stacks and partial volumes (``Volume.slice_indices``).
@@ -347,6 +351,8 @@ def slices_needed(roi: Roi, info: SeriesInfo) -> list[int]:
     RoiPlacementError
         Tie between two slices, polygon not parallel, ROI outside the stack.
     """
+    if roi.shape.is_line:  # a height: measured from the geometry, no pixels read
+        return []
     _check_size(roi.shape, info.pixel_spacing_mm, roi.roi_id)
     normal = info.normal
     pos = info.positions_along_normal_mm
@@ -477,6 +483,7 @@ def rasterize_roi(volume: Volume, roi: Roi) -> RoiMask:
     Returns
     -------
     RoiMask
+        Empty (no parts) for a line ROI, which selects no voxels.
 
     Raises
     ------
@@ -484,6 +491,8 @@ def rasterize_roi(volume: Volume, roi: Roi) -> RoiMask:
         ``roi-slice-tie``, ``roi-not-parallel``, ``roi-outside-image`` (plane beyond the
         stack), ``slice-not-loaded``, ``roi-too-large``.
     """
+    if roi.shape.is_line:
+        return RoiMask(roi.roi_id, ())
     _check_size(roi.shape, volume.pixel_spacing_mm, roi.roi_id)
     normal = volume.normal
     if volume.info is not None and volume.info.n_slices:

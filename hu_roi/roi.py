@@ -25,6 +25,10 @@ All positions are DICOM patient coordinates (LPS, mm).  Shapes:
     slice (checked when rasterized).
 ``sphere``
     ``center_mm`` (3), ``radius_mm``.
+``line``
+    ``points_mm`` (exactly 2 distinct points × 3): a length, not an area -- vertebral
+    heights (``kind`` ``height-anterior``, ``height-middle`` or ``height-posterior``, and
+    only those kinds have a line).
 
 Unknown fields (top level, per ROI and inside ``shape``) are kept and written back, and
 :func:`load_roiset` logs each unknown name once per file.  A name that looks like a
@@ -78,6 +82,7 @@ __all__ = [
     "TIMEPOINTS",
     "LESION_TYPES",
     "REFERENCE_KINDS",
+    "HEIGHT_KINDS",
     "Shape",
     "Roi",
     "RoiSet",
@@ -104,6 +109,7 @@ SHAPE_TYPES: dict[str, tuple[str, ...]] = {
     "ellipse": ("center_mm", "radii_mm"),
     "polygon": ("points_mm",),
     "sphere": ("center_mm", "radius_mm"),
+    "line": ("points_mm",),
 }
 LEVELS: tuple[str, ...] = (
     tuple(f"C{i}" for i in range(1, 8))
@@ -119,6 +125,11 @@ REFERENCE_KINDS: tuple[str, ...] = (
     "reference-muscle",
     "reference-water",
 )
+#: Kinds of the line ROIs that measure vertebral body heights (mm), for the vertebral
+#: compression fracture endpoint; a line ROI has one of these kinds and no other ROI has.
+HEIGHT_KINDS: tuple[str, ...] = ("height-anterior", "height-middle", "height-posterior")
+#: Shortest line ROI (mm): two points closer than this are one point, not a height.
+MIN_LINE_MM = 1e-3
 _PHANTOM_RE = re.compile(r"^phantom-[A-Za-z0-9_.+-]+$")
 #: Maximal distance (mm) of a polygon vertex from the polygon's best-fit plane.
 COPLANAR_TOL_MM = 0.05
@@ -146,8 +157,14 @@ MAX_ID_CHARS = 256
 
 
 def is_valid_kind(kind: str) -> bool:
-    """True for ``target``, the ``reference-*`` kinds and ``phantom-<name>``."""
-    return kind == "target" or kind in REFERENCE_KINDS or bool(_PHANTOM_RE.match(kind))
+    """True for ``target``, the ``reference-*`` kinds, ``phantom-<name>`` and the
+    ``height-*`` kinds of line ROIs (:data:`HEIGHT_KINDS`)."""
+    return (
+        kind == "target"
+        or kind in REFERENCE_KINDS
+        or kind in HEIGHT_KINDS
+        or bool(_PHANTOM_RE.match(kind))
+    )
 
 
 def schema_path() -> Path:
@@ -519,7 +536,7 @@ class Shape:
     Attributes
     ----------
     type : str
-        ``circle``, ``ellipse``, ``polygon`` or ``sphere``.
+        ``circle``, ``ellipse``, ``polygon``, ``sphere`` or ``line``.
     center_mm : tuple of 3 float or None
         Centre (circle, ellipse, sphere).
     radius_mm : float or None
@@ -529,7 +546,7 @@ class Shape:
     angle_deg : float
         Ellipse in-plane rotation of the rx axis from X towards Y (degrees).
     points_mm : tuple of tuple of 3 float or None
-        Polygon vertices in order (not repeated at the end).
+        Polygon vertices in order (not repeated at the end); the two end points of a line.
     extra : dict
         Unknown fields of the ``shape`` object, kept for the round trip.
     """
@@ -545,8 +562,21 @@ class Shape:
 
     @property
     def is_2d(self) -> bool:
-        """True for shapes lying on one slice (circle, ellipse, polygon)."""
-        return self.type != "sphere"
+        """True for area shapes lying on one slice (circle, ellipse, polygon)."""
+        return self.type not in ("sphere", "line")
+
+    @property
+    def is_line(self) -> bool:
+        """True for a line (a length between two points; it selects no voxels)."""
+        return self.type == "line"
+
+    @property
+    def length_mm(self) -> float | None:
+        """Euclidean distance between the two points of a line (mm); None for other shapes."""
+        if not self.is_line or self.points_mm is None:
+            return None
+        a, b = (np.asarray(p, dtype=float) for p in self.points_mm)
+        return float(np.linalg.norm(b - a))
 
     @classmethod
     def from_dict(cls, d: Any, roi_id: str | None = None) -> Shape:
@@ -586,6 +616,8 @@ class Shape:
             p = tuple(_point(v, roi_id, "shape.points_mm") for v in pts)
             _check_planar(np.array(p), roi_id)
             kw["points_mm"] = p
+        if t == "line":
+            kw["points_mm"] = _line_points(d["points_mm"], roi_id)
         extra = {k: v for k, v in d.items() if k not in _KNOWN_SHAPE_KEYS}
         # keep fields that are known but not used by this type (e.g. radius on a polygon)
         for k in _KNOWN_SHAPE_KEYS:
@@ -623,6 +655,30 @@ class Shape:
         return vt[2]
 
 
+def _line_points(pts: Any, roi_id: str | None) -> tuple[tuple[float, float, float], ...]:
+    """The two end points of a line: two finite [x, y, z] (LPS mm) at least
+    :data:`MIN_LINE_MM` apart."""
+    if not isinstance(pts, list | tuple) or len(pts) != 2:
+        raise _err(
+            roi_id,
+            "shape.points_mm",
+            f"a line needs exactly 2 points [[x, y, z], [x, y, z]] (LPS mm); got {show_value(pts)}",
+        )
+    p = tuple(_point(v, roi_id, "shape.points_mm") for v in pts)
+    with np.errstate(over="ignore", invalid="ignore"):  # 1e308 - (-1e308) is inf: too far
+        d = float(np.linalg.norm(np.subtract(p[1], p[0])))
+    if not math.isfinite(d):
+        raise _err(roi_id, "shape.points_mm", "the two points are too far apart (not finite)")
+    if d < MIN_LINE_MM:
+        raise _err(
+            roi_id,
+            "shape.points_mm",
+            f"the two points of the line are the same point ({d:.3g} mm apart); a height "
+            "needs two distinct points",
+        )
+    return p
+
+
 def _check_planar(p: np.ndarray, roi_id: str | None) -> None:
     c = p - p.mean(axis=0)
     _, s, vt = np.linalg.svd(c)
@@ -657,7 +713,8 @@ class Roi:
     lesion_type : str or None
         ``osteolytic``, ``osteoblastic``, ``mixed``, ``none`` or None.
     kind : str
-        ``target``, ``reference-air|fat|muscle|water`` or ``phantom-<name>``.
+        ``target``, ``reference-air|fat|muscle|water``, ``phantom-<name>``, or for line
+        ROIs ``height-anterior|middle|posterior``.
     shape : Shape
     series_key : str
         Fallback series identifier written by the index (optional).
@@ -732,7 +789,8 @@ class Roi:
             raise _err(
                 rid,
                 "kind",
-                f"must be target, {', '.join(REFERENCE_KINDS)} or phantom-<name>; got {show_value(kind)}",
+                f"must be target, {', '.join(REFERENCE_KINDS)}, phantom-<name> or (line ROIs) "
+                f"{', '.join(HEIGHT_KINDS)}; got {show_value(kind)}",
             )
         irr = d.get("irradiated")
         if irr is not None and not isinstance(irr, bool):
@@ -756,6 +814,20 @@ class Roi:
                 f"must be a JSON object or null; got {show_value(registration)}",
             )
         shape = Shape.from_dict(d["shape"], rid)
+        if shape.is_line and kind not in HEIGHT_KINDS:
+            raise _err(
+                rid,
+                "kind",
+                f"a line ROI measures a vertebral height: its kind must be one of "
+                f"{', '.join(HEIGHT_KINDS)}; got {show_value(kind)}",
+            )
+        if kind in HEIGHT_KINDS and not shape.is_line:
+            raise _err(
+                rid,
+                "shape.type",
+                f"an ROI of kind {kind!r} is a height and needs a line shape "
+                f'({{"type": "line", "points_mm": [[x, y, z], [x, y, z]]}}); got {show_value(shape.type)}',
+            )
         extra = {k: v for k, v in d.items() if k not in _KNOWN_ROI_KEYS}
         return cls(
             roi_id=rid,

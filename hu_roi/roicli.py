@@ -138,9 +138,12 @@ def _summary(rs: Any, n_unknown: int) -> str:
     targets = [r for r in rois if r.kind == "target"]
     refs = [r for r in rois if r.kind.startswith("reference-")]
     phantoms = [r for r in rois if r.kind.startswith("phantom-")]
+    heights = [r for r in rois if r.shape.is_line]
     parts = [
         f"valid, {plural(len(rois), 'ROI')} ({len(targets)} target, {len(refs)} reference, "
-        f"{len(phantoms)} phantom)",
+        f"{len(phantoms)} phantom"
+        + (f", {len(heights)} height line{'s' if len(heights) != 1 else ''}" if heights else "")
+        + ")",
         plural(len({r.patient_id for r in rois}), "patient"),
         f"reader {rs.reader!r}" if rs.reader else "no reader",
     ]
@@ -148,6 +151,12 @@ def _summary(rs: Any, n_unknown: int) -> str:
     if unusable:
         parts.append(
             f"{plural(len(unusable), 'target ROI')} without level or timepoint "
+            "(longitudinal cannot use them)"
+        )
+    unplaced = [r for r in heights if not (r.level and r.timepoint)]
+    if unplaced:
+        parts.append(
+            f"{plural(len(unplaced), 'height')} without level or timepoint "
             "(longitudinal cannot use them)"
         )
     no_pid = [r for r in rois if not r.patient_id]

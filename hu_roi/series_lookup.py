@@ -128,8 +128,8 @@ def patient_id_rule(roi: Roi, info: SeriesInfo | None) -> PatientIdRule:
     """The patient ID of an ROI's measurement row (the study code rule).
 
     The ROI's ``patient_id`` is the study code and wins.  When it is empty, the DICOM
-    PatientID of the series fills it.  A *target* ROI needs one of the two: without both
-    the row fails (:data:`PATIENT_ID_MISSING`), because ``hu-roi longitudinal`` cannot
+    PatientID of the series fills it.  A *target* or *height* ROI needs one of the two:
+    without both the row fails (:data:`PATIENT_ID_MISSING`), because ``hu-roi longitudinal`` cannot
     place it.  Reference and phantom ROIs may have none.
     """
     if roi.patient_id:
@@ -137,12 +137,13 @@ def patient_id_rule(roi: Roi, info: SeriesInfo | None) -> PatientIdRule:
     dicom = info.patient_id if info is not None else ""
     if dicom:
         return PatientIdRule(dicom)
-    if roi.kind == "target":
+    if roi.kind == "target" or roi.kind.startswith("height-"):  # both enter longitudinal
         return PatientIdRule(
             "",
             PATIENT_ID_MISSING,
-            "a target ROI needs a patient_id (the study code): the ROI has none and the "
-            "DICOM PatientID is empty; set patient_id in the ROI file",
+            f"a {'target' if roi.kind == 'target' else 'height'} ROI needs a patient_id (the "
+            "study code): the ROI has none and the DICOM PatientID is empty; set patient_id "
+            "in the ROI file",
         )
     return PatientIdRule("")
 

@@ -32,7 +32,8 @@ DESIGN_MEASUREMENT_COLUMNS = (
 
 
 def test_measurement_schema_matches_design_order() -> None:
-    assert list(MEASUREMENT_SCHEMA.names) == DESIGN_MEASUREMENT_COLUMNS
+    # the contract's 27 columns in order, then the optional length_mm of line ROIs
+    assert list(MEASUREMENT_SCHEMA.names) == [*DESIGN_MEASUREMENT_COLUMNS, "length_mm"]
 
 
 def test_empty_tables_are_typed() -> None:

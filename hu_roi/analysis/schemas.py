@@ -554,11 +554,16 @@ MEASUREMENT_SCHEMA = TableSchema(
             "kind",
             "str",
             "",
-            "target, reference-air/fat/muscle/water, phantom-<name>; analysis uses target.",
+            "target, reference-air/fat/muscle/water, phantom-<name>, height-anterior/middle/"
+            "posterior (line ROIs); analysis uses target (and the heights).",
             nullable=False,
         ),
         Column(
-            "shape", "str", "", "ROI shape type (circle, ellipse, polygon, sphere).", required=False
+            "shape",
+            "str",
+            "",
+            "ROI shape type (circle, ellipse, polygon, sphere, line).",
+            required=False,
         ),
         Column(
             "slice_index",
@@ -591,6 +596,15 @@ MEASUREMENT_SCHEMA = TableSchema(
         ),
         Column("qc_flags", "str", "", "';'-separated QC codes.", required=False),
         Column("reader", "str", "", "Who placed the ROI (e.g. R1).", required=False),
+        Column(
+            "length_mm",
+            "float",
+            "mm",
+            "Length of a line ROI (kind height-*): distance between its two points; empty for "
+            "area ROIs and fail rows.",
+            required=False,
+            min_value=0.0,
+        ),
     ),
 )
 """The measurement CSV (docs/csv_schemas.md).  Columns not needed by the analysis are optional here."""
@@ -655,6 +669,38 @@ def _longitudinal_columns() -> tuple[Column, ...]:
             required=False,
         )
     )
+    # vertebral heights (rows of kind height-*, written by hu-roi longitudinal): HU columns
+    # stay empty on those rows, and these stay empty on HU rows
+    for tp in TIMEPOINTS:
+        cols.append(
+            Column(
+                f"length_mm_{tp}",
+                "float",
+                "mm",
+                f"Height rows (kind height-*): length_mm at {tp}; empty when not measured or "
+                "qc_status=fail.",
+                required=False,
+            )
+        )
+    for tp in TIMEPOINTS[1:]:
+        cols.append(
+            Column(
+                f"delta_length_mm_{tp}",
+                "float",
+                "mm",
+                f"Height rows: length_mm_{tp} - length_mm_T0 (negative = height lost).",
+                required=False,
+            )
+        )
+        cols.append(
+            Column(
+                f"pct_delta_length_{tp}",
+                "float",
+                "%",
+                f"Height rows: 100 * (length_mm_{tp} - length_mm_T0) / length_mm_T0.",
+                required=False,
+            )
+        )
     return tuple(cols)
 
 
@@ -796,4 +842,7 @@ def longitudinal_from_measurements(
         out[f"pct_delta_{tp}"] = (100.0 * d / h0).where(ok0)
     out["flags"] = [";".join(flags[k]) for k in out.index]
     out = out.reset_index()
-    return LONGITUDINAL_SCHEMA.validate(out[list(LONGITUDINAL_SCHEMA.names)])
+    # the optional height columns are added empty by validate
+    return LONGITUDINAL_SCHEMA.validate(
+        out[[c for c in LONGITUDINAL_SCHEMA.names if c in out.columns]]
+    )
