@@ -1,38 +1,48 @@
-"""Registry of the subcommands that live in feature modules.
+"""Registry of the ``hu-roi`` subcommands, imported only when one runs.
 
-Each entry adds one subparser (with ``set_defaults(func=...)``) to the ``hu-roi`` parser.
-Modules are imported only when the parser is built.
+Each entry of :func:`registered` is ``(name, module, help)``: the subcommand's name, the
+module that holds ``add_<name>_parser(sub)`` (``-`` in the name becomes ``_``; write
+``"module:function"`` for another function name) and the one-line help shown by
+``hu-roi --help``.  :mod:`hu_roi.cli` imports a module only for the subcommand being run
+(``hu-roi --help`` imports none), so a new subcommand costs nothing at start-up; the help
+given here must be the one its ``add_*_parser`` gives (tests/test_startup.py checks).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 from collections.abc import Callable
+from typing import NamedTuple
 
 AddParser = Callable[[argparse._SubParsersAction], object]
 
 
-def registered() -> list[AddParser]:
-    """The parser builders of ``index``, ``measure``, ``roi``, ``longitudinal``,
-    ``reliability``, ``pseudonymize``, ``analyze`` and ``demo``."""
-    from hu_roi.analysis.cli import add_analyze_parser
-    from hu_roi.batch import add_measure_parser
-    from hu_roi.demo import add_demo_parser
-    from hu_roi.exportdicom import add_export_dicom_parser
-    from hu_roi.indexcli import add_index_parser
-    from hu_roi.longitudinal import add_longitudinal_parser
-    from hu_roi.pseudonym import add_pseudonymize_parser
-    from hu_roi.reliability import add_reliability_parser
-    from hu_roi.roicli import add_roi_parser
+class Command(NamedTuple):
+    """One subcommand: ``name``, the ``module`` that builds its parser, its ``help``."""
 
+    name: str
+    module: str
+    help: str
+
+
+def registered() -> list[Command]:
+    """The subcommands, in the order ``hu-roi --help`` lists them.  One line each."""
     return [
-        add_index_parser,
-        add_measure_parser,
-        add_roi_parser,
-        add_longitudinal_parser,
-        add_reliability_parser,
-        add_pseudonymize_parser,
-        add_analyze_parser,
-        add_demo_parser,
-        add_export_dicom_parser,
-    ]
+        Command("index", "hu_roi.indexcli", "list the series of a DICOM folder (header only) with their problems"),
+        Command("measure", "hu_roi.batch", "measure stored ROIs on a DICOM folder (batch) into a CSV"),
+        Command("roi", "hu_roi.roicli", "check ROI files, or add an ROI at a voxel, without a viewer"),
+        Command("longitudinal", "hu_roi.longitudinal", "patient × level table of HU per timepoint with change vs T0"),
+        Command("reliability", "hu_roi.reliability", "reader reliability (ICC, Bland-Altman, precision SD, LSC) of 2+ measurement CSVs"),
+        Command("pseudonymize", "hu_roi.pseudonym", "replace patient IDs in output CSVs by study codes (pseudonym map)"),
+        Command("analyze", "hu_roi.analysis.cli", "trial endpoints (Tables 1-5, figures, HTML report) from measurement + clinical CSVs"),
+        Command("demo", "hu_roi.demo", "run the whole pipeline on the bundled sample data"),
+    ]  # fmt: skip
+
+
+def parser_builder(cmd: Command) -> AddParser:
+    """Import ``cmd``'s module and return its ``add_<name>_parser`` function."""
+    module, _, func = cmd.module.partition(":")
+    return getattr(  # type: ignore[no-any-return]
+        importlib.import_module(module), func or f"add_{cmd.name.replace('-', '_')}_parser"
+    )

@@ -37,14 +37,21 @@ import warnings
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pydicom
-from pydicom.errors import InvalidDicomError
 
 from hu_roi.errors import DicomReadError
 from hu_roi.parallel import map_tasks, usable_cpus
 from hu_roi.series import PROBLEM_CODES, SeriesInfo, SliceRef, orientation_problem
+
+if TYPE_CHECKING:
+    import pydicom
+
+# pydicom is imported when the first header is read, not with this module: importing it
+# loads every pixel decoder it knows (GDCM, pylibjpeg, Pillow, CharLS; ~0.3 s), which a
+# measurement whose headers all come from the header cache never needs.
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +204,9 @@ def _str(ds: pydicom.Dataset, keyword: str) -> str:
     v = _get(ds, keyword)
     if v is None:
         return ""
-    if isinstance(v, pydicom.multival.MultiValue):
+    from pydicom.multival import MultiValue
+
+    if isinstance(v, MultiValue):
         s = "\\".join(str(x) for x in v)
     else:
         s = str(v).strip()
@@ -327,8 +336,10 @@ def _float(ds: pydicom.Dataset, keyword: str) -> float | None:
     v = _get(ds, keyword)
     if v is None or v == "":
         return None
+    from pydicom.multival import MultiValue
+
     try:
-        if isinstance(v, pydicom.multival.MultiValue):
+        if isinstance(v, MultiValue):
             v = v[0]
         f = float(v)  # type: ignore[arg-type]
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -347,8 +358,10 @@ def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
 
 def _floats(ds: pydicom.Dataset, keyword: str, n: int) -> tuple[float, ...] | None:
     """``n`` finite numbers, or None (missing or garbled: the caller names the tag)."""
+    from pydicom.multival import MultiValue
+
     v = _get(ds, keyword)
-    if v is None or not isinstance(v, pydicom.multival.MultiValue | list | tuple):
+    if v is None or not isinstance(v, MultiValue | list | tuple):
         return None
     try:
         vals = tuple(float(x) for x in v)
@@ -357,6 +370,20 @@ def _floats(ds: pydicom.Dataset, keyword: str, n: int) -> tuple[float, ...] | No
     if len(vals) != n or not all(np.isfinite(vals)):
         return None
     return vals
+
+
+def _may_be_dicom(path: str) -> bool:
+    """False when pydicom would refuse ``path`` for its preamble: no ``DICM`` at byte 128
+    and not a data set without preamble (:func:`_looks_like_raw_dataset`).  True when the
+    file cannot be read here (pydicom then gives the reason)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            if fh.read(4) == b"DICM":
+                return True
+    except OSError:
+        return True
+    return _looks_like_raw_dataset(path)
 
 
 def _looks_like_raw_dataset(path: str) -> bool:
@@ -373,9 +400,14 @@ def _looks_like_raw_dataset(path: str) -> bool:
     )
 
 
-#: :data:`_HEADER_TAGS` as pydicom tags: pydicom converts keywords on every call, which
-#: was two thirds of the time spent on each non-DICOM file of a big tree.
-_HEADER_TAG_VALUES = [pydicom.tag.Tag(k) for k in _HEADER_TAGS]
+@cache
+def _header_tag_values() -> list[int]:
+    """:data:`_HEADER_TAGS` as pydicom tags: pydicom converts keywords on every call, which
+    was two thirds of the time spent on each non-DICOM file of a big tree."""
+    from pydicom.tag import Tag
+
+    return [Tag(k) for k in _HEADER_TAGS]
+
 
 #: Read calls pydicom may make while parsing one header before the file is refused.  Real
 #: headers need a few hundred (most in ../shared/real_ct: 439, an Enhanced CT); a file of
@@ -404,10 +436,12 @@ class _BudgetReader(io.BufferedReader):
 
 def _dcmread_header(path: str, *, force: bool = False) -> pydicom.Dataset:
     """pydicom's header-only read of ``path`` within :data:`MAX_HEADER_READS` reads."""
+    import pydicom
+
     with _BudgetReader(path, MAX_HEADER_READS) as fh:
         try:
             return pydicom.dcmread(
-                fh, stop_before_pixels=True, specific_tags=_HEADER_TAG_VALUES, force=force
+                fh, stop_before_pixels=True, specific_tags=_header_tag_values(), force=force
             )
         except Exception:
             if fh.left < 0:
@@ -425,7 +459,13 @@ def read_header(path: str | os.PathLike[str]) -> ImageHeader:
     which on a damaged file can hold the patient's name and birth date (docs/safety.md).
     See :func:`_read_header` for parameters, return value and errors.
     """
-    with warnings.catch_warnings(), pydicom.config.disable_value_validation():
+    if not _may_be_dicom(str(path)):
+        # pydicom would say so too; checked first so that a tree's non-DICOM files (read
+        # again on every run: only images are cached) do not import pydicom.
+        raise DicomReadError("not a DICOM file (no DICM preamble)")
+    from pydicom.config import disable_value_validation
+
+    with warnings.catch_warnings(), disable_value_validation():
         warnings.simplefilter("ignore")
         try:
             return _read_header(path)
@@ -457,6 +497,8 @@ def _read_header(path: str | os.PathLike[str]) -> ImageHeader:
         When the file is not DICOM, is a DICOMDIR, holds no image, or lacks the geometry
         a CT measurement needs; the message is the one-line reason.
     """
+    from pydicom.errors import InvalidDicomError
+
     p = str(path)
     try:
         ds = _dcmread_header(p)

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import math
 import multiprocessing as mp
@@ -66,12 +67,15 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
-import pydicom
 
 from hu_roi.errors import DicomReadError, SeriesProblemError
 from hu_roi.parallel import ignore_sigint, stop_workers, usable_cpus
 from hu_roi.series import PROBLEM_CODES, SeriesInfo
 from hu_roi.volume import Volume
+
+# pydicom and the optional decoders (GDCM, CharLS, pylibjpeg-rle) are imported when a file
+# needs them, not with this module: ``import pydicom`` alone loads every pixel decoder it
+# knows (~0.3 s), which an uncompressed series read by the native path never uses.
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +88,9 @@ DEFAULT_MAX_BYTES = 8 * 1024**3
 #: pydicom decoding plugin preferred for each compressed transfer syntax (fastest measured
 #: on CT, see docs/performance.md; GDCM for JPEG lossless when python-gdcm is installed).
 #: Syntaxes not listed use pydicom's default order; a plugin that is missing or fails falls
-#: back to pydicom's default order.
+#: back to pydicom's default order.  The GDCM entries are set the first time a JPEG
+#: lossless file is read (GDCM is imported then); :func:`decoding_plugin` gives the plugin
+#: of a syntax with that check done.
 DECODING_PLUGINS: dict[str, str] = {
     "1.2.840.10008.1.2.5": "pylibjpeg",  # RLE Lossless (pylibjpeg-rle)
     "1.2.840.10008.1.2.4.80": "pyjpegls",  # JPEG-LS Lossless
@@ -96,20 +102,40 @@ DECODING_PLUGINS: dict[str, str] = {
 }
 
 
+@functools.cache
 def _gdcm_available() -> bool:
+    """Whether python-gdcm imports (imported on the first JPEG lossless file: ~0.1 s)."""
     try:
         import gdcm  # noqa: F401
     except ImportError:
         return False
-    return True
-
-
-_GDCM_AVAILABLE = _gdcm_available()
-if _GDCM_AVAILABLE:
     # GDCM decodes JPEG lossless about twice as fast as pylibjpeg-libjpeg (8-11 vs 22 ms
     # per 512² slice, measured); it is optional (pip install python-gdcm).
     DECODING_PLUGINS["1.2.840.10008.1.2.4.57"] = "gdcm"
     DECODING_PLUGINS["1.2.840.10008.1.2.4.70"] = "gdcm"
+    return True
+
+
+def decoding_plugin(transfer_syntax: str) -> str:
+    """The pydicom decoding plugin hu-roi uses for ``transfer_syntax`` ("" for pydicom's
+    default order): :data:`DECODING_PLUGINS`, after checking for GDCM if it matters."""
+    if transfer_syntax in _JPEG_LOSSLESS:
+        _gdcm_available()
+    return DECODING_PLUGINS.get(transfer_syntax, "")
+
+
+def __getattr__(name: str) -> bool:
+    """``_GDCM_AVAILABLE``, ``_JLS_AVAILABLE``, ``_RLE_AVAILABLE``: whether each optional
+    decoder imports, checked (and imported) on first use."""
+    check = {
+        "_GDCM_AVAILABLE": _gdcm_available,
+        "_JLS_AVAILABLE": _jls_available,
+        "_RLE_AVAILABLE": _rle_available,
+    }.get(name)
+    if check is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return check()
+
 
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -653,7 +679,7 @@ def _check_frame_header(
 
 def _decode_rle_segment(seg: bytes) -> bytes:
     """One PackBits-decoded RLE segment (pylibjpeg-rle, else pydicom's pure-Python decoder)."""
-    if _RLE_AVAILABLE:
+    if _rle_available():
         from rle.rle import decode_segment
 
         return bytes(decode_segment(seg))
@@ -1081,7 +1107,9 @@ def _fast_jls(fh: object, h: PixelHeader, dest: np.ndarray, path: str) -> None:
     _finish16(raw, h, dest, signed_precision=precision)
 
 
+@functools.cache
 def _jls_available() -> bool:
+    """Whether pyjpegls (CharLS) imports; checked on the first JPEG-LS file."""
     try:
         import jpeg_ls  # noqa: F401
     except ImportError:
@@ -1089,7 +1117,9 @@ def _jls_available() -> bool:
     return True
 
 
+@functools.cache
 def _rle_available() -> bool:
+    """Whether pylibjpeg-rle imports; checked on the first RLE file."""
     try:
         import rle.utils  # noqa: F401
     except ImportError:
@@ -1197,6 +1227,8 @@ def _decode_pydicom(
 def _decode_pydicom_quiet(
     path: str, rows: int, cols: int, plugin: str
 ) -> tuple[np.ndarray, float, float, int | None]:
+    import pydicom
+
     try:
         try:
             ds = pydicom.dcmread(path)
@@ -1277,15 +1309,15 @@ def _fast_path(h: PixelHeader) -> Callable[..., None] | None:
         return _fast_native if h.pixel_length != _UNDEFINED else None
     if h.pixel_length != _UNDEFINED:  # compressed data are always encapsulated
         return None
-    if h.transfer_syntax == _RLE and _RLE_AVAILABLE:
+    if h.transfer_syntax == _RLE and _rle_available():
         return _fast_rle
     mono16 = 8 < h.bits_stored <= 16 and h.photometric_interpretation in (
         "MONOCHROME1",
         "MONOCHROME2",
     )
-    if mono16 and h.transfer_syntax in _JPEG_LOSSLESS and _GDCM_AVAILABLE:
+    if mono16 and h.transfer_syntax in _JPEG_LOSSLESS and _gdcm_available():
         return _fast_gdcm
-    if mono16 and h.transfer_syntax in _JPEG_LS and _JLS_AVAILABLE:
+    if mono16 and h.transfer_syntax in _JPEG_LS and _jls_available():
         return _fast_jls
     return None
 
@@ -1294,6 +1326,8 @@ def _uid_by_pydicom(path: str) -> str | None:
     """SOPInstanceUID (else MediaStorageSOPInstanceUID) of a file the walker cannot read;
     None when pydicom cannot read it either (the decoder then reports why)."""
     import warnings  # (local: this rare path is the only user here)
+
+    import pydicom
 
     try:
         with warnings.catch_warnings():
@@ -1391,7 +1425,7 @@ def _load_slice(path: str, dest: np.ndarray, sop_instance_uid: str = "") -> _Sli
             return _SliceRead(None if pad is None else pad * slope + inter, slope, inter)
     if h is None and sop_instance_uid:
         _check_same_file(path, sop_instance_uid, _uid_by_pydicom(path))
-    plugin = DECODING_PLUGINS.get(h.transfer_syntax, "") if h is not None else ""
+    plugin = decoding_plugin(h.transfer_syntax) if h is not None else ""
     arr, slope, inter, pad = _decode_pydicom(path, rows, cols, plugin)
     _rescale_into(arr, slope, inter, dest, inplace=False)
     return _SliceRead(None if pad is None else pad * slope + inter, slope, inter)
@@ -1563,7 +1597,3 @@ def load_series(
         rescale_slopes=np.array([r.rescale_slope for r in reads], dtype=float),
         rescale_intercepts=np.array([r.rescale_intercept for r in reads], dtype=float),
     )
-
-
-_RLE_AVAILABLE = _rle_available()
-_JLS_AVAILABLE = _jls_available()
