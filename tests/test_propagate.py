@@ -170,15 +170,32 @@ def _rotation(deg: tuple[float, float, float]) -> np.ndarray:
     return rz @ ry @ rx
 
 
+AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
 def scan(
-    rot_deg=(0.0, 0.0, 0.0), trans=(0.0, 0.0, 0.0), *, scale=1.0, noise=12.0, seed=0, origin=ORIGIN
+    rot_deg=(0.0, 0.0, 0.0),
+    trans=(0.0, 0.0, 0.0),
+    *,
+    scale=1.0,
+    noise=12.0,
+    seed=0,
+    origin=ORIGIN,
+    orientation=AXIAL,
 ) -> np.ndarray:
     """HU array of the patient moved by p' = R (p - c) + c + t, with fresh noise; ``scale``
     multiplies the HU of tissue (another kVp: HU of bone and fat scale differently)."""
     rot = _rotation(rot_deg)
     n, rows, cols = SHAPE
     k, r, c = np.meshgrid(np.arange(n), np.arange(rows), np.arange(cols), indexing="ij")
-    q = np.stack([c * SPACING[1], r * SPACING[0], k * DZ], axis=-1) + np.asarray(origin)
+    x_dir, y_dir = np.asarray(orientation[:3]), np.asarray(orientation[3:])
+    normal = np.cross(x_dir, y_dir)
+    q = (
+        np.asarray(origin)
+        + (c * SPACING[1])[..., None] * x_dir
+        + (r * SPACING[0])[..., None] * y_dir
+        + (k * DZ)[..., None] * normal
+    )
     p = (q - ROT_CENTRE - np.asarray(trans)) @ rot + ROT_CENTRE  # R^T (q - c - t) + c
     hu = phantom_hu(p)
     hu = np.where(hu > -900, hu * scale, hu)
@@ -204,11 +221,27 @@ def _write(folder: Path, hu: np.ndarray, uid: str, **kw) -> None:
 
 
 UID = "1.2.826.0.1.3680043.10.1414."
-# follow-ups: (name, rotation deg about x, y, z, translation mm, HU scale, kVp)
+# follow-ups: (name, rotation deg about x, y, z, translation mm, HU scale, kVp, orientation)
+FLIPPED = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # X to the right, normal to the feet
 FOLLOW_UPS = {
-    "moved": ((2.0, -3.0, 6.0), (14.0, -10.0, 16.0), 1.0, 120),
-    "kvp": ((-3.0, 2.0, -7.0), (-20.0, 8.0, -9.0), 0.93, 100),
+    "moved": ((2.0, -3.0, 6.0), (14.0, -10.0, 16.0), 1.0, 120, AXIAL),
+    "kvp": ((-3.0, 2.0, -7.0), (-20.0, 8.0, -9.0), 0.93, 100, AXIAL),
+    "flipped": ((1.0, 4.0, -6.0), (-12.0, -15.0, 10.0), 1.0, 120, FLIPPED),
 }
+
+
+def follow_up_grid(name: str) -> tuple[np.ndarray, tuple[float, ...]]:
+    """ImagePositionPatient of slice 0 and orientation of a follow-up: the field of view
+    moves with the patient (by the translation rounded to whole voxels)."""
+    trans, orientation = FOLLOW_UPS[name][1], FOLLOW_UPS[name][4]
+    step = np.array([SPACING[1], SPACING[0], DZ])
+    lo = np.asarray(ORIGIN) + np.round(np.asarray(trans) / step) * step
+    if orientation == AXIAL:
+        return lo, orientation
+    n, rows, cols = SHAPE  # FLIPPED: first voxel at the largest x and z of the same box
+    return lo + [(cols - 1) * SPACING[1], 0.0, (n - 1) * DZ], orientation
+
+
 BASELINE_ROIS = [
     # on vertebra at z = 0 (slice 20 lies at z = 1.5), at z = -31 (slice 9: -31.5), at z = 30
     {
@@ -252,16 +285,17 @@ BASELINE_ROIS = [
 def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("propagate")
     _write(root / "dicom" / "t0", scan(seed=1), UID + "0")
-    for i, (name, (rot, trans, scale, kvp)) in enumerate(FOLLOW_UPS.items(), start=1):
-        # the follow-up images the same part of the body: its field of view moves with the
-        # patient (by the translation rounded to whole voxels)
-        fov = np.asarray(ORIGIN) + np.round(np.asarray(trans) / [SPACING[1], SPACING[0], DZ]) * [
-            SPACING[1],
-            SPACING[0],
-            DZ,
-        ]
-        hu = scan(rot, trans, scale=scale, seed=10 + i, origin=fov)
-        _write(root / "dicom" / name, hu, UID + str(i), tags={"KVP": kvp}, origin=tuple(fov))
+    for i, (name, (rot, trans, scale, kvp, _o)) in enumerate(FOLLOW_UPS.items(), start=1):
+        fov, ori = follow_up_grid(name)
+        hu = scan(rot, trans, scale=scale, seed=10 + i, origin=fov, orientation=ori)
+        _write(
+            root / "dicom" / name,
+            hu,
+            UID + str(i),
+            tags={"KVP": kvp},
+            origin=tuple(fov),
+            orientation=ori,
+        )
     # the same patient imaged far away in scanner coordinates (another frame of reference):
     # found through the second start (the centres of the image boxes aligned)
     far = (ORIGIN[0], ORIGIN[1], ORIGIN[2] + 600.0)
@@ -307,7 +341,9 @@ def _euler_map(reg: dict, p: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("name", list(FOLLOW_UPS))
 def test_known_rigid_transform_is_recovered(study: Path, tmp_path: Path, name: str) -> None:
-    rot, trans, _scale, _kvp = FOLLOW_UPS[name]
+    rot, trans, _scale, _kvp, _ori = FOLLOW_UPS[name]
+    fov, ori = follow_up_grid(name)
+    x_f, y_f = np.asarray(ori[:3]), np.asarray(ori[3:])
     assert np.linalg.norm(trans) >= 20 and max(abs(a) for a in rot) >= 5  # issue 14 item 4
     i = list(FOLLOW_UPS).index(name) + 1
     out = tmp_path / "p.rois.json"
@@ -344,14 +380,16 @@ def test_known_rigid_transform_is_recovered(study: Path, tmp_path: Path, name: s
         )
         assert np.all(np.abs(got - truth) <= voxel), (roi.roi_id, got, truth)
         if roi.shape.type != "sphere":
-            k = (got[2] - ORIGIN[2] - round(trans[2] / DZ) * DZ) / DZ  # follow-up slice index
+            k = float((got - fov) @ np.cross(x_f, y_f)) / DZ  # follow-up slice index
             assert abs(k - round(k)) < 1e-6  # on a follow-up slice plane
             assert abs(reg["snapped_mm"]) <= DZ / 2 + 1e-6
         if roi.shape.points_mm:
             assert np.ptp(np.asarray(roi.shape.points_mm)[:, 2]) < 1e-6  # flat on the slice
         if roi.shape.type == "ellipse":  # the rx axis turns with the rotation about z
-            want = 20.0 + rot[2]
-            assert abs(roi.shape.angle_deg - want) < 1.5, roi.shape.angle_deg
+            u = _rotation(rot) @ [np.cos(np.radians(20)), np.sin(np.radians(20)), 0.0]
+            want = np.degrees(np.arctan2(u @ y_f, u @ x_f))
+            diff = (roi.shape.angle_deg - want + 90.0) % 180.0 - 90.0  # an axis: mod 180°
+            assert abs(diff) < 1.5, (roi.shape.angle_deg, want)
     # the proposals are measured, flagged until confirmed
     m = tmp_path / "m.csv"
     proc = run_main("measure", "--dicom", str(study / "dicom"), "--rois", str(out), "--out", str(m))
