@@ -756,6 +756,7 @@ def run_reliability(args: argparse.Namespace) -> int:
     outs = OutputSet([("the measurement CSV", p) for p in paths])
     outs.check_folder(args.out, own=OUTPUT_NAMES)  # before reading: a refused DIR costs nothing
     pairing = pair_readings(paths)
+    _warn_same_inputs(paths)
     n = len(pairing.paired)
     if n < 2:
         raise CliError(
@@ -827,6 +828,28 @@ def run_reliability(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _warn_same_inputs(paths: Sequence[str]) -> None:
+    """Warn when two inputs are one file or hold the same bytes: their agreement is perfect
+    by construction and says nothing about the readers (a slip of the command line)."""
+    from hu_roi.util import printable
+
+    seen: dict[bytes, str] = {}
+    for p in paths:
+        try:
+            digest = hashlib.sha256(Path(p).read_bytes()).digest()
+        except OSError:  # read a moment ago; a vanished file fails elsewhere
+            continue
+        if digest in seen:
+            logger.warning(
+                "%s and %s hold the same readings (identical contents): their agreement is "
+                "perfect by construction; give the other reader's (or the second reading's) CSV",
+                printable(seen[digest]),
+                printable(p),
+            )
+        else:
+            seen[digest] = p
 
 
 def _brief(r: Row, digits: int) -> str:

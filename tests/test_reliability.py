@@ -272,7 +272,9 @@ def test_three_inputs_key_missing_in_one(tmp_path: Path, caplog: pytest.LogCaptu
     assert "2 usable target rows without a partner" in caplog.text
 
 
-def test_identical_readings_give_icc_one_and_an_empty_undefined_interval(tmp_path: Path) -> None:
+def test_identical_readings_give_icc_one_and_an_empty_undefined_interval(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A file read against itself: no residual and no reader variance.  ICC = 1 and its
     ICC(3,1) interval [1, 1]; the ICC(2,1) interval (Satterthwaite's ν = 0/0) is not
     defined: left empty, not a made-up number; no numpy warning reaches the user."""
@@ -290,6 +292,34 @@ def test_identical_readings_give_icc_one_and_an_empty_undefined_interval(tmp_pat
     assert (res["icc2_1"]["ci_low"], res["icc2_1"]["ci_high"]) == ("", "")
     assert res["precision_sd"]["estimate"] == "0.0" and res["lsc"]["estimate"] == "0.0"
     assert "Warning" not in proc.stderr
+    assert "hold the same readings (identical contents)" in caplog.text
+
+
+def test_the_command_line_reports_on_stderr(tmp_path: Path) -> None:
+    """As a user runs it (a new process): the warnings reach stderr through the CLI's
+    logging, the summary follows, and no Python warning leaks."""
+    import subprocess
+    import sys
+
+    rows = [target(f"P{i}", "T0", "L1", f"{100 + 9 * i}.0") for i in range(4)]
+    a = write_reading(tmp_path / "a.csv", rows)
+    b = write_reading(
+        tmp_path / "b.csv", [dict(r, mean_hu=r["mean_hu"][:-1] + "4") for r in rows[:3]]
+    )
+    out = tmp_path / "rel"
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-m", "hu_roi.cli", "reliability", str(a), str(b),
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0] == (
+        "hu-roi: WARNING: 1 usable target row without a partner in every input, not used; "
+        f"listed in {out / 'unpaired.csv'}"
+    )
+    assert lines[1].startswith("hu-roi reliability: 3 subjects paired across 2 inputs; 1 row ")
+    assert len(lines) == 2
 
 
 def test_constant_reader_offset_without_noise(tmp_path: Path) -> None:
