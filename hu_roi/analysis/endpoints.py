@@ -226,11 +226,6 @@ def _hl_of(r: stats.RankSumResult) -> str:
     return "IMRT - 3DCRT" if r.estimate_of == "x - y" else "3DCRT - IMRT"
 
 
-def _signed_rank_p(x: np.ndarray) -> float:
-    """Signed-rank p of x against 0 (R default), NaN when not computable."""
-    return float(_within(x, "r-default")["p"])  # type: ignore[arg-type]
-
-
 def _within(x: np.ndarray, convention: str) -> dict[str, object]:
     """Within-arm signed-rank test of the changes ``x`` against 0 in ``convention``.
 
