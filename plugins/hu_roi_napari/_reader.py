@@ -17,7 +17,14 @@ from hu_roi.series import PROBLEM_CODES, SeriesInfo
 
 from ._series import PLUGIN_STATE, SeriesHandle, index_cached, notify, register
 
-__all__ = ["napari_get_reader", "read_dicom", "series_layers", "describe_refusal"]
+__all__ = [
+    "napari_get_reader",
+    "read_dicom",
+    "series_layers",
+    "describe_refusal",
+    "is_dicom_file",
+    "folder_has_dicom",
+]
 
 _NOT_DICOM_SUFFIXES = (
     ".json",
@@ -39,14 +46,51 @@ _NOT_DICOM_SUFFIXES = (
 )
 
 
+#: Files looked at, at most, to decide whether a folder holds DICOM.
+FOLDER_PROBE_FILES = 2000
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """True when the file has the DICOM preamble: 128 bytes, then ``DICM`` (PS3.10 7.1)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def folder_has_dicom(path: str | os.PathLike, limit: int = FOLDER_PROBE_FILES) -> bool:
+    """True when a file below ``path`` (looking at ``limit`` files at most) is DICOM."""
+    seen = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.lower().endswith(_NOT_DICOM_SUFFIXES):
+                continue
+            if is_dicom_file(os.path.join(dirpath, name)):
+                return True
+            seen += 1
+            if seen >= limit:
+                return False
+    return False
+
+
 def napari_get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
-    """Return :func:`read_dicom` for folders and files that may be DICOM, else None."""
+    """Return :func:`read_dicom` only for DICOM: files with the DICOM preamble, folders holding one.
+
+    Any other path (a README, a CSV, a folder of PNGs) is not claimed, so napari offers
+    its own readers for it.
+    """
     paths = [path] if isinstance(path, str | os.PathLike) else list(path)
     if not paths:
         return None
     for p in paths:
         s = str(p)
-        if s.lower().endswith(_NOT_DICOM_SUFFIXES) or not os.path.exists(s):
+        if os.path.isdir(s):
+            if not folder_has_dicom(s):
+                return None
+        elif not is_dicom_file(s):
             return None
     return read_dicom
 

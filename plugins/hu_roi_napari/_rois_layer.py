@@ -127,6 +127,48 @@ def edge_color(kind: str) -> str:
     return KIND_COLORS.get(kind.split("-")[0], "yellow")
 
 
+def canvas_label(level: str | None, kind: str, m: Any) -> str:
+    """Text drawn next to an ROI: its level (or kind) and mean HU, e.g. ``L1 152 HU``.
+
+    ``m`` is the ROI's :class:`~hu_roi.measure.Measurement` (None while not measured);
+    a failed measurement shows its QC code instead of a number.
+    """
+    name = level if kind == "target" and level else kind
+    if m is None:
+        return name
+    mean = getattr(m, "mean_hu", None)
+    if getattr(m, "qc_status", "") == "fail" or mean is None or not np.isfinite(mean):
+        flags = list(getattr(m, "qc_flags", ()) or ())
+        return f"{name} {flags[0] if flags else 'fail'}"
+    return f"{name} {mean:.0f} HU"
+
+
+def sphere_extent(info: Any, roi: Roi) -> list[tuple[int, np.ndarray]]:
+    """Cross-sections of a sphere ROI with the series' slices, as napari ellipses.
+
+    Returns ``(k, corners)`` for every slice ``k`` whose plane the sphere cuts (plane
+    distance from the centre below the radius), ``corners`` the 4 data-index corners
+    ``(k, r, c)`` of the circle of radius ``sqrt(R² − d²)`` around the centre's
+    projection.  Slices farther than the radius get none.
+    """
+    from hu_roi.roi import Shape
+
+    sh = roi.shape
+    if sh.type != "sphere" or sh.center_mm is None or sh.radius_mm is None:
+        return []
+    c = np.asarray(sh.center_mm, dtype=float)
+    pos = np.array([s.position_lps_mm for s in info.slices], dtype=float)
+    d = np.abs((pos - c) @ np.asarray(info.normal, dtype=float))
+    out = []
+    for k in np.flatnonzero(d < float(sh.radius_mm)):
+        rho = float(np.sqrt(float(sh.radius_mm) ** 2 - d[k] ** 2))
+        _, verts = shape_to_napari(
+            info, Shape(type="circle", center_mm=tuple(c), radius_mm=rho), int(k)
+        )  # type: ignore[arg-type]
+        out.append((int(k), verts))
+    return out
+
+
 def rois_layer_data(
     handle: SeriesHandle,
     rois: Iterable[Roi],

@@ -31,7 +31,15 @@ from hu_roi.series import SeriesInfo
 from hu_roi.series_lookup import SeriesResolver
 from hu_roi.util import atomic_write_text
 
-from ._rois_layer import ROI_KEYS, id_for_level, rois_from_layer, rois_layer_data
+from ._rois_layer import (
+    ROI_KEYS,
+    canvas_label,
+    edge_color,
+    id_for_level,
+    rois_from_layer,
+    rois_layer_data,
+    sphere_extent,
+)
 from ._series import (
     PLUGIN_STATE,
     SeriesHandle,
@@ -46,6 +54,8 @@ log = logging.getLogger(__name__)
 __all__ = ["Session", "CalibrationReport", "autosave_path", "next_level"]
 
 AUTOSAVE_SUFFIX = ".autosave"
+#: Name of a new ROI file started in blinded reading (the folder's name may identify).
+BLINDED_ROI_FILE = "blinded_reading.rois.json"
 
 
 def autosave_path(roi_path: str | Path) -> Path:
@@ -142,6 +152,12 @@ class Session:
         self.current: SeriesHandle | None = None
         self.image_layer: Any = None
         self.shapes_layer: Any = None
+        #: non-editable layer drawing each sphere ROI on every slice it covers
+        self.extent_layer: Any = None
+        self._extent_sig: tuple = ()
+        #: study codes typed by the reader for series whose PatientID is empty
+        #: (anonymised exports): series_key -> code
+        self.study_codes: dict[str, str] = {}
         self.timepoint: str | None = None
         self.measurements: list[Measurement] = []
         self.problems: list[str] = []
@@ -223,7 +239,10 @@ class Session:
         next to the folder (created on first save).
         """
         self.settle()
-        self.root = Path(root)
+        new_root = Path(root)
+        if self.root is not None and new_root.resolve() != self.root.resolve():
+            self.close_series()  # another study: nothing of the old one stays on screen
+        self.root = new_root
         self.index = index_cached(self.root)
         self._build_reading_list()
         if roi_file is None:
@@ -243,7 +262,42 @@ class Session:
                     break
         if len(cands) == 1:
             return cands[0]
+        if self.blinded:  # the folder's name may be a patient id ("BS-4711")
+            return self.root.parent / BLINDED_ROI_FILE
         return self.root.parent / f"{self.root.name}.rois.json"
+
+    def roi_file_name(self) -> str:
+        """The ROI file's name as the dock shows it (a neutral text when blinded)."""
+        if self.roi_path is None:
+            return "–"
+        if self.blinded and self.roi_path.name != BLINDED_ROI_FILE:
+            return "the reading's ROI file"
+        return self.roi_path.name
+
+    def suggested_path(self, what: str) -> Path:
+        """Where a save/export dialog opens: the study's folder and a suggested file name.
+
+        Parameters
+        ----------
+        what : {"rois", "export", "measure-all"}
+            The ROI file ("save as"), the CSV of the series shown, the CSV of every
+            stored ROI of the folder.  Names carry no identifier when blinded.
+        """
+        base = (
+            self.roi_path.parent
+            if self.roi_path is not None
+            else (self.root.parent if self.root is not None else Path.cwd())
+        )
+        if what == "rois":
+            if self.roi_path is not None and not self.blinded:
+                return self.roi_path
+            return base / (BLINDED_ROI_FILE if self.blinded else "rois.rois.json")
+        if what == "export":
+            label = self.label(self.current.info) if self.current is not None else "series"
+            return base / f"{_file_safe(label)}_measurements.csv"
+        if self.blinded or self.root is None:
+            return base / "all_measurements.csv"
+        return base / f"{_file_safe(self.root.name)}_measurements.csv"
 
     def _build_reading_list(self) -> None:
         series = [s for s in (self.index.series if self.index else []) if is_measurable(s)]
@@ -267,6 +321,16 @@ class Session:
         if seed is not None:
             self.seed = int(seed)
         self._build_reading_list()
+        if (
+            self.blinded
+            and self.root is not None
+            and self.roi_path is not None
+            and not self.roi_path.exists()
+            and not self.roiset.rois
+        ):
+            # a new ROI file not written yet: its name (the folder's) may identify
+            self.roi_path = self.root.parent / BLINDED_ROI_FILE
+            self.roiset = replace(self.roiset, path=str(self.roi_path))
         if cur is not None:
             self.open_series(cur)
         self._relabel_other_layers()
@@ -279,6 +343,10 @@ class Session:
         if self.viewer is None:
             return
         for lay in list(self.viewer.layers):
+            if self.blinded and (
+                handle_of_layer(lay) is not None or "hu_roi_rois" in (lay.metadata or {})
+            ):
+                _clear_source(lay)  # napari's layer tooltip shows the dropped path
             if lay is self.image_layer or lay is self.shapes_layer:
                 continue
             h = handle_of_layer(lay)
@@ -406,11 +474,47 @@ class Session:
                     self.image_layer = self.viewer.add_image(data, **kw)
                     self.shapes_layer = self.viewer.add_shapes(sdata, **skw)
             self._connect_shapes()
+            self._one_series_on_screen()
             self._goto_first_roi(rois)
             self.viewer.layers.selection.active = self.shapes_layer
         self.measure()
         self._emit("series")
         return handle
+
+    def close_series(self) -> None:
+        """Take the shown series off the screen (its ROI edits are kept in the ROI set)."""
+        if self.shapes_layer is not None:
+            self.sync()
+        pair = self._detach_layers()
+        if self.viewer is not None:
+            for lay in (*(pair or ()), self.extent_layer):
+                if lay is not None and lay in self.viewer.layers:
+                    self.viewer.layers.remove(lay)
+        self.extent_layer = None
+        self._extent_sig = ()
+        self.current = None
+        self.timepoint = None
+        self.measurements = []
+        self.position = -1
+        self._emit("closed")
+
+    def _one_series_on_screen(self) -> None:
+        """Remove plugin layers of other series: the viewer shows one series at a time.
+
+        Two series in one viewer make napari's slice slider span both (e.g. 241 steps
+        from -804.5 to -112.5 mm, the other series invisible at most positions).  The
+        series stay in the study list; the ROI set keeps every ROI.
+        """
+        from ._series import handle_of_layer
+
+        if self.viewer is None:
+            return
+        keep = {id(self.image_layer), id(self.shapes_layer), id(self.extent_layer)}
+        for lay in list(self.viewer.layers):
+            if id(lay) in keep:
+                continue
+            if handle_of_layer(lay) is not None or "hu_roi_rois" in (lay.metadata or {}):
+                self.viewer.layers.remove(lay)
 
     def _rois_name(self) -> str:
         return (
@@ -443,6 +547,10 @@ class Session:
             self._claim_name(image_layer, self.label(h.info))
             self._claim_name(shapes_layer, self._rois_name())
         self._connect_shapes()
+        self._one_series_on_screen()
+        if self.blinded:
+            for lay in (image_layer, shapes_layer):
+                _clear_source(lay)
         self._goto_first_roi([])
         self.measure()
         self._emit("series")
@@ -503,6 +611,7 @@ class Session:
         """Put another series (and its ROIs) into the existing image and Shapes layers."""
         img, shp = pair
         for lay, k in ((img, kw), (shp, skw)):
+            _clear_source(lay)  # it holds another series now (no "sample: hu-roi", no path)
             _set_transform(lay, k)
             self._claim_name(lay, k["name"])
             lay.metadata = k["metadata"]
@@ -556,12 +665,68 @@ class Session:
         return self.open_series(self.reading_list[pos])
 
     # -- ROIs ----------------------------------------------------------------------------
+    def patient_code(self, info: SeriesInfo) -> str:
+        """The patient id new ROIs of a series get ("" when none is known).
+
+        The series' PatientID; when that is empty (anonymised exports), the study code
+        the reader gave (:meth:`set_study_code`), else the one its stored ROIs carry.
+        """
+        if info.patient_id:
+            return info.patient_id
+        if info.series_key in self.study_codes:
+            return self.study_codes[info.series_key]
+        ids = Counter(r.patient_id for r in self.rois_of(info) if r.patient_id)
+        return ids.most_common(1)[0][0] if ids else ""
+
+    def needs_study_code(self) -> bool:
+        """True when the series shown has no patient id for new ROIs (``hu-roi measure``
+        fails such target ROIs ``patient-id-missing``)."""
+        return self.current is not None and not self.patient_code(self.current.info)
+
+    def set_study_code(self, code: str) -> None:
+        """Give the shown series' ROIs without a patient id the study code ``code``.
+
+        ROIs already drawn with the placeholder ``P`` in their id are renamed
+        (``P-T0-L1`` → ``<code>-T0-L1``).
+        """
+        code = code.strip()
+        if self.current is None or not code:
+            return
+        info = self.current.info
+        self.sync()
+        self.study_codes[info.series_key] = code
+        rs = self.roiset
+        for r in self.rois_of(info):
+            if r.patient_id:
+                continue
+            rid = r.roi_id
+            if rid == "P" or rid.startswith(("P-", "P_")):
+                rid = self._unique_id(code + rid[1:])
+                if r.roi_id in self.fresh_ids:
+                    self.fresh_ids.discard(r.roi_id)
+                    self.fresh_ids.add(rid)
+            rs = rs.without_roi(r.roi_id).with_roi(replace(r, patient_id=code, roi_id=rid))
+        if rs is not self.roiset:
+            self.roiset = rs
+            self.dirty = True
+            self.autosave()
+        self.open_series(info, keep_edits=False)
+
+    def placeholder_ids(self) -> list[str]:
+        """Ids of the shown series' ROIs with a placeholder part (``P`` patient, ``TX``)."""
+        out = []
+        for m in self.measurements:
+            parts = m.roi_id.replace("_", "-").split("-")
+            if parts[:1] == ["P"] or "TX" in parts:
+                out.append(m.roi_id)
+        return out
+
     def _make_id(self, level: str | None, kind: str) -> str:
         info = self.current.info  # type: ignore[union-attr]
         base = "-".join(
             x
             for x in (
-                info.patient_id or "P",
+                self.patient_code(info) or "P",
                 self.timepoint or "TX",
                 level if kind == "target" and level else kind,
             )
@@ -631,7 +796,7 @@ class Session:
             self.shapes_layer,
             make_id=self._make_id,
             rename_id=self._rename_id,
-            patient_id=self.current.info.patient_id,
+            patient_id=self.patient_code(self.current.info),
             timepoint=self.timepoint,
             study_date=self.current.info.study_date,
         )
@@ -741,7 +906,91 @@ class Session:
             self._last_signature = self._signature()
         rois = self.current_rois() if rois is None else rois
         self.measurements = [self.measure_one(r) for r in rois]
+        self.decorate(rois)
         return self.measurements
+
+    def decorate(self, rois: Sequence[Roi] = ()) -> None:
+        """Draw what the numbers say on the canvas: labels, colours by kind, sphere extents.
+
+        Each shape is labelled with its level (or kind) and mean HU; its colour is that of
+        its kind (the same for a shape just drawn and one read from the ROI file); every
+        sphere is drawn on each slice it covers (the circle of that slice's cross-section)
+        in a separate, non-editable layer.
+        """
+        lay = self.shapes_layer
+        if self.viewer is None or lay is None or self.current is None:
+            return
+        by_id = {m.roi_id: m for m in self.measurements}
+        feats = lay.features
+        labels, colors = [], []
+        for i in range(len(lay.data)):
+            row = feats.iloc[i] if i < len(feats) else {}
+            key = str(row.get("key", "") or "")
+            entry = ROI_KEYS.get(key)
+            kind = str(row.get("kind", "") or "target")
+            level = str(row.get("level", "") or "") or None
+            m = by_id.get(entry.roi_id) if entry is not None and entry.roi_id else None
+            labels.append(canvas_label(level, kind, m))
+            colors.append(edge_color(kind))
+        lay.text = {
+            "string": {"array": labels, "default": ""},
+            "color": "yellow",
+            "size": 10,
+            "anchor": "upper_left",
+        }
+        if colors:
+            lay.edge_color = colors
+        if not lay.selected_data:
+            kind = str(lay.feature_defaults.iloc[0].get("kind", "") or "target")
+            lay.current_edge_color = edge_color(kind)
+        self._draw_sphere_extents(rois)
+
+    def _draw_sphere_extents(self, rois: Sequence[Roi]) -> None:
+        from ._geometry import layer_transform
+
+        info = self.current.info  # type: ignore[union-attr]
+        data, colors = [], []
+        for r in rois:
+            for _k, verts in sphere_extent(info, r):
+                data.append(layer_transform(info).to_layer(verts))
+                colors.append(edge_color(r.kind))
+        lay = self.extent_layer
+        if lay is not None and lay not in self.viewer.layers:
+            lay = self.extent_layer = None
+        sig = (info.series_key, tuple(d.tobytes() for d in data), tuple(colors))
+        if lay is not None and sig == self._extent_sig:
+            return  # unchanged (a drag of another shape): keep the layer as it is
+        self._extent_sig = sig
+        if lay is None:
+            if not data:
+                return
+            with self._adding():
+                lay = self.extent_layer = self.viewer.add_shapes(
+                    data,
+                    shape_type="ellipse",
+                    ndim=3,
+                    name="sphere extent",
+                    edge_color=colors,
+                    edge_width=0.5,
+                    face_color="transparent",
+                    opacity=0.6,
+                    **layer_transform(info).kwargs(),
+                )
+            lay.editable = False
+            if self.shapes_layer is not None:
+                self.viewer.layers.selection.active = self.shapes_layer
+        else:
+            if len(lay.data):
+                lay.data = []
+            if data:
+                lay.add(
+                    data,
+                    shape_type="ellipse",
+                    edge_color=colors,
+                    edge_width=0.5,
+                    face_color="transparent",
+                )
+        _set_transform(lay, layer_transform(info).kwargs())
 
     def measure_one(self, roi: Roi) -> Measurement:
         """One ROI on the shown series: partial volume of the slices it needs, measure_roi."""
@@ -993,6 +1242,25 @@ def _set_transform(layer: Any, kw: dict) -> None:
     else:
         layer.affine = np.eye(4)
         layer.scale, layer.translate = kw["scale"], kw["translate"]
+
+
+def _clear_source(layer: Any) -> None:
+    """Forget where a layer came from (napari shows the path in tooltips and status)."""
+    if layer is None:
+        return
+    try:
+        from napari.layers._source import Source
+
+        layer._source = Source()
+    except Exception:  # noqa: BLE001 - another napari: nothing to hide
+        log.debug("cannot clear the layer source", exc_info=True)
+
+
+def _file_safe(text: str) -> str:
+    """``text`` as a file name part: letters, digits, ``-`` and ``.``; others ``_``."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_") or "series"
 
 
 def _fmt(v: Any) -> str:

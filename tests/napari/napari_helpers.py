@@ -56,7 +56,11 @@ def lps_of(origin, orientation, spacing, step, k: int, r: int, c: int) -> np.nda
 
 
 def make_widget(viewer):
-    """A docked HuRoiWidget whose dialogs answer from ``w.answers`` (else the last button)."""
+    """A docked HuRoiWidget whose dialogs answer from ``w.answers`` (else the last button).
+
+    File dialogs return ``w.answers[title]`` (else "", cancelled) and record
+    ``"title|directory"`` in ``w.asked``.
+    """
     from hu_roi_napari._qt import HuRoiWidget
 
     w = HuRoiWidget(viewer)
@@ -65,5 +69,11 @@ def make_widget(viewer):
     # instance attribute, not monkeypatch: monkeypatch would keep the viewer alive past
     # napari's leak check
     w.ask = lambda title, q, buttons: answers.get(title, buttons[-1])
+    w.ask_text = lambda title, q: answers.get(title, "")
+    asked: list[str] = []
+    w.asked = asked
+    w.choose_path = lambda title, *, save, filter="", directory="": (
+        asked.append(f"{title}|{directory}") or answers.get(title, "")
+    )
     w.answers = answers
     return w

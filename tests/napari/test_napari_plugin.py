@@ -162,12 +162,40 @@ def test_open_one_file_opens_its_series(make_napari_viewer, study):
 
 
 def test_reader_never_raises_on_non_dicom(make_napari_viewer, tmp_path, notes):
-    from hu_roi_napari._reader import napari_get_reader
+    from hu_roi_napari._reader import napari_get_reader, read_dicom
 
     (tmp_path / "junk").write_bytes(b"not dicom at all" * 10)
-    reader = napari_get_reader(str(tmp_path))
-    assert reader(str(tmp_path)) == [(None,)]
+    assert napari_get_reader(str(tmp_path)) is None  # not claimed
+    assert read_dicom(str(tmp_path)) == [(None,)]  # and reading it anyway never raises
     assert notes and "no DICOM image series" in notes[0]
+
+
+def test_reader_claims_only_dicom(make_napari_viewer, study, tmp_path):
+    """Files with the DICOM preamble and folders holding one; never a README or a CSV."""
+    from hu_roi_napari._reader import napari_get_reader
+
+    readme = tmp_path / "README"
+    readme.write_text("# a study folder\n" * 20)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "LICENSE").write_text("text " * 100)
+    short = tmp_path / "1234"
+    short.write_bytes(b"DICM")  # too short for a preamble
+    for p in (readme, tmp_path / "notes", short, [str(readme), str(short)]):
+        assert napari_get_reader(p if isinstance(p, list) else str(p)) is None, p
+    one = next(p for p in sorted((study / "T0").iterdir()) if p.is_file())
+    assert napari_get_reader(str(one)) is not None
+    assert napari_get_reader(str(study)) is not None  # DICOM two folders down
+    assert napari_get_reader(str(study.parent)) is not None
+    # napari itself no longer offers hu-roi for the README
+    from npe2 import PluginManager
+
+    pm = PluginManager.instance()
+    offered = [r.plugin_name for r in pm.iter_compatible_readers([str(readme)])]
+    if "hu-roi" in offered:  # offered by its file pattern, but it refuses the path
+        rdr = next(
+            r for r in pm.iter_compatible_readers([str(readme)]) if r.plugin_name == "hu-roi"
+        )
+        assert rdr.exec(kwargs={"path": str(readme), "stack": False}) is None
 
 
 def test_live_table_matches_batch(widget, study, qtbot):

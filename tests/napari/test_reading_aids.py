@@ -161,3 +161,63 @@ def test_orientation_letters_follow_camera_flips():
         "right": "R",
     }
     assert orientation_letters((0, 1), ("up", "right"))["top"] == "S"
+
+
+def _rgba(name: str) -> np.ndarray:
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    return transform_color(name)[0]
+
+
+def test_rois_labelled_with_level_and_mean_colours_by_kind_survive_reload(widget, study, qtbot):
+    viewer, w = widget
+    sess = _open(w, study, "Spine A")
+    sess.add_roi(
+        "ellipse", [[2, 15, 19], [2, 15, 29], [2, 25, 29], [2, 25, 19]], level="L2", kind="target"
+    )
+    sess.add_roi(
+        "ellipse", [[2, 2, 2], [2, 2, 8], [2, 8, 8], [2, 8, 2]], kind="reference-air", level=None
+    )
+    qtbot.waitUntil(lambda: len(w.table_rows()) == 2)
+    lay = sess.shapes_layer
+    means = {m.kind: m.mean_hu for m in sess.measurements}
+    assert list(lay.text.values) == [
+        f"L2 {means['target']:.0f} HU",
+        f"reference-air {means['reference-air']:.0f} HU",
+    ]
+    before = np.asarray(lay.edge_color).copy()
+    assert np.allclose(before[0], _rgba("yellow")) and np.allclose(before[1], _rgba("cyan"))
+    w.save()
+    # read back from the file: same colours and labels
+    sess.load_rois(sess.roi_path)
+    lay = sess.shapes_layer
+    assert np.allclose(np.asarray(lay.edge_color), before)
+    assert list(lay.text.values)[0] == f"L2 {means['target']:.0f} HU"
+    # relabelling follows on the canvas
+    sess.set_attributes([0], level="L3", kind="target")
+    assert list(lay.text.values)[0].startswith("L3 ")
+
+
+def test_sphere_drawn_on_every_slice_it_covers(widget, study, qtbot):
+    viewer, w = widget
+    sess = _open(w, study, "Spine A")
+    radius = 4.0  # slices 2.5 mm apart: the sphere centred on slice 2 cuts slices 1, 2, 3
+    sess.add_sphere((2, 20, 24), radius, level="L1", kind="target")
+    qtbot.waitUntil(lambda: len(w.table_rows()) == 1)
+    ext = sess.extent_layer
+    assert ext is not None and ext in viewer.layers and not ext.editable
+    tr = sess.transform
+    got = {}
+    for verts in ext.data:
+        krc = tr.from_layer(verts)
+        k = int(round(krc[0, 0]))
+        half_cols = (krc[:, 2].max() - krc[:, 2].min()) / 2 * A_SPACING[1]
+        half_rows = (krc[:, 1].max() - krc[:, 1].min()) / 2 * A_SPACING[0]
+        got[k] = (round(half_rows, 6), round(half_cols, 6))
+    rho = np.sqrt(radius**2 - A_STEP**2)
+    assert sorted(got) == [1, 2, 3]
+    assert np.allclose(got[2], (radius, radius)) and np.allclose(got[1], (rho, rho))
+    assert np.allclose(got[3], (rho, rho))
+    # the measurement covers exactly those slices
+    (m,) = sess.measurements
+    assert sorted(m.slice_indices) == [1, 2, 3]

@@ -138,6 +138,10 @@ class HuRoiWidget(QWidget):
         self._preview_timer.timeout.connect(self._preview_now)
         self.session.on_redraw = self._preview_timer.start
         self.last_message = ""
+        self._series_line = ""
+        self._loading_pickers = False
+        self._selection_watched: set[int] = set()
+        self._prompted: set[str] = set()
 
         self.tabs = QTabWidget()
         self.tabs.addTab(self._build_study_tab(), "Study")
@@ -302,6 +306,14 @@ class HuRoiWidget(QWidget):
         form.addRow("Kind", self.kind_combo)
         for c in (self.level_combo, self.irradiated_combo, self.lesion_combo, self.kind_combo):
             c.currentTextChanged.connect(self._push_defaults)
+        # editing a picker while ROIs are selected changes that attribute of those ROIs
+        for attr, c in (
+            ("level", self.level_combo),
+            ("irradiated", self.irradiated_combo),
+            ("lesion_type", self.lesion_combo),
+            ("kind", self.kind_combo),
+        ):
+            c.currentTextChanged.connect(lambda _t, a=attr: self._edit_selected(a))
         v.addLayout(form)
 
         tools = QGridLayout()
@@ -511,6 +523,13 @@ class HuRoiWidget(QWidget):
         box.exec()
         return btns.get(box.clickedButton(), buttons[-1])
 
+    def ask_text(self, title: str, question: str) -> str:
+        """Ask for a line of text; "" when cancelled.  Tests replace this method."""
+        from qtpy.QtWidgets import QInputDialog
+
+        text, ok = QInputDialog.getText(self, title, question)
+        return text if ok else ""
+
     def choose_path(self, title: str, *, save: bool, filter: str = "", directory: str = "") -> str:
         """File dialog; returns "" when cancelled.  Tests replace this method."""
         if save:
@@ -562,7 +581,12 @@ class HuRoiWidget(QWidget):
         self._offer_autosave()
 
     def _choose_roi_file(self) -> None:
-        p = self.choose_path("ROI file", save=False, filter="ROI sets (*.rois.json)")
+        p = self.choose_path(
+            "ROI file",
+            save=False,
+            filter="ROI sets (*.rois.json)",
+            directory=str(self.session.suggested_path("rois").parent),
+        )
         if p:
             self.load_rois(p)
 
@@ -646,6 +670,93 @@ class HuRoiWidget(QWidget):
         """Move the level picker to the next (or previous) vertebral level."""
         self.level_combo.setCurrentText(next_level(self.level_combo.currentText() or None, step))
 
+    def _edit_selected(self, attr: str) -> None:
+        """A picker changed: give the selected ROIs that attribute (not while loading)."""
+        lay = self.session.shapes_layer
+        if self._loading_pickers or lay is None or not lay.selected_data:
+            return
+        if attr == "irradiated" and self.session.blinded:
+            return
+        value = self._attrs()[attr]
+        self.session.set_attributes(sorted(lay.selected_data), **{attr: value})
+
+    def _on_shape_selection(self, *_: Any) -> None:
+        """Selecting an ROI loads its attributes into the pickers."""
+        lay = self.session.shapes_layer
+        if lay is None or not lay.selected_data:
+            return
+        i = min(lay.selected_data)
+        if i >= len(lay.features):
+            return
+        row = lay.features.iloc[i]
+        self._loading_pickers = True
+        try:
+            for col, combo in (
+                ("level", self.level_combo),
+                ("irradiated", self.irradiated_combo),
+                ("lesion_type", self.lesion_combo),
+                ("kind", self.kind_combo),
+            ):
+                if col in lay.features.columns:
+                    v = row.get(col)
+                    combo.setCurrentText("" if v is None or v != v else str(v))
+        finally:
+            self._loading_pickers = False
+
+    def _watch_selection(self) -> None:
+        lay = self.session.shapes_layer
+        if lay is None or id(lay) in self._selection_watched:
+            return
+        ev = lay.selected_data.events  # psygnal's Selection (napari >= 0.6) or napari's
+        (getattr(ev, "items_changed", None) or ev.changed).connect(self._on_shape_selection)
+        self._selection_watched.add(id(lay))
+
+    def _prompt_missing(self) -> None:
+        """Ask once per series for what new ROI ids would otherwise hold placeholders for.
+
+        A series without PatientID (anonymised exports) needs a study code: ``hu-roi
+        measure`` fails target ROIs without one (``patient-id-missing``).  A series whose
+        timepoint is unknown gets ``TX`` in its ids.  Not asked in blinded reading (the
+        reader must not know either); a message says so instead.
+        """
+        s = self.session
+        cur = s.current
+        if cur is None or cur.info.series_key in self._prompted:
+            return
+        self._prompted.add(cur.info.series_key)
+        if s.blinded:
+            if s.needs_study_code() or s.timepoint is None:
+                self.message(
+                    "This series has no study code or timepoint: ROIs drawn now get "
+                    "placeholder ids (P, TX) to be completed after unblinding.",
+                    warning=True,
+                )
+            return
+        if s.timepoint is None:
+            ans = self.ask(
+                "Timepoint",
+                "The timepoint of this scan is not known (no stored ROIs, no T0–T3 folder). "
+                "Which timepoint is it? ROI ids get 'TX' until it is set.",
+                ("T0", "T1", "T2", "T3", "Later"),
+            )
+            if ans in ("T0", "T1", "T2", "T3"):
+                self.timepoint_combo.setCurrentText(ans)
+        if s.needs_study_code():
+            code = self.ask_text(
+                "Study code",
+                "This series has no PatientID (anonymised export). Type the study code of "
+                "the patient: hu-roi measure fails ROIs without one (patient-id-missing).",
+            )
+            if code.strip():
+                s.set_study_code(code)
+                self.message(f"Study code {code.strip()} given to this series' ROIs.")
+            else:
+                self.message(
+                    "No study code: ROIs of this series get the placeholder 'P' and "
+                    "hu-roi measure will fail them (patient-id-missing).",
+                    warning=True,
+                )
+
     def _timepoint_changed(self, tp: str) -> None:
         self.session.timepoint = tp or None
 
@@ -715,14 +826,21 @@ class HuRoiWidget(QWidget):
             self.save_as()
             return
         try:
-            p = self.session.save()
+            self.session.save()
         except Exception as exc:  # noqa: BLE001 - conflict, permissions: say why
             self.message(f"Not saved: {exc}", warning=True)
             return
-        self.message(f"Saved {plural(len(self.session.roiset.rois), 'ROI')} to {p.name}.")
+        self.message(
+            f"Saved {plural(len(self.session.roiset.rois), 'ROI')} to {self.session.roi_file_name()}."
+        )
 
     def save_as(self) -> None:
-        p = self.choose_path("Save ROI file", save=True, filter="ROI sets (*.rois.json)")
+        p = self.choose_path(
+            "Save ROI file",
+            save=True,
+            filter="ROI sets (*.rois.json)",
+            directory=str(self.session.suggested_path("rois")),
+        )
         if not p:
             return
         if not p.endswith(".rois.json"):
@@ -733,14 +851,19 @@ class HuRoiWidget(QWidget):
             self.message(f"Not saved: {exc}", warning=True)
             return
         self._update_roi_file_label()
-        self.message(f"Saved to {Path(p).name}.")
+        self.message(f"Saved to {self.session.roi_file_name()}.")
 
     def export_csv(self, path: str | Path | None = None) -> Path | None:
         """Measurement CSV of the series shown (core export)."""
         if self.session.current is None:
             self.message("Open a series first.", warning=True)
             return None
-        path = path or self.choose_path("Export measurements", save=True, filter="CSV (*.csv)")
+        path = path or self.choose_path(
+            "Export measurements",
+            save=True,
+            filter="CSV (*.csv)",
+            directory=str(self.session.suggested_path("export")),
+        )
         if not path:
             return None
         try:
@@ -756,7 +879,12 @@ class HuRoiWidget(QWidget):
         if self.session.root is None:
             self.message("Index a folder first.", warning=True)
             return None
-        path = path or self.choose_path("Measure all stored ROIs", save=True, filter="CSV (*.csv)")
+        path = path or self.choose_path(
+            "Measure all stored ROIs",
+            save=True,
+            filter="CSV (*.csv)",
+            directory=str(self.session.suggested_path("measure-all")),
+        )
         if not path:
             return None
         try:
@@ -853,9 +981,23 @@ class HuRoiWidget(QWidget):
         if what == "preview":
             self.refresh_table()
             return
+        if what == "closed":
+            self._watch_image()
+            self.update_overlays()
+            self.refresh_table()
+            self.refresh_calibration()
         if what in ("folder", "blinded"):
             if self.session.root is not None:
                 self.folder_edit.setText(str(self.session.root))
+            self.refresh_tree()
+        if what == "folder":
+            self.tabs.setCurrentIndex(0)  # the new study's list
+        if what == "blinded" and self.session.blinded:
+            # napari keeps the last status (a layer name, a path) until the mouse moves
+            self.viewer.status = ""
+            self.viewer.tooltip.text = ""
+        if what in ("rois", "saved"):
+            self._series_status()
             self.refresh_tree()
         if what in ("folder", "roifile", "saved", "blinded"):
             self._update_roi_file_label()
@@ -865,21 +1007,34 @@ class HuRoiWidget(QWidget):
             self.timepoint_combo.setCurrentText(tp)
             self.timepoint_combo.blockSignals(False)
             self._push_defaults()
-            cur = self.session.current
-            if cur is not None:
-                n = len(self.session.measurements)
-                self.message(
-                    f"{self.session.label(cur.info)}: {n} ROI(s). Draw with the ROI tools."
-                )
+            if self.session.current is not None:
+                self._series_status(force=True)
                 self.tabs.setCurrentIndex(1)
             self.refresh_tree()
             self._watch_image()
+            self._watch_selection()
             self.update_overlays()
+            self._prompt_missing()
         if what in ("series", "rois", "saved", "roifile"):
             self.refresh_table()
             self.refresh_calibration()
             if self.session.problems:
                 self.message("; ".join(self.session.problems), warning=True)
+
+    def _series_status(self, *, force: bool = False) -> None:
+        """The status line about the series shown, with its current ROI count.
+
+        Rewritten after every ROI change while it is the line shown (a message about
+        something else, e.g. a save, stays until the next series).
+        """
+        cur = self.session.current
+        if cur is None or not (force or self.last_message == self._series_line):
+            return
+        n = len(self.session.measurements)
+        self._series_line = (
+            f"{self.session.label(cur.info)}: {plural(n, 'ROI')}. Draw with the ROI tools."
+        )
+        self.message(self._series_line)
 
     def _watch_image(self) -> None:
         """Follow the contrast limits of the image shown (the W/L label)."""
@@ -899,7 +1054,7 @@ class HuRoiWidget(QWidget):
     def _update_roi_file_label(self) -> None:
         p = self.session.roi_path
         star = " (unsaved edits)" if self.session.dirty else ""
-        self.roi_file_label.setText(f"ROI file: {p.name if p else '–'}{star}")
+        self.roi_file_label.setText(f"ROI file: {self.session.roi_file_name()}{star}")
         self.roi_file_label.setToolTip("" if self.session.blinded or p is None else str(p))
 
     def refresh_tree(self) -> None:
