@@ -517,3 +517,59 @@ def test_real_water_phantom_read_back(real_ct, tmp_path):
     for src, m in masks.items():
         got[uids.index(src)] = m
     assert np.array_equal(got, dense) and int(got.sum()) == int(row["n_voxels"])
+
+
+def test_sr_geometry_of_rotated_ellipse_and_sphere(synthetic):
+    out, man = synthetic["out"], _manifest(synthetic["out"])
+    # A-T12: radii (4, 8.5) along a = cos25°·X + sin25°·Y and b ⟂ a; the major axis (8.5 mm,
+    # along b = -sin25°·X + cos25°·Y) comes first, on the slice at z = 55 (index 2)
+    g = _groups(out / man["A-T12"]["sr_file"])["A-T12"]
+    assert g.roi.GraphicType == "ELLIPSE"
+    p = np.asarray(g.roi.value, dtype=float)
+    t = np.radians(25.0)
+    b = np.array([-np.sin(t), np.cos(t), 0.0])
+    a = np.array([np.cos(t), np.sin(t), 0.0])
+    c = np.array([3.0, 4.0, 55.0])
+    assert np.allclose(p, [c - 8.5 * b, c + 8.5 * b, c - 4.0 * a, c + 4.0 * a], atol=1e-4)
+    # A-muscle: a sphere of radius 4.1 mm as an ELLIPSOID (three axes) around its centre
+    sr = pydicom.dcmread(out / man["A-muscle"]["sr_file"])
+    (gd,) = [
+        item.GraphicData for item in _items(sr) if getattr(item, "GraphicType", "") == "ELLIPSOID"
+    ]
+    q = np.asarray(gd, dtype=float).reshape(-1, 3)
+    centre = np.array([8.0, 6.0, 56.0])
+    assert q.shape == (6, 3)
+    assert np.allclose(q.mean(axis=0), centre, atol=1e-4)
+    assert np.allclose(np.linalg.norm(q - centre, axis=1), 4.1, atol=1e-4)
+
+
+def _items(ds: pydicom.Dataset):
+    """Every dataset nested in ``ds`` (content items of an SR)."""
+    for el in ds:
+        if el.VR == "SQ":
+            for item in el.value:
+                yield item
+                yield from _items(item)
+
+
+def test_one_sr_per_reader_and_distinct_tracking_uids(tmp_path):
+    _, uid = _series(tmp_path / "dicom")
+    c = {"type": "circle", "center_mm": [0, 0, 52.5], "radius_mm": 5}
+    d = {"type": "circle", "center_mm": [2, 3, 55.0], "radius_mm": 4}
+    _write_rois(tmp_path / "rois" / "r1.rois.json", [_roi("L1", uid, c, level="L1")], "R1")
+    _write_rois(tmp_path / "rois" / "r2.rois.json", [_roi("L1", uid, c, level="L1")], "R2")
+    # the same reader and roi_id again in another file: its own tracking UID
+    _write_rois(tmp_path / "rois" / "r3.rois.json", [_roi("L1", uid, d, level="L1")], "R2")
+    out = tmp_path / "out"
+    r = _export(tmp_path / "dicom", tmp_path / "rois", out, "-q")
+    assert r.returncode == 0, r.stderr
+    with open(out / "export.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [x["reader"] for x in rows] == ["R1", "R2", "R2"]
+    assert len({x["tracking_uid"] for x in rows}) == 3
+    assert {x["sr_file"] for x in rows} == {f"{uid}_R1.SR.dcm", f"{uid}_R2.SR.dcm"}
+    for reader in ("R1", "R2"):
+        sr = pydicom.dcmread(out / f"{uid}_{reader}.SR.dcm")
+        assert _all_values(sr, "PersonName") == [reader]
+        uids = _all_values(sr, "UID")
+        assert {x["tracking_uid"] for x in rows if x["reader"] == reader} <= set(uids)
