@@ -262,6 +262,7 @@ def run_propagate(args: argparse.Namespace) -> int:
     rois = [r for r in rs.rois if r.timepoint == args.from_timepoint]
     if not rois:
         raise CliError(f"{args.rois} holds no ROI of timepoint {args.from_timepoint}")
+    skipped = len(rs.rois) - len(rois)
     cache = None
     if not args.no_cache:
         from hu_roi.io.cache import HeaderCache
@@ -376,7 +377,12 @@ def run_propagate(args: argparse.Namespace) -> int:
     if not getattr(args, "quiet", False):
         print(
             f"hu-roi propagate: {plural(len(saved.rois), 'ROI')} proposed on series "
-            f"{target.series_key} ({args.timepoint}); wrote {printable(out)}",
+            f"{target.series_key} ({args.timepoint}); wrote {printable(out)}"
+            + (
+                f"; {plural(skipped, 'ROI')} of other timepoints left out (--from-timepoint)"
+                if skipped
+                else ""
+            ),
             file=sys.stderr,
         )
     return 0

@@ -110,14 +110,15 @@ class RigidResult:
         return math.degrees(math.acos(min(1.0, max(-1.0, cos))))
 
 
-def to_sitk(volume: Volume) -> sitk.Image:
-    """A float32 SimpleITK image of ``volume`` with its LPS origin, spacing and direction.
+def _grid(volume: Volume) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """SimpleITK's grid of a volume: origin (3), spacing (x, y, z), direction (3×3,
+    columns X, Y, normal), size (x, y, z) -- without touching the pixels.
 
     Raises
     ------
     GeometryError
         The loaded slices are not evenly spaced along the normal (a partial load, missing
-        slices): SimpleITK's image grid cannot describe them.
+        slices, gantry tilt): SimpleITK's image grid cannot describe them.
     """
     a = volume.affine  # raises GeometryError for uneven slices
     step = a[:3, 0]
@@ -128,32 +129,52 @@ def to_sitk(volume: Volume) -> sitk.Image:
     dz = float(np.linalg.norm(step)) if volume.shape[0] > 1 else float(volume.spacing_xyz_mm[2])
     if not (math.isfinite(dz) and dz > 0):
         dz = 1.0
-    img = sitk.GetImageFromArray(np.asarray(volume.hu, dtype=np.float32))
-    img.SetOrigin(tuple(float(v) for v in volume.slice_origins_lps_mm[0]))
-    img.SetSpacing((float(volume.pixel_spacing_mm[1]), float(volume.pixel_spacing_mm[0]), dz))
-    img.SetDirection(tuple(float(v) for v in volume.direction.ravel()))
+    spacing = np.array([volume.pixel_spacing_mm[1], volume.pixel_spacing_mm[0], dz])
+    n, rows, cols = volume.shape
+    return (
+        np.asarray(volume.slice_origins_lps_mm[0], dtype=float),
+        spacing,
+        volume.direction,
+        np.array([cols, rows, n]),
+    )
+
+
+def to_sitk(
+    volume: Volume, lo_mm: np.ndarray | None = None, hi_mm: np.ndarray | None = None
+) -> sitk.Image | None:
+    """A float32 SimpleITK image of ``volume`` (or of its part inside the LPS box
+    [lo, hi]) with its LPS origin, spacing and direction.
+
+    Only the voxels of the box are copied.  Returns None when the box misses the image.
+
+    Raises
+    ------
+    GeometryError
+        See :func:`_grid`.
+    """
+    origin, spacing, direction, size = _grid(volume)
+    start = np.zeros(3, dtype=int)
+    stop = size.copy()
+    if lo_mm is not None and hi_mm is not None:
+        corners = np.array(
+            [
+                [x, y, z]
+                for x in (lo_mm[0], hi_mm[0])
+                for y in (lo_mm[1], hi_mm[1])
+                for z in (lo_mm[2], hi_mm[2])
+            ]
+        )
+        idx = ((corners - origin) @ direction) / spacing  # continuous (x, y, z) indices
+        start = np.maximum(np.floor(idx.min(axis=0)).astype(int), 0)
+        stop = np.minimum(np.ceil(idx.max(axis=0)).astype(int) + 1, size)
+        if np.any(stop - start < 1):
+            return None
+    block = volume.hu[start[2] : stop[2], start[1] : stop[1], start[0] : stop[0]]
+    img = sitk.GetImageFromArray(np.asarray(block, dtype=np.float32))
+    img.SetOrigin(tuple(float(v) for v in origin + direction @ (start * spacing)))
+    img.SetSpacing(tuple(float(v) for v in spacing))
+    img.SetDirection(tuple(float(v) for v in direction.ravel()))
     return img
-
-
-def _crop(img: sitk.Image, lo_mm: np.ndarray, hi_mm: np.ndarray) -> sitk.Image | None:
-    """The part of ``img`` inside the LPS box [lo, hi] (None when they do not meet)."""
-    corners = np.array(
-        [
-            [x, y, z]
-            for x in (lo_mm[0], hi_mm[0])
-            for y in (lo_mm[1], hi_mm[1])
-            for z in (lo_mm[2], hi_mm[2])
-        ]
-    )
-    idx = np.array(
-        [img.TransformPhysicalPointToContinuousIndex(tuple(map(float, c))) for c in corners]
-    )
-    size = np.array(img.GetSize())
-    lo = np.maximum(np.floor(idx.min(axis=0)).astype(int), 0)
-    hi = np.minimum(np.ceil(idx.max(axis=0)).astype(int) + 1, size)
-    if np.any(hi - lo < 1):
-        return None
-    return sitk.RegionOfInterest(img, [int(v) for v in hi - lo], [int(v) for v in lo])
 
 
 def _prepare(img: sitk.Image) -> sitk.Image:
@@ -165,23 +186,18 @@ def overlap_fraction(fixed: Volume, moving: Volume, lo_mm: np.ndarray, hi_mm: np
     that lies inside the follow-up image before registration: the larger of the fractions
     at the two starts of :func:`register_rigid` (scanner coordinates; centres of the image
     boxes aligned)."""
-    f = _crop(to_sitk(fixed), lo_mm, hi_mm)
-    if f is None:
+    fo, fs, fd, fsize = _grid(fixed)
+    idx = ((np.array([lo_mm, hi_mm]) - fo) @ fd) / fs
+    a = np.maximum(idx.min(axis=0), 0)
+    b = np.minimum(idx.max(axis=0), fsize - 1)
+    if np.any(b < a):
         return 0.0
-    m = to_sitk(moving)
-    size = np.array(f.GetSize())
     # a coarse grid of the region (at most 16 points per axis)
-    axes = [np.linspace(0, s - 1, min(int(s), 16)) for s in size]
+    axes = [np.linspace(a[i], b[i], 16) for i in range(3)]
     gi, gj, gk = np.meshgrid(*axes, indexing="ij")
     pts = np.stack([gi.ravel(), gj.ravel(), gk.ravel()], axis=1)
-    origin = np.array(f.GetOrigin())
-    d = np.array(f.GetDirection()).reshape(3, 3)
-    sp = np.array(f.GetSpacing())
-    phys = origin + (pts * sp) @ d.T
-    mo = np.array(m.GetOrigin())
-    md = np.array(m.GetDirection()).reshape(3, 3)
-    ms = np.array(m.GetSpacing())
-    msize = np.array(m.GetSize())
+    phys = fo + (pts * fs) @ fd.T
+    mo, ms, md, msize = _grid(moving)
     best = 0.0
     for shift in (np.zeros(3), _extent_centre(moving) - _extent_centre(fixed)):
         cont = ((phys + shift - mo) @ md) / ms
@@ -233,12 +249,8 @@ def register_rigid(
     geo = _extent_centre(moving) - _extent_centre(fixed)
     if float(np.linalg.norm(geo)) > 5.0:
         starts.append(geo)
-    f = _crop(to_sitk(fixed), lo, hi)
-    m = _crop(
-        to_sitk(moving),
-        lo + np.minimum(geo, 0) - search_mm,
-        hi + np.maximum(geo, 0) + search_mm,
-    )
+    f = to_sitk(fixed, lo, hi)
+    m = to_sitk(moving, lo + np.minimum(geo, 0) - search_mm, hi + np.maximum(geo, 0) + search_mm)
     if f is None or m is None:
         raise GeometryError("the region around the ROIs lies outside one of the two series")
     if min(f.GetSize()) < 4 or min(m.GetSize()) < 4:
@@ -362,10 +374,16 @@ def neighbourhood_ncc(
         the fraction of the cube's voxels that do.
     """
     c = np.asarray(centre_mm, dtype=float)
-    f = _crop(to_sitk(fixed), c - half_mm, c + half_mm)
+    f = to_sitk(fixed, c - half_mm, c + half_mm)
     if f is None:
         return math.nan, 0.0
-    m = to_sitk(moving)
+    # the follow-up around where the cube maps (its corners' box, 2 voxels wider)
+    cube = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)]) * half_mm + c
+    mapped = result.apply(cube)
+    pad = 2.0 * float(np.max(_grid(moving)[1]))
+    m = to_sitk(moving, mapped.min(axis=0) - pad, mapped.max(axis=0) + pad)
+    if m is None:
+        return math.nan, 0.0
     tx = sitk.Euler3DTransform()
     tx.SetCenter(result.center_mm)
     tx.SetParameters((*result.rotation_rad, *result.translation_mm))
