@@ -460,3 +460,63 @@ def test_bad_arguments_write_nothing(study: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2 and "input" in proc.stderr
     assert not out.exists()
+
+
+def test_real_ct_follow_up_with_known_transform(real_ct: Path, tmp_path: Path) -> None:
+    """Real anatomy: the Siemens thoracolumbar series (../shared/real_ct) and a follow-up
+    made from it by a known rigid transform (resampled with SimpleITK, noise added, written
+    with pydicom); the T12 ROI is proposed within one voxel of where the transform puts it."""
+    import shutil
+
+    import SimpleITK as sitk
+    from sitk_ref import read_with_sitk
+
+    src = real_ct / "siemens_biograph_mct_thoracolumbar" / "dicom"
+    dicom = tmp_path / "dicom"
+    shutil.copytree(src, dicom / "t0")  # --dicom holds both series; the source stays as it is
+    base = read_with_sitk(dicom / "t0")
+    rot, trans = (1.0, -1.0, 5.0), (15.0, -14.0, 3.0)
+    centre = np.array([-11.23046875, -117.19921875, -784.5])  # voxel (10, 328, 244), T12
+    fwd = sitk.Euler3DTransform()
+    fwd.SetCenter(tuple(centre))
+    fwd.SetMatrix(tuple(_rotation(rot).ravel()))
+    fwd.SetTranslation(trans)
+    sp = np.array(base.GetSpacing())
+    grid = sitk.Image(base.GetSize(), sitk.sitkFloat32)
+    grid.SetSpacing(base.GetSpacing())
+    grid.SetDirection(base.GetDirection())
+    origin = np.array(base.GetOrigin()) + np.round(np.array(trans) / sp) * sp  # FOV follows
+    grid.SetOrigin(tuple(origin))
+    moved = sitk.Resample(base, grid, fwd.GetInverse(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+    hu = sitk.GetArrayFromImage(moved) + np.random.default_rng(3).normal(
+        0, 10, moved.GetSize()[::-1]
+    )
+    write_ct_series(
+        dicom / "t2",
+        np.round(hu).clip(-1024, 3000),
+        pixel_spacing=(sp[1], sp[0]),
+        slice_positions=np.arange(hu.shape[0]) * sp[2],
+        origin=tuple(origin),
+        series_uid=UID + "20",
+    )
+    from hu_roi.io import index_folder
+
+    key = next(s.series_key for s in index_folder(dicom / "t0").series)
+    roi = _roi_doc(roi_id="S01-T0-T12", patient_id="S01", timepoint="T0", level="T12")
+    roi.update(
+        series_key=key, shape={"type": "circle", "center_mm": list(centre), "radius_mm": 8.0}
+    )
+    rois = _write_set(tmp_path / "t0.rois.json", roi)
+    out = tmp_path / "t2.rois.json"
+    proc = run_main(
+        "propagate", "--dicom", str(dicom), "--rois", str(rois), "--to-series", UID + "20",
+        "--timepoint", "T2", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (r,) = load_roiset(out).rois
+    assert r.roi_id == "S01-T2-T12" and r.proposed is True
+    truth = centre + np.array(trans)  # the rotation centre is the ROI centre
+    np.testing.assert_array_less(np.abs(_euler_map(r.registration, centre) - truth), sp)
+    got = np.array(r.shape.center_mm)
+    np.testing.assert_array_less(np.abs(got[:2] - truth[:2]), sp[:2])
+    assert abs(got[2] - truth[2]) <= sp[2] / 2 + 1e-6  # snapped onto the nearest slice
