@@ -53,7 +53,11 @@ def trial(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 
 def _csv(trial: dict[str, object], name: str) -> pd.DataFrame:
-    return pd.read_csv(Path(trial["out"]) / f"{name}.csv")  # type: ignore[arg-type]
+    """A table CSV with the machine column names behind its human headers."""
+    from hu_roi.analysis.report import machine_name
+
+    t = pd.read_csv(Path(trial["out"]) / f"{name}.csv")  # type: ignore[arg-type]
+    return t.rename(columns=lambda h: machine_name(h, name))
 
 
 def test_generator_is_deterministic(trial: dict[str, object]) -> None:
