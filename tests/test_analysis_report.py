@@ -177,6 +177,23 @@ def test_number_at_risk_is_patients_still_followed() -> None:
     assert at_risk(km, [0.0, 2.0, 5.0, 8.0, 10.0]) == [6, 5, 2, 1, 0]
 
 
+def test_number_at_risk_under_the_plot_matches_the_landmark_table(tmp_path: Path) -> None:
+    """The figure's counts are those of R summary(survfit, times=) (stats.survival_at, checked
+    against R) at every tick, for the synthetic trial's curves."""
+    from hu_roi.analysis.stats import survival_at
+
+    meas, clin = make_trial()
+    meas.to_csv(tmp_path / "m.csv", index=False)
+    clin.to_csv(tmp_path / "c.csv", index=False)
+    ep = analyze(
+        longitudinal_from_measurements(read_measurements(tmp_path / "m.csv")),
+        read_clinical(tmp_path / "c.csv"),
+    )
+    ticks = [0.0, 3.0, 6.0, 12.0, 24.0, 36.0, 48.0, 60.0, 72.0]
+    for km in ep.survival.curves.values():
+        assert at_risk(km, ticks) == survival_at(km, ticks).n_risk.tolist()
+
+
 # --------------------------------------------------------------------------- items 15-17
 
 
