@@ -36,6 +36,8 @@ __all__ = [
     "napari_to_shape",
     "shape_to_napari",
     "display_slice",
+    "line_to_lps",
+    "lps_to_line",
 ]
 
 #: Two ellipse radii closer than this (mm) make a circle.
@@ -172,6 +174,50 @@ def lps_to_index(info: SeriesInfo, points_lps_mm: np.ndarray, k: int) -> np.ndar
     return np.column_stack([np.full(p.shape[0], float(k)), d @ y_dir / dr, d @ x_dir / dc])
 
 
+def _frac_slice(info: SeriesInfo, along_mm: np.ndarray) -> np.ndarray:
+    """Fractional slice index of positions along the normal (mm), linear between slices
+    and extrapolated with the end spacing beyond the stack."""
+    pos = np.asarray(info.positions_along_normal_mm, dtype=float)
+    a = np.atleast_1d(np.asarray(along_mm, dtype=float))
+    if pos.size == 1:
+        return np.zeros_like(a)
+    k = np.interp(a, pos, np.arange(pos.size, dtype=float))
+    lo, hi = a < pos[0], a > pos[-1]
+    k[lo] = (a[lo] - pos[0]) / (pos[1] - pos[0])
+    k[hi] = pos.size - 1 + (a[hi] - pos[-1]) / (pos[-1] - pos[-2])
+    return k
+
+
+def _origin_at(info: SeriesInfo, k: np.ndarray) -> np.ndarray:
+    """ImagePositionPatient at fractional slice indices ``k`` (linear, extrapolated)."""
+    o = _origins(info)
+    k = np.atleast_1d(np.asarray(k, dtype=float))
+    if o.shape[0] == 1:
+        return np.repeat(o, k.size, axis=0)
+    i = np.clip(np.floor(k).astype(int), 0, o.shape[0] - 2)
+    t = (k - i)[:, None]
+    return o[i] + t * (o[i + 1] - o[i])
+
+
+def line_to_lps(info: SeriesInfo, vertices: np.ndarray) -> np.ndarray:
+    """LPS (mm) of data-index points ``(k, r, c)`` with fractional ``k`` (a line drawn on
+    a reformat): the slice origin is interpolated between the two nearest slices."""
+    v = np.atleast_2d(np.asarray(vertices, dtype=float))
+    x_dir, y_dir = _xy(info)
+    dr, dc = info.pixel_spacing_mm
+    return _origin_at(info, v[:, 0]) + v[:, 2:3] * dc * x_dir + v[:, 1:2] * dr * y_dir
+
+
+def lps_to_line(info: SeriesInfo, points_lps_mm: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`line_to_lps`: data-index points ``(k, r, c)`` of LPS points."""
+    p = np.atleast_2d(np.asarray(points_lps_mm, dtype=float))
+    k = _frac_slice(info, p @ np.asarray(info.normal, dtype=float))
+    x_dir, y_dir = _xy(info)
+    dr, dc = info.pixel_spacing_mm
+    d = p - _origin_at(info, k)
+    return np.column_stack([k, d @ y_dir / dr, d @ x_dir / dc])
+
+
 def display_slice(info: SeriesInfo, roi: Roi) -> int:
     """The slice (index into ``info.slices``) on which to draw an ROI.
 
@@ -181,6 +227,9 @@ def display_slice(info: SeriesInfo, roi: Roi) -> int:
     the reason.
     """
     pos = info.positions_along_normal_mm
+    if roi.shape.is_line:
+        h = float(np.mean(np.asarray(roi.shape.points_mm, dtype=float) @ info.normal))
+        return int(np.argmin(np.abs(pos - h)))
     if roi.shape.is_2d:
         try:
             ks = slices_needed(roi, info)
@@ -202,6 +251,8 @@ def shape_to_napari(info: SeriesInfo, shape: Shape, k: int) -> tuple[str, np.nda
     their rotated bounding box, polygons their vertices projected on slice ``k``.
     """
     x_dir, y_dir = _xy(info)
+    if shape.type == "line":  # a height: its own points, whatever slice is shown
+        return "line", lps_to_line(info, np.asarray(shape.points_mm, dtype=float))
     if shape.type == "polygon":
         return "polygon", lps_to_index(info, np.asarray(shape.points_mm, dtype=float), k)
     c = np.asarray(shape.center_mm, dtype=float)
@@ -248,9 +299,15 @@ def napari_to_shape(
     Raises
     ------
     ValueError
-        For napari shapes that are not areas (lines, paths).
+        For paths, and areas not drawn on one slice.  A ``line`` (two points) becomes a line
+        shape (a vertebral height) in LPS mm.
     """
     v = np.asarray(vertices, dtype=float)
+    if shape_type == "line":  # a vertebral height, drawn on any view (e.g. sagittal)
+        if v.shape[0] != 2:
+            raise ValueError("a height line has exactly two points")
+        p = line_to_lps(info, v)
+        return Shape(type="line", points_mm=tuple(tuple(float(x) for x in q) for q in p))
     if np.ptp(v[:, 0]) > 0.5:
         raise ValueError(
             "the shape is not drawn on one slice of the series; view the series along its "

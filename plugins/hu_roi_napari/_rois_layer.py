@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hu_roi.roi import LEVELS, Roi
+from hu_roi.roi import HEIGHT_KINDS, LEVELS, Roi
 
 from ._geometry import display_slice, napari_to_shape, shape_to_napari
 from ._series import SeriesHandle
@@ -38,8 +38,8 @@ __all__ = [
 ]
 
 FEATURE_COLUMNS = ("key", "level", "irradiated", "lesion_type", "kind", "geometry")
-#: Line colour per kind (targets yellow, references cyan, phantoms magenta).
-KIND_COLORS = {"target": "yellow", "reference": "cyan", "phantom": "magenta"}
+#: Line colour per kind (targets yellow, references cyan, phantoms magenta, heights lime).
+KIND_COLORS = {"target": "yellow", "reference": "cyan", "phantom": "magenta", "height": "lime"}
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def id_for_level(roi_id: str, timepoint: str | None, level: str | None, kind: st
         return None
     if named == timepoint and toks.index(named) == i:
         return None  # the timepoint's own part, not a level
-    toks[i] = level if kind == "target" and level else kind
+    toks[i] = level if (kind == "target" or kind in HEIGHT_KINDS) and level else kind
     parts[::2] = toks
     return "".join(parts[: 2 * i + 1])
 
@@ -133,6 +133,13 @@ def canvas_label(level: str | None, kind: str, m: Any) -> str:
     ``m`` is the ROI's :class:`~hu_roi.measure.Measurement` (None while not measured);
     a failed measurement shows its QC code instead of a number.
     """
+    if kind in HEIGHT_KINDS:  # "L1 anterior 25.3 mm"
+        name = f"{level or ''} {kind.removeprefix('height-')}".strip()
+        length = getattr(m, "length_mm", None)
+        if m is not None and getattr(m, "qc_status", "") == "fail":
+            flags = list(getattr(m, "qc_flags", ()) or ())
+            return f"{name} {flags[0] if flags else 'fail'}"
+        return name if length is None else f"{name} {length:.1f} mm"
     name = level if kind == "target" and level else kind
     if m is None:
         return name
@@ -290,6 +297,17 @@ def rois_from_layer(
         else:  # blinded: the column is hidden, keep what is stored
             irr = entry.roi.irradiated if entry.roi is not None else None
         geometry = _none_if_empty(row.get("geometry")) or ""
+        if (st == "line") != (kind in HEIGHT_KINDS):
+            problems.append(
+                f"shape {i + 1}: "
+                + (
+                    "a line is a vertebral height: give it the kind "
+                    if st == "line"
+                    else f"kind {kind} is a height: draw it as a line, or choose a kind other than "
+                )
+                + ", ".join(HEIGHT_KINDS)
+            )
+            continue
         v = np.asarray(verts, dtype=float)
         unchanged = (
             entry.roi is not None

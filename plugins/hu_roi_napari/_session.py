@@ -26,7 +26,7 @@ from hu_roi.io import IndexResult
 from hu_roi.io.load import NEVER_LOADABLE
 from hu_roi.measure import Measurement, failed_measurement, measure_roi
 from hu_roi.rasterize import RoiPlacementError, slices_needed
-from hu_roi.roi import LEVELS, Roi, RoiSet, load_roiset, save_roiset
+from hu_roi.roi import HEIGHT_KINDS, LEVELS, Roi, RoiSet, load_roiset, save_roiset
 from hu_roi.series import SeriesInfo
 from hu_roi.series_lookup import SeriesResolver
 from hu_roi.util import atomic_write_text
@@ -324,11 +324,12 @@ class Session:
         if (
             self.blinded
             and self.root is not None
-            and self.roi_path is not None
+            and self.roi_path == self.root.parent / f"{self.root.name}.rois.json"
             and not self.roi_path.exists()
             and not self.roiset.rois
         ):
-            # a new ROI file not written yet: its name (the folder's) may identify
+            # the default new ROI file, not written yet: named after the folder, whose
+            # name may identify (a file the reader chose is kept)
             self.roi_path = self.root.parent / BLINDED_ROI_FILE
             self.roiset = replace(self.roiset, path=str(self.roi_path))
         if cur is not None:
@@ -728,7 +729,11 @@ class Session:
             for x in (
                 self.patient_code(info) or "P",
                 self.timepoint or "TX",
-                level if kind == "target" and level else kind,
+                *(
+                    (kind, level or "")  # a height: P01-T0-height-anterior-L1
+                    if kind in HEIGHT_KINDS
+                    else (level if kind == "target" and level else kind,)
+                ),
             )
             if x
         )
@@ -1016,6 +1021,42 @@ class Session:
                 roi_file=roi_file,
             )
         return measure_roi(vol, roi, reader=reader, roi_file=roi_file)
+
+    def heights(self) -> list[tuple[str, str, float | None, float | None, float | None]]:
+        """Vertebral heights of the series shown and their loss against the baseline scan.
+
+        Returns
+        -------
+        list of (level, kind, length_mm, baseline_mm, loss_pct)
+            One row per height line ROI measured on this series (``kind``
+            ``height-anterior/middle/posterior``), ordered by level and kind.
+            ``baseline_mm`` is the same level and kind on the patient's baseline scan
+            (:meth:`baseline_of`; None when there is none, or this is it) and
+            ``loss_pct`` = 100 · (baseline − now) / baseline (positive = height lost;
+            the trial's fracture endpoint is a loss above 20 %).
+        """
+        if self.current is None:
+            return []
+        info = self.current.info
+        base = self.baseline_of(info)
+        base_len: dict[tuple[str, str], float] = {}
+        if base is not None and base.series_key != info.series_key:
+            for r in self.rois_of(base):
+                if r.kind in HEIGHT_KINDS and r.shape.length_mm is not None:
+                    base_len[(r.level or "", r.kind)] = float(r.shape.length_mm)
+        out = []
+        for m in self.measurements:
+            if m.kind not in HEIGHT_KINDS:
+                continue
+            key = (m.level or "", m.kind)
+            b = base_len.get(key)
+            now = m.length_mm
+            loss = None if b is None or now is None or b <= 0 else 100.0 * (b - now) / b
+            out.append((key[0], m.kind, now, b, loss))
+        order = {k: i for i, k in enumerate(HEIGHT_KINDS)}
+        lv = {x: i for i, x in enumerate(LEVELS)}
+        out.sort(key=lambda t: (lv.get(t[0], -1), order[t[1]]))
+        return out
 
     def air_check(self) -> Any:
         """The core's automatic air check on the slices the shown ROIs touch (as batch)."""

@@ -195,7 +195,7 @@ def test_reader_claims_only_dicom(make_napari_viewer, study, tmp_path):
         rdr = next(
             r for r in pm.iter_compatible_readers([str(readme)]) if r.plugin_name == "hu-roi"
         )
-        assert rdr.exec(kwargs={"path": str(readme), "stack": False}) is None
+        assert rdr.exec(kwargs={"path": [str(readme)], "stack": False}) is None
 
 
 def test_live_table_matches_batch(widget, study, qtbot):

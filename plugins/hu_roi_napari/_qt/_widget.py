@@ -46,7 +46,7 @@ from qtpy.QtWidgets import (
 )
 
 from hu_roi.clibase import plural
-from hu_roi.roi import LESION_TYPES, LEVELS, REFERENCE_KINDS, TIMEPOINTS
+from hu_roi.roi import HEIGHT_KINDS, LESION_TYPES, LEVELS, REFERENCE_KINDS, TIMEPOINTS
 
 from .._series import handle_of_layer
 from .._session import Session, next_level
@@ -81,7 +81,9 @@ TABLE_COLUMNS = (
 )
 #: Table columns holding numbers (right-aligned).
 _NUMERIC = {1, 2, 3, 4, 5, 10}
-KINDS = ("target", *REFERENCE_KINDS, "phantom-water")
+KINDS = ("target", *REFERENCE_KINDS, "phantom-water", *HEIGHT_KINDS)
+#: Loss of vertebral body height against baseline that is the trial's fracture endpoint (%).
+HEIGHT_LOSS_ENDPOINT_PCT = 20.0
 DEBOUNCE_MS = 150
 PREVIEW_MS = 80
 
@@ -340,6 +342,17 @@ class HuRoiWidget(QWidget):
         b_sphere.clicked.connect(self.add_sphere_at_view_centre)
         tools.addWidget(b_sphere, 2, 0)
         tools.addWidget(self.sphere_radius, 2, 1)
+        heights = QHBoxLayout()
+        for kind in HEIGHT_KINDS:
+            part = kind.removeprefix("height-")
+            b = QPushButton(f"{part.capitalize()} height")
+            b.setToolTip(
+                f"Draw the {part} height of the vertebral body as a line (best on the "
+                "sagittal view, Alt+S): click its two end points"
+            )
+            b.clicked.connect(lambda _=False, k=kind: self.draw_height(k))
+            heights.addWidget(b)
+        tools.addLayout(heights, 4, 0, 1, 2)
         b_apply = QPushButton("Apply to selected")
         b_apply.setToolTip("Set level/irradiated/lesion/kind of the selected ROIs")
         b_apply.clicked.connect(self.apply_to_selected)
@@ -357,6 +370,13 @@ class HuRoiWidget(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.itemSelectionChanged.connect(self._table_selection)
         v.addWidget(self.table, stretch=1)
+        self.heights_label = QLabel("")
+        self.heights_label.setWordWrap(True)
+        self.heights_label.setToolTip(
+            "Vertebral heights of this scan and their loss against the patient's baseline "
+            f"(> {HEIGHT_LOSS_ENDPOINT_PCT:.0f} % is the fracture endpoint)"
+        )
+        v.addWidget(self.heights_label)
 
         files = QGridLayout()
         for i, (label, fn, tip) in enumerate(
@@ -775,6 +795,28 @@ class HuRoiWidget(QWidget):
             attrs.pop("irradiated")
         self.session.set_defaults(**attrs)
 
+    def draw_height(self, kind: str) -> None:
+        """Draw a vertebral height (kind ``height-anterior/middle/posterior``) as a line."""
+        self.kind_combo.setCurrentText(kind)
+        self.set_mode("add_line")
+
+    def heights_text(self) -> str:
+        """The heights line of the ROIs tab (loss against baseline hidden when blinded)."""
+        rows = self.session.heights()
+        parts = []
+        for level, kind, now, base, loss in rows:
+            name = f"{level} {kind.removeprefix('height-')}".strip()
+            txt = f"{name} {_num(now)} mm"
+            if not self.session.blinded and base is not None:
+                txt += f" (baseline {_num(base)} mm"
+                if loss is not None:
+                    txt += f", loss {loss:.1f} %"
+                    if loss > HEIGHT_LOSS_ENDPOINT_PCT:
+                        txt += f" ⚠ > {HEIGHT_LOSS_ENDPOINT_PCT:.0f} %"
+                txt += ")"
+            parts.append(txt)
+        return ("Heights: " + "; ".join(parts)) if parts else ""
+
     def set_mode(self, mode: str) -> None:
         """Shapes layer mode (add_ellipse, add_polygon, add_rectangle, select)."""
         lay = self.session.shapes_layer
@@ -1124,6 +1166,7 @@ class HuRoiWidget(QWidget):
                     )
                 self.table.setItem(r, c, item)
         self.table.blockSignals(False)
+        self.heights_label.setText(self.heights_text())
         self._update_roi_file_label()
 
     def _table_selection(self) -> None:
