@@ -16,7 +16,6 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from hu_roi import __version__
 from hu_roi.clibase import (
@@ -46,7 +45,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     """The names of ``hu-roi index`` kept here, imported on first use (start-up time)."""
     if name in _FROM_INDEXCLI:
         from hu_roi import indexcli

@@ -13,17 +13,26 @@ from __future__ import annotations
 import argparse
 import importlib
 from collections.abc import Callable
-from typing import NamedTuple
 
 AddParser = Callable[[argparse._SubParsersAction], object]
 
 
-class Command(NamedTuple):
-    """One subcommand: ``name``, the ``module`` that builds its parser, its ``help``."""
+class Command:
+    """One subcommand: ``name``, the ``module`` that builds its parser, its ``help``.
 
-    name: str
-    module: str
-    help: str
+    A plain class rather than a ``typing.NamedTuple``: importing ``typing`` would cost
+    ``hu-roi --help`` a few milliseconds.
+    """
+
+    __slots__ = ("name", "module", "help")
+
+    def __init__(self, name: str, module: str, help: str) -> None:  # noqa: A002
+        self.name = name
+        self.module = module
+        self.help = help
+
+    def __repr__(self) -> str:
+        return f"Command({self.name!r}, {self.module!r}, {self.help!r})"
 
 
 def registered() -> list[Command]:
@@ -33,6 +42,7 @@ def registered() -> list[Command]:
         Command("measure", "hu_roi.batch", "measure stored ROIs on a DICOM folder (batch) into a CSV"),
         Command("roi", "hu_roi.roicli", "check ROI files, or add an ROI at a voxel, without a viewer"),
         Command("longitudinal", "hu_roi.longitudinal", "patient × level table of HU per timepoint with change vs T0"),
+        Command("propagate", "hu_roi.propagate", "propose baseline ROIs on a follow-up series (rigid registration)"),
         Command("reliability", "hu_roi.reliability", "reader reliability (ICC, Bland-Altman, precision SD, LSC) of 2+ measurement CSVs"),
         Command("pseudonymize", "hu_roi.pseudonym", "replace patient IDs in output CSVs by study codes (pseudonym map)"),
         Command("analyze", "hu_roi.analysis.cli", "trial endpoints (Tables 1-5, figures, HTML report) from measurement + clinical CSVs"),
