@@ -36,6 +36,7 @@ def test_selecting_an_roi_loads_its_attributes_and_editing_updates_it(widget, st
     qtbot.waitUntil(lambda: len(w.table_rows()) == 2)
     lay = sess.shapes_layer
     w.level_combo.setCurrentText("L4")  # the picker holds something else
+    w.set_mode("select")
     lay.selected_data = {0}
     assert w.level_combo.currentText() == "T12"
     assert w.lesion_combo.currentText() == "osteolytic"
@@ -48,6 +49,16 @@ def test_selecting_an_roi_loads_its_attributes_and_editing_updates_it(widget, st
     assert rows[1][0].endswith("-L3") and rows[0][0].endswith("-T12")
     w.irradiated_combo.setCurrentText("yes")
     qtbot.waitUntil(lambda: lay.features["irradiated"].tolist() == ["", "yes"])
+    # "Next level" is for the next ROI: it never relabels the selected one
+    w.step_level(1)
+    assert w.level_combo.currentText() == "L4"
+    w._sync_now()
+    assert [r[7] for r in w.table_rows()] == ["T12", "L3"]
+    # while drawing (napari selects the shape just drawn) the pickers do not edit it
+    w.set_mode("add_ellipse")
+    w.kind_combo.setCurrentText("reference-fat")
+    w._sync_now()
+    assert [r[8] for r in w.table_rows()] == ["target", "target"]
 
 
 def test_dialogs_open_in_the_study_folder_with_suggested_names(widget, study):

@@ -221,3 +221,14 @@ def test_sphere_drawn_on_every_slice_it_covers(widget, study, qtbot):
     # the measurement covers exactly those slices
     (m,) = sess.measurements
     assert sorted(m.slice_indices) == [1, 2, 3]
+
+
+def test_status_hook_when_docked_through_napari(make_napari_viewer, study):
+    """napari gives plugin widgets a proxy viewer that refuses private attributes."""
+    viewer = make_napari_viewer()
+    _dock, w = viewer.window.add_plugin_dock_widget("hu-roi")
+    w.ask = lambda title, q, buttons: buttons[-1]  # no modal dialog in a test
+    sess = _open(w, study, "Spine A")
+    status = _status_at(viewer, sess, 3, 7, 11)
+    assert status["coordinates"].startswith(f"{hu_a()[3, 7, 11]:.0f} HU"), status
+    w.session.dirty = False

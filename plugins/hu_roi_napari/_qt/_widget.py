@@ -125,6 +125,10 @@ class HuRoiWidget(QWidget):
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        # napari hands plugin widgets a proxy of the viewer whose layers are new proxy
+        # objects at each access: the session compares layers by identity, and hooks the
+        # status computation, so it works on the viewer itself
+        napari_viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         self.viewer = napari_viewer
         self.session = Session(napari_viewer)
         self.session.listeners.append(self._on_session)
@@ -502,6 +506,7 @@ class HuRoiWidget(QWidget):
         this viewer only.
         """
         v = self.viewer
+        self._status_viewer = v
         self._orig_status = v._calc_status_from_cursor
         object.__setattr__(v, "_calc_status_from_cursor", self._status_from_cursor)
 
@@ -688,13 +693,23 @@ class HuRoiWidget(QWidget):
 
     def step_level(self, step: int = 1) -> None:
         """Move the level picker to the next (or previous) vertebral level."""
-        self.level_combo.setCurrentText(next_level(self.level_combo.currentText() or None, step))
+        # for the next ROI: never relabels the selected ones (Apply to selected does)
+        self._loading_pickers = True
+        try:
+            self.level_combo.setCurrentText(
+                next_level(self.level_combo.currentText() or None, step)
+            )
+        finally:
+            self._loading_pickers = False
+        self._push_defaults()
 
     def _edit_selected(self, attr: str) -> None:
         """A picker changed: give the selected ROIs that attribute (not while loading)."""
         lay = self.session.shapes_layer
         if self._loading_pickers or lay is None or not lay.selected_data:
             return
+        if str(lay.mode) != "select":
+            return  # napari selects a shape just drawn: the pickers are for the next one
         if attr == "irradiated" and self.session.blinded:
             return
         value = self._attrs()[attr]
@@ -703,7 +718,7 @@ class HuRoiWidget(QWidget):
     def _on_shape_selection(self, *_: Any) -> None:
         """Selecting an ROI loads its attributes into the pickers."""
         lay = self.session.shapes_layer
-        if lay is None or not lay.selected_data:
+        if lay is None or not lay.selected_data or str(lay.mode) != "select":
             return
         i = min(lay.selected_data)
         if i >= len(lay.features):
@@ -1227,7 +1242,7 @@ class HuRoiWidget(QWidget):
         self._preview_timer.stop()
         self._pending.clear()
         if getattr(self, "_orig_status", None) is not None:
-            self.viewer.__dict__.pop("_calc_status_from_cursor", None)
+            self._status_viewer.__dict__.pop("_calc_status_from_cursor", None)
             self._orig_status = None
         for keys in self._keys:
             try:
