@@ -60,7 +60,7 @@ NCC_HALF_MM = 20.0
 #: the follow-up image.
 MIN_OVERLAP = 0.5
 #: Extra margin (mm) of the follow-up crop: how far the follow-up may be displaced.
-SEARCH_MM = 40.0
+SEARCH_MM = 25.0
 
 
 class PropagationError(HuRoiError, ValueError):
