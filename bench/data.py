@@ -24,6 +24,9 @@ from dicom_factory import write_ct_series  # noqa: E402
 N_SLICES = 300
 SIZE = 512
 N_SERIES = 4
+#: Series of the whole-process figures (``hu-roi measure`` as a command vs a SimpleITK
+#: script) and of the dask worker figures.
+N_PROCESS_SERIES = 12
 N_COMPRESSED = 60
 N_TINY = 10_000
 SPACING = (0.7, 0.7)
@@ -65,10 +68,10 @@ def series_dir(root: Path, k: int) -> Path:
     return root / "cohort" / f"series{k}"
 
 
-def make_cohort(root: Path, log=print) -> list[Path]:
-    """N_SERIES series of N_SLICES x SIZE^2 (uncompressed, explicit VR LE)."""
+def make_cohort(root: Path, log=print, n: int = N_SERIES) -> list[Path]:
+    """``n`` series of N_SLICES x SIZE^2 (uncompressed, explicit VR LE)."""
     out = []
-    for k in range(N_SERIES):
+    for k in range(n):
         d = series_dir(root, k)
         out.append(d)
         if _done(d):
@@ -144,18 +147,38 @@ def roi_file(root: Path, k: int, n_rois: int) -> Path:
     return path
 
 
+def _hard_linked_series(src: Path, dst: Path) -> None:
+    """``dst``: a real folder whose files are hard links to ``src``'s (a tree as a user's,
+    without symbolic links, which hu-roi follows only with --follow-links; no copy)."""
+    if dst.is_symlink():  # made by an older version of this script
+        dst.unlink()
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if not f.name.startswith(".") and not (dst / f.name).exists():
+            os.link(f, dst / f.name)
+
+
 def make_scale_roots(root: Path) -> dict[int, Path]:
-    """Folders holding the first 1, 2, N_SERIES series (symbolic links)."""
+    """Folders holding the first 1, 2, N_SERIES series (hard-linked files)."""
     out = {}
     for n in sorted({1, 2, N_SERIES}):
         d = root / f"scale{n}"
-        d.mkdir(parents=True, exist_ok=True)
         for k in range(n):
-            link = d / f"series{k}"
-            if not link.exists():
-                os.symlink(series_dir(root, k), link)
+            _hard_linked_series(series_dir(root, k), d / f"series{k}")
         out[n] = d
     return out
+
+
+def make_process_root(root: Path, log=print) -> Path:
+    """A folder holding N_PROCESS_SERIES series (hard-linked files, as make_scale_roots)."""
+    make_cohort(root, log, n=N_PROCESS_SERIES)
+    d = root / f"process{N_PROCESS_SERIES}"
+    if _done(d):
+        return d
+    for k in range(N_PROCESS_SERIES):
+        _hard_linked_series(series_dir(root, k), d / f"series{k}")
+    _mark(d)
+    return d
 
 
 COMPRESSED = {

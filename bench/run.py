@@ -2,7 +2,7 @@
 
 Usage (from a fresh clone, after ``python -m venv .venv && .venv/bin/pip install -e .``)::
 
-    scripts/bench                 # everything (~10 min on 2 cores, ~1.5 GB in $TMPDIR)
+    scripts/bench                 # everything (~15 min on 2 cores, ~2 GB in $TMPDIR)
     scripts/bench --quick         # fewer repeats, skips the 10,000-file index
     scripts/bench --only load,compressed --data /scratch/hu-roi-bench
 
@@ -224,7 +224,7 @@ def bench_load(rep: Report, root: Path, repeats: int) -> None:
 
 
 def bench_compressed(rep: Report, root: Path, repeats: int) -> None:
-    from hu_roi.io.load import DECODING_PLUGINS
+    from hu_roi.io.load import decoding_plugin
 
     folders = data.make_compressed(root)
     rep.section(
@@ -246,7 +246,7 @@ def bench_compressed(rep: Report, root: Path, repeats: int) -> None:
         f = str(folder)
         _warm(folder)
         ts = data.COMPRESSED[name]
-        plug = DECODING_PLUGINS.get(ts, "")
+        plug = decoding_plugin(ts)
         specs = {
             "ours": ("hu_load", {"folder": f}),
             "ours1": ("hu_load", {"folder": f, "workers": 1}),
@@ -404,6 +404,128 @@ def bench_index(rep: Report, root: Path, repeats: int) -> None:
     )
 
 
+def _process_env(root: Path) -> dict[str, Any]:
+    """Environment of the whole-process figures: the header cache in the data folder, and
+    bytecode cached (outside the repository) as for an installed package, even when the
+    caller's environment turns bytecode writing off."""
+    return {
+        "env": {
+            "HU_ROI_CACHE_DIR": str(root / "process-cache"),
+            "PYTHONPYCACHEPREFIX": str(root / "pycache"),
+        },
+        "unset": ["PYTHONDONTWRITEBYTECODE"],
+        "cwd": str(root),
+    }
+
+
+def _hu_roi_cmd() -> list[str]:
+    script = Path(PY).parent / "hu-roi"  # the console script, as a user runs it
+    return [str(script)] if script.is_file() else [PY, "-m", "hu_roi.cli"]
+
+
+def bench_startup(rep: Report, root: Path, repeats: int) -> None:
+    """Whole processes: ``hu-roi --help``, and ``hu-roi measure`` of N_PROCESS_SERIES
+    series against a SimpleITK load-and-mask script, both started fresh."""
+    proc_root = data.make_process_root(root)
+    _warm(proc_root)
+    n = data.N_PROCESS_SERIES
+    rois = [str(data.roi_file(root, k, 5)) for k in range(n)]
+    env = _process_env(root)
+    measure = [*_hu_roi_cmd(), "measure", "--dicom", str(proc_root), "--rois", *rois]
+    measure += ["--out", str(root / "process-measure.csv"), "-q"]
+    sitk_cmd = [PY, str(REPO / "bench" / "sitk_measure.py"), str(proc_root), *rois]
+    runs = max(3, repeats)
+    # untimed: fills the header cache and the bytecode cache
+    _once("process", cmd=measure, **env)
+    _once("process", cmd=[*_hu_roi_cmd(), "--help"], **env)
+    res = _rounds(
+        {
+            "python": ("process", {"cmd": [PY, "-c", "pass"], "runs": runs * 3, **env}),
+            "help": ("process", {"cmd": [*_hu_roi_cmd(), "--help"], "runs": runs * 3, **env}),
+            "measure": ("process", {"cmd": measure, "runs": runs, **env}),
+            "sitk": ("process", {"cmd": sitk_cmd, **env}),
+        },
+        repeats,
+    )
+    rep.section(
+        f"Whole processes: start-up, and hu-roi measure vs a SimpleITK script "
+        f"({n} series x {data.N_SLICES} slices, 5 ROIs each)",
+        ["command", "s", "CPU s", "peak MB", "vs SimpleITK script", "note"],
+    )
+    s = res["sitk"]["seconds"]
+    rows = (
+        ("python -c pass (interpreter start, floor)", res["python"], "same interpreter, site"),
+        ("hu-roi --help", res["help"], "imports no command module"),
+        ("hu-roi measure (header cache warm)", res["measure"], "CSV + sidecar written; "
+         "cache filled by an untimed run"),
+        ("SimpleITK script: load each series + mask", res["sitk"], "bench/sitk_measure.py"),
+    )  # fmt: skip
+    for name, r, note in rows:
+        rep.row(name, r["seconds"], r["cpu_s"], r["child_peak_mb"], s / r["seconds"], note)
+    help_s = res["help"]["seconds"]
+    rep.check(
+        "hu-roi --help under 0.1 s",
+        help_s < 0.1,
+        f"{help_s:.3f} s (interpreter alone {res['python']['seconds']:.3f} s); "
+        f"CPU {res['help']['cpu_s']:.3f} s",
+    )
+    m = res["measure"]
+    rep.check(
+        f"whole-process hu-roi measure >= 10x faster than a SimpleITK script ({n} series)",
+        s / m["seconds"] >= 10,
+        f"x{s / m['seconds']:.1f}: {m['seconds']:.2f} s vs {s:.2f} s; CPU "
+        f"{m['cpu_s']:.2f} s vs {res['sitk']['cpu_s']:.2f} s "
+        f"(x{res['sitk']['cpu_s'] / m['cpu_s']:.1f})",
+    )
+
+
+def bench_dask(rep: Report, root: Path, repeats: int) -> None:
+    """measure_batch on a distributed.LocalCluster with 1 and 2 worker processes, and in
+    this process, for 1 to N_PROCESS_SERIES series (header cache warm)."""
+    proc_root = data.make_process_root(root)
+    _warm(proc_root)
+    n = data.N_PROCESS_SERIES
+    cache = str(root / "dask-cache.sqlite3")
+    _run("index", 1, folder=str(proc_root), cache=cache, fresh=True)
+    rep.section(
+        "Dask: measure_batch on a LocalCluster of 1 or 2 worker processes (1 thread each) "
+        f"vs in this process (each run indexes the whole {n}-series tree, header cache "
+        "warm, then measures the ROIs of the first N series; cluster started and hu-roi "
+        "imported on the workers before timing)",
+        ["series", "ROIs", "in process s", "dask 1 worker s", "dask 2 workers s",
+         "2 vs 1 worker", "2 workers vs in process"],
+    )  # fmt: skip
+    times: list[tuple[int, float, float]] = []
+    same = True
+    for k in (1, 2, 4, n):
+        rois = [str(data.roi_file(root, i, 5)) for i in range(k)]
+        kw = {"root": str(proc_root), "rois": rois, "cache": cache}
+        res = _rounds(
+            {
+                "inline": ("batch", {**kw, "workers": 1}),
+                "d1": ("batch_dask", {**kw, "workers": 1}),
+                "d2": ("batch_dask", {**kw, "workers": 2}),
+            },
+            repeats,
+        )
+        same = same and res["d1"]["means"] == res["d2"]["means"]
+        same = same and res["d1"]["means"][:3] == res["inline"]["means"]
+        a, b, c = (res[x]["seconds"] for x in ("inline", "d1", "d2"))
+        rep.row(k, 5 * k, a, b, c, f"x{b / c:.2f}", f"x{a / c:.2f}")
+        times.append((k, b, c))
+    # crossover: from this many series on, 2 workers beat 1 at every size measured
+    crossover = next(
+        (k for i, (k, _, _) in enumerate(times) if all(c < b for _, b, c in times[i:])), None
+    )
+    rep.check(
+        "dask with 2 workers: same results as 1 worker and as in process; crossover",
+        same,
+        f"same values: {same}; 2 workers faster than 1 from {crossover} series on"
+        if crossover
+        else f"same values: {same}; 2 workers never faster than 1 up to {n} series here",
+    )
+
+
 def bench_napari(rep: Report, root: Path, repeats: int) -> None:
     import shutil
 
@@ -487,8 +609,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="1 repeat, no 10,000-file index")
     ap.add_argument(
         "--only",
-        default="load,compressed,batch,index,napari",
-        help="comma-separated subset of load,compressed,batch,index,napari",
+        default="load,compressed,batch,index,startup,dask,napari",
+        help="comma-separated subset of load,compressed,batch,index,startup,dask,napari",
     )
     ap.add_argument(
         "--out", default=str(REPO / "bench" / "results-latest.md"), help="markdown output"
@@ -515,6 +637,10 @@ def main(argv: list[str] | None = None) -> int:
         bench_batch(rep, root, repeats, max(4, cpus))
     if "index" in only:
         bench_index(rep, root, repeats)
+    if "startup" in only:
+        bench_startup(rep, root, repeats)
+    if "dask" in only:
+        bench_dask(rep, root, repeats)
     if "napari" in only:
         bench_napari(rep, root, repeats)
     head = (
