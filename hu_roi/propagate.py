@@ -292,6 +292,14 @@ def run_propagate(args: argparse.Namespace) -> int:
     used: set[str] = set()
     for base_info, group in groups.values():
         base = load_series(base_info)
+        for roi in group:  # before registering: the region must not span a stray ROI
+            centre = _roi_centre(roi)
+            if not _inside_image(centre, base):
+                raise PropagationError(
+                    f"ROI {show(roi.roi_id)} lies outside its baseline series "
+                    f"{base_info.series_key} (centre LPS "
+                    f"{[round(float(v), 1) for v in centre]} mm); fix it before propagating"
+                )
         pts = np.vstack([_roi_points(r) for r in group])
         lo, hi = pts.min(axis=0) - args.margin, pts.max(axis=0) + args.margin
         frac = overlap_fraction(base, follow, lo, hi)

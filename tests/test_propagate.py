@@ -459,6 +459,18 @@ def test_bad_arguments_write_nothing(study: Path, tmp_path: Path) -> None:
         "--to-series", UID + "1", "--timepoint", "T2", "--out", str(study / "t0.rois.json"),
     )  # fmt: skip
     assert proc.returncode == 2 and "input" in proc.stderr
+    # an ROI outside its own baseline image cannot be propagated
+    bad = dict(BASELINE_ROIS[0], roi_id="P01-T0-L4", level="L4")
+    bad["shape"] = {"type": "circle", "center_mm": [0.0, 15.0, 400.0], "radius_mm": 8.0}
+    doc = json.loads((study / "t0.rois.json").read_text())
+    doc["rois"].append({**doc["rois"][0], **bad})
+    rois = tmp_path / "bad.rois.json"
+    rois.write_text(json.dumps(doc), encoding="utf-8")
+    proc = run_main(
+        "propagate", "--dicom", str(study / "dicom"), "--rois", str(rois),
+        "--to-series", UID + "1", "--timepoint", "T2", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 2 and "lies outside its baseline series" in proc.stderr
     assert not out.exists()
 
 
