@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     pump(0.5)
     print(w.heights_text())
     camera.center = (*camera.center[:-2], (z0 + z1) / 2, cy)
-    camera.zoom = camera.zoom * 1.5
+    camera.zoom = camera.zoom * 4.0
     shot("heights_sagittal.png")
     w.set_view("axial")
     w.set_window("soft tissue")

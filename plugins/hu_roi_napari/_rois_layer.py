@@ -133,8 +133,9 @@ def canvas_label(level: str | None, kind: str, m: Any) -> str:
     ``m`` is the ROI's :class:`~hu_roi.measure.Measurement` (None while not measured);
     a failed measurement shows its QC code instead of a number.
     """
-    if kind in HEIGHT_KINDS:  # "L1 anterior 25.3 mm"
-        name = f"{level or ''} {kind.removeprefix('height-')}".strip()
+    if kind in HEIGHT_KINDS:  # "L1 ant 25.3 mm" (short: three lines stand side by side)
+        part = {"anterior": "ant", "middle": "mid", "posterior": "post"}
+        name = f"{level or ''} {part[kind.removeprefix('height-')]}".strip()
         length = getattr(m, "length_mm", None)
         if m is not None and getattr(m, "qc_status", "") == "fail":
             flags = list(getattr(m, "qc_flags", ()) or ())

@@ -149,6 +149,6 @@ def slice_text(info: SeriesInfo, world_point: Sequence[float], displayed: Sequen
     if own == ax:
         pos = np.array([s.position_lps_mm for s in info.slices], dtype=float)[:, 2 - ax]
         k = int(np.argmin(np.abs(pos - float(world_point[ax]))))
-        return f"slice {k + 1}/{info.n_slices}   {name} {pos[k]:.1f} mm"
+        return f"slice {k + 1}/{info.n_slices}  {name} {pos[k]:.1f} mm"
     view = "sagittal" if ax == 2 else ("coronal" if ax == 1 else "axial")
-    return f"{view}   {name} {float(world_point[ax]):.1f} mm"
+    return f"{view}  {name} {float(world_point[ax]):.1f} mm"

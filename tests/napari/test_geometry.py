@@ -118,4 +118,17 @@ def test_polygon_and_off_slice_shapes():
     with pytest.raises(ValueError, match="one slice"):
         napari_to_shape(info, "polygon", np.array([[1, 2, 2], [2, 2, 10], [1, 9, 6]], float))
     with pytest.raises(ValueError, match="not an area"):
-        napari_to_shape(info, "line", verts[:2])
+        napari_to_shape(info, "path", verts)
+    # a line is a vertebral height: its two points in LPS, across slices too
+    line = napari_to_shape(info, "line", np.array([[0, 2, 2], [2, 9, 6]], float))
+    assert line.type == "line"
+    np.testing.assert_allclose(line.points_mm, vertex_to_lps(info, [[0, 2, 2], [2, 9, 6]]))
+    half = napari_to_shape(info, "line", np.array([[0.5, 2, 2], [1.5, 2, 2]], float))
+    mid = 0.5 * (vertex_to_lps(info, [[0, 2, 2]]) + vertex_to_lps(info, [[1, 2, 2]]))
+    np.testing.assert_allclose(half.points_mm[0], mid[0])
+    # and back: the same data indices
+    from hu_roi_napari._geometry import shape_to_napari
+
+    st, back = shape_to_napari(info, half, 0)
+    assert st == "line"
+    np.testing.assert_allclose(back, [[0.5, 2, 2], [1.5, 2, 2]], atol=1e-9)

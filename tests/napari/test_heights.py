@@ -47,7 +47,7 @@ def test_heights_drawn_on_the_sagittal_view_with_loss_against_baseline(widget, s
     (m,) = w.session.measurements
     assert m.qc_status == "pass" and m.length_mm == pytest.approx(5 * A_STEP, abs=1e-9)
     assert w.heights_text() == "Heights: L1 anterior 12.5 mm"
-    assert list(w.session.shapes_layer.text.values) == ["L1 anterior 12.5 mm"]
+    assert list(w.session.shapes_layer.text.values) == ["L1 ant 12.5 mm"]
     w.save()
     (roi,) = load_roiset(roi_file).rois
     assert roi.shape.type == "line" and roi.kind == "height-anterior" and roi.level == "L1"

@@ -116,7 +116,7 @@ def test_orientation_markers_slice_position_and_reformats(widget, study):
     assert (ov["middle_left"], ov["middle_right"]) == ("R", "L")  # radiological convention
     assert (ov["top_center"], ov["bottom_center"]) == ("A", "P")
     z = lps_of(A_ORIGIN, AXIAL, A_SPACING, A_STEP, k, 0, 0)[2]
-    assert ov["top_left"] == f"slice {k + 1}/{A_SHAPE[0]}   z {z:.1f} mm"
+    assert ov["top_left"] == f"slice {k + 1}/{A_SHAPE[0]}  z {z:.1f} mm"
     # the markers are drawn on the canvas
     shot = viewer.screenshot(canvas_only=True, flash=False)
     assert shot.size
@@ -126,7 +126,7 @@ def test_orientation_markers_slice_position_and_reformats(widget, study):
     ov = w.overlay_texts()
     assert (ov["top_center"], ov["bottom_center"]) == ("S", "I")
     assert (ov["middle_left"], ov["middle_right"]) == ("A", "P")
-    assert ov["top_left"].startswith("sagittal   x ")
+    assert ov["top_left"].startswith("sagittal  x ")
     # the reformat shows the series' voxels where they are: HU under the cursor
     for kk, r, c in [(1, 5, 30), (5, 33, 30)]:
         viewer.dims.set_point(2, lps_of(A_ORIGIN, AXIAL, A_SPACING, A_STEP, kk, r, c)[0])

@@ -487,7 +487,8 @@ class HuRoiWidget(QWidget):
             if ov is None:
                 if not show:
                     continue
-                ov = TextOverlay(position=pos, font_size=13, color="yellow", visible=True)
+                size = 10 if pos == "top_left" else 13  # small: clear of the top marker
+                ov = TextOverlay(position=pos, font_size=size, color="yellow", visible=True)
                 overlays[key] = ov
                 self._overlays[pos] = ov
             ov.text = texts.get(pos, "")
