@@ -232,3 +232,35 @@ def test_status_hook_when_docked_through_napari(make_napari_viewer, study):
     status = _status_at(viewer, sess, 3, 7, 11)
     assert status["coordinates"].startswith(f"{hu_a()[3, 7, 11]:.0f} HU"), status
     w.session.dirty = False
+
+
+def test_level_series_and_view_keys_through_napari_keymap(widget, study, qtbot):
+    from qtpy.QtCore import Qt
+
+    viewer, w = widget
+    w.open_folder(study, roi_file=study.parent / "k.rois.json")
+    w.next_series()
+    first = w.session.current.info.series_key
+    canvas = viewer.window._qt_viewer.canvas.native
+    w.level_combo.setCurrentText("L1")
+    qtbot.keyClick(canvas, Qt.Key.Key_BracketRight)
+    qtbot.waitUntil(lambda: w.level_combo.currentText() == "L2")
+    qtbot.keyClick(canvas, Qt.Key.Key_BracketLeft)
+    qtbot.keyClick(canvas, Qt.Key.Key_BracketLeft)
+    qtbot.waitUntil(lambda: w.level_combo.currentText() == "T12")
+    qtbot.keyClick(canvas, Qt.Key.Key_Right, Qt.KeyboardModifier.AltModifier)
+    qtbot.waitUntil(lambda: w.session.current.info.series_key != first)
+    qtbot.keyClick(canvas, Qt.Key.Key_Left, Qt.KeyboardModifier.AltModifier)
+    qtbot.waitUntil(lambda: w.session.current.info.series_key == first)
+    qtbot.keyClick(canvas, Qt.Key.Key_5, Qt.KeyboardModifier.AltModifier)
+    qtbot.waitUntil(lambda: tuple(viewer.dims.displayed) == (0, 1))
+    assert w.view_combo.currentText() == "sagittal"
+    qtbot.keyClick(canvas, Qt.Key.Key_4, Qt.KeyboardModifier.AltModifier)
+    qtbot.waitUntil(lambda: tuple(viewer.dims.displayed) == (1, 2))
+    # blinded: Alt+Right is the next case
+    w.set_blinded(True, seed=4)
+    w.next_series(-1)
+    label = w.session.image_layer.name
+    qtbot.keyClick(canvas, Qt.Key.Key_Right, Qt.KeyboardModifier.AltModifier)
+    qtbot.waitUntil(lambda: w.session.image_layer.name != label)
+    assert w.session.image_layer.name.startswith("Case ")

@@ -5,11 +5,13 @@ All Qt code of the plugin lives in this package.  The widget only wires controls
 
 Keyboard (active while the viewer window has focus):
 
-* ``Alt+Right`` / ``Alt+Left`` — next / previous series of the reading list
-* ``Alt+Down`` / ``Alt+Up`` — next / previous vertebral level for the next ROI
+* ``Alt+Right`` / ``Alt+Left`` — next / previous series of the reading list (the next
+  case when blinded; napari keymap)
+* ``]`` / ``[`` — next / previous vertebral level for the next ROI (napari keymap)
 * ``Ctrl+S`` — save the ROI file
 * ``Alt+1`` / ``Alt+2`` / ``Alt+3`` — bone / soft tissue / lung window (napari keymap)
-* ``Alt+A`` / ``Alt+S`` / ``Alt+C`` — axial / sagittal / coronal view (napari keymap)
+* ``Alt+4`` / ``Alt+5`` / ``Alt+6`` — axial / sagittal / coronal view (napari keymap;
+  napari itself uses Alt+S and Alt+C for screenshots)
 """
 
 from __future__ import annotations
@@ -162,13 +164,7 @@ class HuRoiWidget(QWidget):
         lay.addWidget(self.status)
 
         self._shortcuts: list[QShortcut] = []
-        for keys, fn in (
-            ("Alt+Right", lambda: self.next_series(1)),
-            ("Alt+Left", lambda: self.next_series(-1)),
-            ("Alt+Down", lambda: self.step_level(1)),
-            ("Alt+Up", lambda: self.step_level(-1)),
-            ("Ctrl+S", self.save),
-        ):
+        for keys, fn in (("Ctrl+S", self.save),):
             sc = QShortcut(QKeySequence(keys), self)
             sc.setContext(Qt.ShortcutContext.ApplicationShortcut)
             sc.activated.connect(fn)
@@ -179,9 +175,13 @@ class HuRoiWidget(QWidget):
             ("Alt-1", lambda: self.set_window("bone")),
             ("Alt-2", lambda: self.set_window("soft tissue")),
             ("Alt-3", lambda: self.set_window("lung")),
-            ("Alt-A", lambda: self.set_view("axial")),
-            ("Alt-S", lambda: self.set_view("sagittal")),
-            ("Alt-C", lambda: self.set_view("coronal")),
+            ("Alt-4", lambda: self.set_view("axial")),
+            ("Alt-5", lambda: self.set_view("sagittal")),
+            ("Alt-6", lambda: self.set_view("coronal")),
+            ("Alt-Right", lambda: self.next_series(1)),
+            ("Alt-Left", lambda: self.next_series(-1)),
+            ("]", lambda: self.step_level(1)),
+            ("[", lambda: self.step_level(-1)),
         ):
             napari_viewer.bind_key(keys, lambda _v, f=fn: f(), overwrite=True)
             self._keys.append(keys)
@@ -217,7 +217,7 @@ class HuRoiWidget(QWidget):
         self.view_combo = QComboBox()
         self.view_combo.addItems(list(VIEWS))
         self.view_combo.setToolTip(
-            "Axial, sagittal or coronal view of the series (Alt+A / Alt+S / Alt+C); "
+            "Axial, sagittal or coronal view of the series (Alt+4 / Alt+5 / Alt+6); "
             "ROIs are drawn on axial slices"
         )
         self.view_combo.currentTextChanged.connect(self.set_view)
@@ -293,7 +293,7 @@ class HuRoiWidget(QWidget):
         self.level_combo.addItems(["", *LEVELS])
         self.level_combo.setCurrentText("L1")
         b_next_level = QPushButton("Next level ↓")
-        b_next_level.setToolTip("Next vertebral level for the next ROI (Alt+Down; Alt+Up goes up)")
+        b_next_level.setToolTip("Next vertebral level for the next ROI (]; [ goes up)")
         b_next_level.clicked.connect(lambda: self.step_level(1))
         lev.addWidget(self.level_combo)
         lev.addWidget(b_next_level)
@@ -352,7 +352,7 @@ class HuRoiWidget(QWidget):
             b = QPushButton(f"{part.capitalize()} height")
             b.setToolTip(
                 f"Draw the {part} height of the vertebral body as a line (best on the "
-                "sagittal view, Alt+S): click its two end points"
+                "sagittal view, Alt+5): click its two end points"
             )
             b.clicked.connect(lambda _=False, k=kind: self.draw_height(k))
             heights.addWidget(b)
