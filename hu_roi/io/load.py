@@ -1454,6 +1454,17 @@ def _load_chunk(
     return out, [_load_slice(p, out[k], uid) for k, (p, uid) in enumerate(paths)]
 
 
+def _preload_decoders(transfer_syntax: str) -> None:
+    """Import the decoder of ``transfer_syntax`` here, before worker processes are forked,
+    so that they inherit it instead of each importing it (pydicom with its plugins costs
+    ~0.3 s per process, GDCM ~0.1 s)."""
+    if transfer_syntax in _JPEG_LOSSLESS and _gdcm_available():
+        return
+    if transfer_syntax in _JPEG_LS and _jls_available():
+        return
+    import pydicom  # noqa: F401  (imports every decoder plugin it has)
+
+
 def _run_processes(paths: list[tuple[str, str]], out: np.ndarray, workers: int) -> list[_SliceRead]:
     """Decode in worker processes (for decoders that hold the GIL) into ``out``;
     ``paths`` holds (path, SOP Instance UID) pairs."""
@@ -1573,6 +1584,7 @@ def load_series(
     def run(dtype: type) -> tuple[np.ndarray, list[_SliceRead]]:
         out: np.ndarray = np.empty((len(idx), rows, cols), dtype=dtype)
         if use_processes:
+            _preload_decoders(info.transfer_syntax)
             return out, _run_processes(list(zip(paths, uids, strict=True)), out, n_workers)
         reads = _run(lambda k: _load_slice(paths[k], out[k], uids[k]), len(idx), n_workers)
         return out, reads
