@@ -231,19 +231,26 @@ class Session:
             layer.name = name
 
     # -- folder and reading list ---------------------------------------------------------
-    def open_folder(self, root: str | Path, *, roi_file: str | Path | None = None) -> IndexResult:
+    def open_folder(
+        self,
+        root: str | Path,
+        *,
+        roi_file: str | Path | None = None,
+        index: IndexResult | None = None,
+    ) -> IndexResult:
         """Index ``root`` with the core and build the reading list.
 
         The ROI file is ``roi_file`` when given; else the only ``*.rois.json`` in
         ``root/../rois`` or ``root`` if there is exactly one; else ``<root>.rois.json``
-        next to the folder (created on first save).
+        next to the folder (created on first save).  ``index``: the folder's index made
+        already (in a worker thread), else it is made here.
         """
         self.settle()
         new_root = Path(root)
         if self.root is not None and new_root.resolve() != self.root.resolve():
             self.close_series()  # another study: nothing of the old one stays on screen
         self.root = new_root
-        self.index = index_cached(self.root)
+        self.index = index if index is not None else index_cached(self.root)
         self._build_reading_list()
         if roi_file is None:
             roi_file = self._default_roi_file()

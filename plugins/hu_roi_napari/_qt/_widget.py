@@ -147,6 +147,8 @@ class HuRoiWidget(QWidget):
         self.session.on_redraw = self._preview_timer.start
         self.last_message = ""
         self._series_line = ""
+        #: the napari worker of the long task running (indexing, Measure all), if any
+        self.worker: Any = None
         self._loading_pickers = False
         self._selection_watched: set[int] = set()
         self._prompted: set[str] = set()
@@ -233,7 +235,7 @@ class HuRoiWidget(QWidget):
         b_browse.clicked.connect(self._browse_folder)
         b_index = QPushButton("Index")
         b_index.setToolTip("Scan the folder (headers only) and list patients × timepoints × series")
-        b_index.clicked.connect(lambda: self.open_folder(self.folder_edit.text()))
+        b_index.clicked.connect(lambda: self.open_folder(self.folder_edit.text(), background=True))
         g.addWidget(QLabel("Folder"), 0, 0)
         g.addWidget(self.folder_edit, 0, 1)
         g.addWidget(b_browse, 0, 2)
@@ -394,7 +396,7 @@ class HuRoiWidget(QWidget):
                 ),
                 (
                     "Measure all…",
-                    self.measure_all,
+                    lambda: self.measure_all(background=True),
                     "Measure every stored ROI of the folder (hu-roi measure)",
                 ),
             )
@@ -582,10 +584,50 @@ class HuRoiWidget(QWidget):
         p = self.choose_path("DICOM folder", save=False, filter="folder")
         if p:
             self.folder_edit.setText(p)
-            self.open_folder(p)
+            self.open_folder(p, background=True)
 
-    def open_folder(self, path: str | Path, *, roi_file: str | Path | None = None) -> None:
-        """Index a DICOM folder and list it; loads its ROI file (see Session.open_folder)."""
+    def run_in_background(
+        self, fn: Any, *args: Any, desc: str, done: Any, failed: str = "Failed"
+    ) -> Any:
+        """Run ``fn(*args)`` in napari's ``thread_worker`` with napari's progress bar.
+
+        ``done(result)`` runs on the GUI thread; an error is shown as a message.  Only
+        one piece of long work at a time: returns None (and says so) while one runs.
+        """
+        from napari.qt.threading import create_worker
+
+        if self.worker is not None:
+            self.message("Still working on the previous task; wait for it.", warning=True)
+            return None
+        worker = create_worker(fn, *args, _progress={"desc": desc})
+        self.worker = worker
+
+        def _returned(res: Any) -> None:
+            self.worker = None
+            done(res)
+
+        def _errored(exc: Exception) -> None:
+            self.worker = None
+            self.message(f"{failed}: {exc}", warning=True)
+
+        worker.returned.connect(_returned)
+        worker.errored.connect(_errored)
+        self.message(f"{desc}…")
+        worker.start()
+        return worker
+
+    def open_folder(
+        self,
+        path: str | Path,
+        *,
+        roi_file: str | Path | None = None,
+        background: bool = False,
+    ) -> None:
+        """Index a DICOM folder and list it; loads its ROI file (see Session.open_folder).
+
+        ``background=True`` (the Index button) indexes in a worker thread, so the viewer
+        stays responsive while thousands of headers are read; the study opens when done.
+        """
         path = str(path).strip()
         if not path:
             self.message("Type or browse a DICOM folder first.", warning=True)
@@ -593,8 +635,25 @@ class HuRoiWidget(QWidget):
         if not self.confirm_discard():
             return
         self.folder_edit.setText(path)
+        if background:
+            from .._series import index_cached
+
+            if not Path(path).is_dir():
+                self.message(f"Not a folder: {path}", warning=True)
+                return
+            self.run_in_background(
+                index_cached,
+                path,
+                desc="Indexing DICOM headers",
+                failed="Cannot index the folder",
+                done=lambda idx: self._folder_indexed(path, roi_file, idx),
+            )
+            return
+        self._folder_indexed(path, roi_file, None)
+
+    def _folder_indexed(self, path: str, roi_file: str | Path | None, index: Any) -> None:
         try:
-            res = self.session.open_folder(path, roi_file=roi_file)
+            res = self.session.open_folder(path, roi_file=roi_file, index=index)
         except FileNotFoundError as exc:
             self.message(str(exc), warning=True)
             return
@@ -932,8 +991,14 @@ class HuRoiWidget(QWidget):
         self.message(f"Wrote {plural(len(self.session.measurements), 'row')} to {Path(out).name}.")
         return out
 
-    def measure_all(self, path: str | Path | None = None) -> Path | None:
-        """Measure every stored ROI of the folder with the core batch; write a CSV."""
+    def measure_all(
+        self, path: str | Path | None = None, *, background: bool = False
+    ) -> Path | None:
+        """Measure every stored ROI of the folder with the core batch; write a CSV.
+
+        ``background=True`` (the button) measures in a worker thread (napari's progress)
+        after saving the ROI file on the GUI thread; returns None then.
+        """
         if self.session.root is None:
             self.message("Index a folder first.", warning=True)
             return None
@@ -944,6 +1009,20 @@ class HuRoiWidget(QWidget):
             directory=str(self.session.suggested_path("measure-all")),
         )
         if not path:
+            return None
+        if background:
+            s = self.session
+            if s.dirty or s.roi_path is None or not s.roi_path.exists():
+                self.save()  # on the GUI thread: it reads the ROI layer
+                if s.dirty:
+                    return None
+            self.run_in_background(
+                s.measure_all,
+                path,
+                desc="Measuring all stored ROIs",
+                failed="Measure all failed",
+                done=lambda out: self.message(f"Measured all stored ROIs into {Path(out).name}."),
+            )
             return None
         try:
             out = self.session.measure_all(path)
