@@ -264,3 +264,33 @@ def test_level_series_and_view_keys_through_napari_keymap(widget, study, qtbot):
     qtbot.keyClick(canvas, Qt.Key.Key_Right, Qt.KeyboardModifier.AltModifier)
     qtbot.waitUntil(lambda: w.session.image_layer.name != label)
     assert w.session.image_layer.name.startswith("Case ")
+
+
+def test_ctrl_s_saves_the_roi_set_and_collides_with_nothing(widget, study, qtbot):
+    from qtpy.QtCore import Qt
+    from qtpy.QtGui import QKeySequence
+
+    viewer, w = widget
+    roi_file = study.parent / "ctrl_s.rois.json"
+    w.open_folder(study, roi_file=roi_file)
+    w.next_series()
+    w.session.add_roi("ellipse", [[2, 15, 19], [2, 15, 29], [2, 25, 29], [2, 25, 19]])
+    w._sync_now()
+    # no menu entry of napari holds Ctrl+S any more (two shortcuts: neither fires)
+    ctrl_s = QKeySequence("Ctrl+S")
+    held = [
+        a.text()
+        for m in viewer.window._qt_window.menuBar().actions()
+        if m.menu() is not None
+        for a in m.menu().actions()
+        if a.shortcut() == ctrl_s
+    ]
+    assert held == []
+    moved = [a for a, _ in w._moved_actions]
+    assert [a.text() for a in moved] == ["Save Selected Layers..."]
+    assert moved[0].shortcut() == QKeySequence("Ctrl+Shift+S")
+    canvas = viewer.window._qt_viewer.canvas.native
+    qtbot.keyClick(canvas, Qt.Key.Key_S, Qt.KeyboardModifier.ControlModifier)
+    qtbot.waitUntil(lambda: roi_file.exists() and not w.session.dirty)
+    w.teardown()  # the dock closes: napari gets its key back
+    assert moved[0].shortcut() == ctrl_s

@@ -8,7 +8,7 @@ Keyboard (active while the viewer window has focus):
 * ``Alt+Right`` / ``Alt+Left`` — next / previous series of the reading list (the next
   case when blinded; napari keymap)
 * ``]`` / ``[`` — next / previous vertebral level for the next ROI (napari keymap)
-* ``Ctrl+S`` — save the ROI file
+* ``Ctrl+S`` — save the ROI file (napari's *Save Selected Layers* moves to Ctrl+Shift+S)
 * ``Alt+1`` / ``Alt+2`` / ``Alt+3`` — bone / soft tissue / lung window (napari keymap)
 * ``Alt+4`` / ``Alt+5`` / ``Alt+6`` — axial / sagittal / coronal view (napari keymap;
   napari itself uses Alt+S and Alt+C for screenshots)
@@ -184,10 +184,13 @@ class HuRoiWidget(QWidget):
             ("Alt-Left", lambda: self.next_series(-1)),
             ("]", lambda: self.step_level(1)),
             ("[", lambda: self.step_level(-1)),
+            ("Control-S", self.save),
         ):
             napari_viewer.bind_key(keys, lambda _v, f=fn: f(), overwrite=True)
             self._keys.append(keys)
         self._overlays: dict[str, Any] = {}
+        self._moved_actions: list[tuple[Any, Any]] = []
+        self._take_ctrl_s()
         self._install_cursor_status()
         napari_viewer.dims.events.point.connect(self.update_overlays)
         napari_viewer.dims.events.order.connect(self.update_overlays)
@@ -499,6 +502,24 @@ class HuRoiWidget(QWidget):
     def overlay_texts(self) -> dict[str, str]:
         """What the canvas markers show now (position → text; only visible ones)."""
         return {p: o.text for p, o in self._overlays.items() if o.visible}
+
+    def _take_ctrl_s(self) -> None:
+        """Ctrl+S saves the ROI set: napari's *Save Selected Layers* moves to Ctrl+Shift+S.
+
+        Two shortcuts on one key are ambiguous to Qt, and then neither fires.  The menu
+        entry keeps working (and its new key is shown in the menu); the old key is given
+        back when the dock closes.
+        """
+        win = getattr(self.viewer.window, "_qt_window", None)
+        if win is None:
+            return
+        ctrl_s = QKeySequence("Ctrl+S")
+        for menu_act in win.menuBar().actions():
+            menu = menu_act.menu()
+            for act in menu.actions() if menu is not None else ():
+                if act.shortcut() == ctrl_s:
+                    self._moved_actions.append((act, act.shortcut()))
+                    act.setShortcut(QKeySequence("Ctrl+Shift+S"))
 
     def _install_cursor_status(self) -> None:
         """Put the image's HU and the voxel's LPS position into napari's status bar.
@@ -1324,6 +1345,12 @@ class HuRoiWidget(QWidget):
         if getattr(self, "_orig_status", None) is not None:
             self._status_viewer.__dict__.pop("_calc_status_from_cursor", None)
             self._orig_status = None
+        for act, key in self._moved_actions:
+            try:
+                act.setShortcut(key)
+            except RuntimeError:  # the menu is gone already
+                pass
+        self._moved_actions.clear()
         for keys in self._keys:
             try:
                 self.viewer.bind_key(keys, None)
