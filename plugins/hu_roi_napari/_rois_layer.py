@@ -148,7 +148,10 @@ def canvas_label(level: str | None, kind: str, m: Any) -> str:
     if getattr(m, "qc_status", "") == "fail" or mean is None or not np.isfinite(mean):
         flags = list(getattr(m, "qc_flags", ()) or ())
         return f"{name} {flags[0] if flags else 'fail'}"
-    return f"{name} {mean:.0f} HU"
+    flags = tuple(getattr(m, "qc_flags", ()) or ())
+    # the cortex guard, live while the shape is drawn or dragged
+    warn = " ⚠ heterogeneous" if "roi-heterogeneous" in flags else ""
+    return f"{name} {mean:.0f} HU{warn}"
 
 
 def sphere_extent(info: Any, roi: Roi) -> list[tuple[int, np.ndarray]]:

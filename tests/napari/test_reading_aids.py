@@ -294,3 +294,19 @@ def test_ctrl_s_saves_the_roi_set_and_collides_with_nothing(widget, study, qtbot
     qtbot.waitUntil(lambda: roi_file.exists() and not w.session.dirty)
     w.teardown()  # the dock closes: napari gets its key back
     assert moved[0].shortcut() == ctrl_s
+
+
+def test_cortex_guard_shown_live_on_the_canvas_and_in_the_table(widget, study, qtbot):
+    """An ROI half outside the homogeneous 'vertebra' disc gets the core's flag at once."""
+    viewer, w = widget
+    sess = _open(w, study, "Spine A")
+    inside = [[2, 15, 19], [2, 15, 29], [2, 25, 29], [2, 25, 19]]
+    sess.add_roi("ellipse", inside, level="L1")
+    qtbot.waitUntil(lambda: len(w.table_rows()) == 1)
+    assert "roi-heterogeneous" not in w.table_rows()[0][6]
+    assert "heterogeneous" not in sess.shapes_layer.text.values[0]
+    # drag it half off the disc (the grid around it runs through 1000s of HU)
+    lay = sess.shapes_layer
+    lay.data = [np.asarray(lay.data[0]) + [0, 0, 14]]
+    qtbot.waitUntil(lambda: "roi-heterogeneous" in w.table_rows()[0][6])
+    assert sess.shapes_layer.text.values[0].endswith("⚠ heterogeneous")
