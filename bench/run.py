@@ -609,8 +609,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="1 repeat, no 10,000-file index")
     ap.add_argument(
         "--only",
-        default="load,compressed,batch,index,startup,dask,napari",
-        help="comma-separated subset of load,compressed,batch,index,startup,dask,napari",
+        default="load,compressed,batch,index,startup,dask,propagate,napari",
+        help="comma-separated subset of load,compressed,batch,index,startup,dask,propagate,napari",
     )
     ap.add_argument(
         "--out", default=str(REPO / "bench" / "results-latest.md"), help="markdown output"
@@ -641,6 +641,10 @@ def main(argv: list[str] | None = None) -> int:
         bench_startup(rep, root, repeats)
     if "dask" in only:
         bench_dask(rep, root, repeats)
+    if "propagate" in only:
+        from bench.propagate import bench_propagate
+
+        bench_propagate(rep, root, repeats)
     if "napari" in only:
         bench_napari(rep, root, repeats)
     head = (
