@@ -1,13 +1,13 @@
 """The ``hu-roi`` command line: the top of the house.
 
-Subcommands: ``index``, ``measure``, ``roi``, ``longitudinal``, ``pseudonymize``,
-``analyze``, ``demo``.  Each lives in its own module and depends only on
+Subcommands: those of :func:`hu_roi.commands.registered` (``index``, ``measure``, ``roi``,
+``longitudinal``, ...).  Each lives in its own module and depends only on
 :mod:`hu_roi.clibase` (errors, common options, error format); this module builds the
-parser from them (:mod:`hu_roi.commands`) and runs one.  Only the module of the
-subcommand being run is imported (the others are listed by name and help), so
-``hu-roi --help`` imports no command module, numpy or pydicom.  Exit status 0 when the command
-ran (bad files and failed ROIs are reported, not fatal), 2 when it cannot run at all (one
-``hu-roi <command>: error: …`` message on stderr says why), 130 on Ctrl-C.
+parser from them and runs one.  Only the module of the subcommand being run is imported
+(the others are listed by name and help), so ``hu-roi --help`` imports no command module,
+numpy or pydicom.  Exit status 0 when the command ran (bad files and failed ROIs are
+reported, not fatal), 2 when it cannot run at all (one ``hu-roi <command>: error: …``
+message on stderr says why), 130 on Ctrl-C.
 """
 
 from __future__ import annotations
