@@ -1260,12 +1260,15 @@ class Session:
         """Measurement CSV of the shown series (core export; same columns as hu-roi measure)."""
         from hu_roi.export import write_measurements_csv
 
+        rows, meta = self.export_rows()
+        return write_measurements_csv(rows, path, meta=meta)
+
+    def export_rows(self) -> tuple[list, dict]:
+        """The rows and sidecar metadata of :meth:`export_csv` (a snapshot: the file can
+        then be written off the GUI thread)."""
         self.sync()
-        return write_measurements_csv(
-            self.calibrated_measurements(),
-            path,
-            meta={"source": "hu-roi napari plugin", "roi_file": str(self.roi_path or "")},
-        )
+        rows = list(self.calibrated_measurements())
+        return rows, {"source": "hu-roi napari plugin", "roi_file": str(self.roi_path or "")}
 
     def measure_all(self, out: str | Path) -> Path:
         """Measure every stored ROI of the indexed folder with the core batch; write CSV."""

@@ -71,3 +71,22 @@ def test_measure_all_in_the_background(widget, study, qtbot, tmp_path):
     assert "Measured all stored ROIs" in w.last_message
     rows = [r for r in csv.DictReader(open(out)) if not r["roi_id"].startswith("#")]
     assert len(rows) == 1
+
+
+def test_export_csv_in_the_background(widget, study, qtbot, tmp_path):
+    """Export CSV (the button) writes in napari's thread_worker: the rows are taken on
+    the GUI thread, the file appears when the worker is done, with the live values."""
+    import csv
+
+    viewer, w = widget
+    w.open_folder(study, roi_file=study.parent / "e.rois.json")
+    w.next_series()
+    w.session.add_roi("ellipse", [[2, 15, 19], [2, 15, 29], [2, 25, 29], [2, 25, 19]])
+    out = tmp_path / "one.csv"
+    assert w.export_csv(out, background=True) is None
+    qtbot.waitUntil(lambda: out.exists() and w.worker is None, timeout=60_000)
+    assert "Wrote 1 row to one.csv" in w.last_message
+    (row,) = [r for r in csv.DictReader(open(out)) if not r["roi_id"].startswith("#")]
+    w._sync_now()
+    (live,) = w.session.measurements
+    assert float(row["mean_hu"]) == live.mean_hu

@@ -394,7 +394,7 @@ class HuRoiWidget(QWidget):
                 ("Save ROIs as…", self.save_as, "Save under another name"),
                 (
                     "Export CSV…",
-                    self.export_csv,
+                    lambda: self.export_csv(background=True),
                     "Measurement CSV of this series (hu-roi measure columns)",
                 ),
                 (
@@ -991,8 +991,14 @@ class HuRoiWidget(QWidget):
         self._update_roi_file_label()
         self.message(f"Saved to {self.session.roi_file_name()}.")
 
-    def export_csv(self, path: str | Path | None = None) -> Path | None:
-        """Measurement CSV of the series shown (core export)."""
+    def export_csv(
+        self, path: str | Path | None = None, *, background: bool = False
+    ) -> Path | None:
+        """Measurement CSV of the series shown (core export).
+
+        ``background=True`` (the button) takes the rows on the GUI thread (they read the
+        ROI layer) and writes the file in a worker thread; returns None then.
+        """
         if self.session.current is None:
             self.message("Open a series first.", warning=True)
             return None
@@ -1003,6 +1009,25 @@ class HuRoiWidget(QWidget):
             directory=str(self.session.suggested_path("export")),
         )
         if not path:
+            return None
+        if background:
+            import functools
+
+            from hu_roi.export import write_measurements_csv
+
+            try:
+                rows, meta = self.session.export_rows()
+            except Exception as exc:  # noqa: BLE001
+                self.message(f"Export failed: {exc}", warning=True)
+                return None
+            self.run_in_background(
+                functools.partial(write_measurements_csv, rows, path, meta=meta),
+                desc="Writing the measurement CSV",
+                failed="Export failed",
+                done=lambda out: self.message(
+                    f"Wrote {plural(len(rows), 'row')} to {Path(out).name}."
+                ),
+            )
             return None
         try:
             out = self.session.export_csv(path)
