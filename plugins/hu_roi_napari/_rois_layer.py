@@ -27,6 +27,8 @@ from ._series import SeriesHandle
 
 __all__ = [
     "FEATURE_COLUMNS",
+    "PROPOSED_COLOR",
+    "PROPOSED_EDGE_WIDTH",
     "RoiEntry",
     "ROI_KEYS",
     "new_key",
@@ -40,6 +42,11 @@ __all__ = [
 FEATURE_COLUMNS = ("key", "level", "irradiated", "lesion_type", "kind", "geometry")
 #: Line colour per kind (targets yellow, references cyan, phantoms magenta, heights lime).
 KIND_COLORS = {"target": "yellow", "reference": "cyan", "phantom": "magenta", "height": "lime"}
+#: Proposed ROIs (``hu-roi propagate``, not confirmed yet): napari's Shapes layer has no
+#: dashed line, so a proposal is drawn in this colour, with a thinner edge
+#: (:data:`PROPOSED_EDGE_WIDTH`) and ``proposed`` in its canvas label (docs/napari.md).
+PROPOSED_COLOR = "orange"
+PROPOSED_EDGE_WIDTH = 0.5
 
 
 @dataclass(frozen=True)
@@ -127,12 +134,15 @@ def edge_color(kind: str) -> str:
     return KIND_COLORS.get(kind.split("-")[0], "yellow")
 
 
-def canvas_label(level: str | None, kind: str, m: Any) -> str:
+def canvas_label(level: str | None, kind: str, m: Any, *, proposed: bool = False) -> str:
     """Text drawn next to an ROI: its level (or kind) and mean HU, e.g. ``L1 152 HU``.
 
     ``m`` is the ROI's :class:`~hu_roi.measure.Measurement` (None while not measured);
-    a failed measurement shows its QC code instead of a number.
+    a failed measurement shows its QC code instead of a number.  An unconfirmed proposal
+    gets `` (proposed)`` after it.
     """
+    if proposed:
+        return canvas_label(level, kind, m) + " (proposed)"
     if kind in HEIGHT_KINDS:  # "L1 ant 25.3 mm" (short: three lines stand side by side)
         part = {"anterior": "ant", "middle": "mid", "posterior": "post"}
         name = f"{level or ''} {part[kind.removeprefix('height-')]}".strip()
@@ -337,6 +347,8 @@ def rois_from_layer(
                 entry.roi,
                 roi_id=rid,
                 shape=shape,
+                # moving or reshaping a proposal confirms it (the field is then left out)
+                proposed=entry.roi.proposed if unchanged else None,
                 level=level,
                 kind=kind,
                 lesion_type=lesion,

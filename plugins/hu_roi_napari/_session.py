@@ -24,14 +24,16 @@ import numpy as np
 
 from hu_roi.io import IndexResult
 from hu_roi.io.load import NEVER_LOADABLE
-from hu_roi.measure import Measurement, failed_measurement, measure_roi
+from hu_roi.measure import Measurement, add_flags, failed_measurement, measure_roi
 from hu_roi.rasterize import RoiPlacementError, slices_needed
-from hu_roi.roi import HEIGHT_KINDS, LEVELS, Roi, RoiSet, load_roiset, save_roiset
+from hu_roi.roi import HEIGHT_KINDS, LEVELS, TIMEPOINTS, Roi, RoiSet, load_roiset, save_roiset
 from hu_roi.series import SeriesInfo
 from hu_roi.series_lookup import SeriesResolver
 from hu_roi.util import atomic_write_text
 
 from ._rois_layer import (
+    PROPOSED_COLOR,
+    PROPOSED_EDGE_WIDTH,
     ROI_KEYS,
     canvas_label,
     edge_color,
@@ -51,7 +53,7 @@ from ._series import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Session", "CalibrationReport", "autosave_path", "next_level"]
+__all__ = ["Session", "CalibrationReport", "autosave_path", "next_level", "propose_rois"]
 
 AUTOSAVE_SUFFIX = ".autosave"
 #: Name of a new ROI file started in blinded reading (the folder's name may identify).
@@ -908,6 +910,131 @@ class Session:
         self.add_roi("ellipse", verts, geometry="sphere", **attrs)
         self.set_defaults(geometry="")
 
+    # -- proposals from the baseline (issue 14) ------------------------------------------
+    def baseline_rois(self) -> tuple[str, list[Roi]]:
+        """The baseline timepoint and ROIs to propose on the series shown.
+
+        ROIs of the same patient (:meth:`patient_code`) on other series, of timepoint
+        ``T0`` when there are any, else of the patient's earliest timepoint with ROIs
+        (never the shown series' own timepoint).
+
+        Raises
+        ------
+        ValueError
+            No series shown, no timepoint set, or no baseline ROI of this patient.
+        """
+        if self.current is None:
+            raise ValueError("open the follow-up series first")
+        if not self.timepoint:
+            raise ValueError("set the timepoint of this series first (ROIs tab)")
+        if self.shapes_layer is not None:
+            self.sync()
+        info = self.current.info
+        patient = self.patient_code(info)
+        if not patient:
+            raise ValueError("this series has no patient id: give the study code first")
+        own = {r.roi_id for r in self.rois_of(info)}
+        order = {t: i for i, t in enumerate(TIMEPOINTS)}
+        pool = [
+            r
+            for r in self.roiset.rois
+            if r.patient_id == patient
+            and r.roi_id not in own
+            and r.timepoint in order
+            and r.timepoint != self.timepoint
+            and not r.proposed
+        ]
+        if not pool:
+            raise ValueError(
+                f"no baseline ROIs of this patient on another timepoint than {self.timepoint}"
+            )
+        tp = "T0" if any(r.timepoint == "T0" for r in pool) else None
+        if tp is None:
+            tp = min((r.timepoint for r in pool), key=lambda t: order[str(t)])  # type: ignore[arg-type]
+        return str(tp), [r for r in pool if r.timepoint == tp]
+
+    def proposal_job(self) -> Callable[[], list[Roi] | str]:
+        """A function computing the proposals for the shown series (run it in a worker).
+
+        The ROI set is read on the calling (GUI) thread; the returned function only
+        registers and maps (:func:`propose_rois`) and returns the proposed ROIs, or the
+        reason of a refusal as a string (an expected outcome, not an error of the
+        worker).  Raises ValueError as :meth:`baseline_rois`.
+        """
+        if self.root is None:
+            raise ValueError("index the DICOM folder first (Study tab)")
+        tp, rois = self.baseline_rois()
+        root, key, timepoint = self.root, self.current.info.series_key, str(self.timepoint)  # type: ignore[union-attr]
+        reader = self.reader
+
+        def job() -> list[Roi] | str:
+            try:
+                return propose_rois(
+                    root,
+                    rois,
+                    to_series=key,
+                    timepoint=timepoint,
+                    from_timepoint=tp,
+                    reader=reader,
+                )
+            except ValueError as exc:
+                return str(exc)
+
+        return job
+
+    def add_proposals(self, proposals: Sequence[Roi]) -> int:
+        """Add proposed ROIs to the ROI set (ids made unique) and redraw the series shown.
+
+        Returns the number added.  A proposal keeps ``proposed=True`` and its
+        ``registration`` until the reader confirms or moves it (:meth:`confirm`).
+        """
+        if self.shapes_layer is not None:
+            self.sync()
+        rs = self.roiset
+        for r in proposals:
+            rid = self._unique_id(r.roi_id)
+            rs = rs.with_roi(replace(r, roi_id=rid))
+            self.roiset = rs  # _unique_id looks at the set
+        if proposals:
+            self.dirty = True
+            self.autosave()
+            if self.current is not None:
+                self.open_series(self.current.info, keep_edits=False)
+        self._emit("rois")
+        return len(proposals)
+
+    def propose_from_baseline(self) -> int:
+        """:meth:`proposal_job` and :meth:`add_proposals` on this thread (scripts, tests).
+
+        Raises ValueError (the reason) when nothing can be proposed.
+        """
+        res = self.proposal_job()()
+        if isinstance(res, str):
+            raise ValueError(res)
+        return self.add_proposals(res)
+
+    def confirm(self, indices: Sequence[int] | None = None) -> int:
+        """Confirm proposed ROIs (shape indices; None: the selected shapes).
+
+        Their ``proposed`` becomes unset (written without the field); the ``registration``
+        record stays as provenance.  Moving or reshaping a proposal confirms it too.
+        Returns the number confirmed.
+        """
+        lay = self.shapes_layer
+        if lay is None:
+            return 0
+        idx = sorted(lay.selected_data) if indices is None else list(indices)
+        keys = list(lay.features["key"]) if "key" in lay.features.columns else []
+        n = 0
+        for i in idx:
+            entry = ROI_KEYS.get(str(keys[i])) if i < len(keys) else None
+            if entry is not None and entry.roi is not None and entry.roi.proposed:
+                ROI_KEYS[str(keys[i])] = replace(entry, roi=replace(entry.roi, proposed=None))
+                n += 1
+        if n:
+            self.sync()
+        return n
+
     # -- numbers -------------------------------------------------------------------------
     def measure(self, rois: Sequence[Roi] | None = None) -> list[Measurement]:
         """Measure the shown series' ROIs with the core (same voxels as ``hu-roi measure``)."""
@@ -917,7 +1044,11 @@ class Session:
         if self.shapes_layer is not None:
             self._last_signature = self._signature()
         rois = self.current_rois() if rois is None else rois
-        self.measurements = [self.measure_one(r) for r in rois]
+        # an unconfirmed proposal is flagged as hu-roi measure flags it (batch: label_flags)
+        self.measurements = [
+            add_flags(m, "proposed-unconfirmed") if r.proposed else m
+            for r, m in ((r, self.measure_one(r)) for r in rois)
+        ]
         self.decorate(rois)
         return self.measurements
 
@@ -934,7 +1065,7 @@ class Session:
             return
         by_id = {m.roi_id: m for m in self.measurements}
         feats = lay.features
-        labels, colors = [], []
+        labels, colors, widths = [], [], []
         for i in range(len(lay.data)):
             row = feats.iloc[i] if i < len(feats) else {}
             key = str(row.get("key", "") or "")
@@ -942,8 +1073,10 @@ class Session:
             kind = str(row.get("kind", "") or "target")
             level = str(row.get("level", "") or "") or None
             m = by_id.get(entry.roi_id) if entry is not None and entry.roi_id else None
-            labels.append(canvas_label(level, kind, m))
-            colors.append(edge_color(kind))
+            proposed = bool(entry is not None and entry.roi is not None and entry.roi.proposed)
+            labels.append(canvas_label(level, kind, m, proposed=proposed))
+            colors.append(PROPOSED_COLOR if proposed else edge_color(kind))
+            widths.append(PROPOSED_EDGE_WIDTH if proposed else 1.0)
         lay.text = {
             "string": {"array": labels, "default": ""},
             "color": "yellow",
@@ -952,6 +1085,8 @@ class Session:
         }
         if colors:
             lay.edge_color = colors
+            if list(lay.edge_width) != widths:
+                lay.edge_width = widths
         if not lay.selected_data:
             kind = str(lay.feature_defaults.iloc[0].get("kind", "") or "target")
             lay.current_edge_color = edge_color(kind)
@@ -1283,6 +1418,69 @@ class Session:
         meta = dict(res.meta)
         meta["source"] = "hu-roi napari plugin (measure all stored ROIs)"
         return write_measurements_csv(res.measurements, out, meta=meta)
+
+
+def propose_rois(
+    root: str | Path,
+    baseline: Sequence[Roi],
+    *,
+    to_series: str,
+    timepoint: str,
+    from_timepoint: str,
+    reader: str = "R1",
+) -> list[Roi]:
+    """Baseline ROIs proposed on a follow-up series by ``hu-roi propagate`` (no Qt).
+
+    Runs the command's own code (:func:`hu_roi.propagate.run_propagate`: registration,
+    refusal rules, ids and the ``registration`` record) on a temporary copy of
+    ``baseline`` and returns the ROIs it wrote (``proposed=True``).  Safe to call in a
+    worker thread (it touches no layer).
+
+    Parameters
+    ----------
+    root : path
+        The indexed DICOM folder holding both series.
+    baseline : sequence of Roi
+        ROIs of ``from_timepoint`` on the baseline series of the same patient.
+    to_series : str
+        series_key of the follow-up series.
+    timepoint, from_timepoint : str
+        Timepoint of the follow-up and of the baseline ROIs (``T0``…``T3``).
+
+    Raises
+    ------
+    ValueError
+        The command refused (poor registration, series that do not overlap, …); the
+        message is its reason.
+    """
+    import argparse
+    import tempfile
+
+    from hu_roi.clibase import CliError
+    from hu_roi.propagate import DEFAULT_MARGIN_MM, DEFAULT_MIN_NCC, run_propagate
+
+    with tempfile.TemporaryDirectory(prefix="hu-roi-propose-") as tmp:
+        src = Path(tmp) / "baseline.rois.json"
+        out = Path(tmp) / "proposed.rois.json"
+        save_roiset(RoiSet(reader=reader, rois=tuple(baseline)), src, expected_stamp=None)
+        args = argparse.Namespace(
+            dicom=str(root),
+            rois=str(src),
+            to_series=to_series,
+            timepoint=timepoint,
+            from_timepoint=from_timepoint,
+            out=str(out),
+            margin=DEFAULT_MARGIN_MM,
+            min_ncc=DEFAULT_MIN_NCC,
+            no_cache=False,
+            quiet=True,
+        )
+        try:
+            run_propagate(args)
+        except CliError as exc:
+            raise ValueError(str(exc)) from exc
+        # PropagationError is a ValueError already: its message is the reason
+        return list(load_roiset(out).rois)
 
 
 def _set_transform(layer: Any, kw: dict) -> None:

@@ -369,6 +369,17 @@ class HuRoiWidget(QWidget):
         b_delete.clicked.connect(self.delete_selected)
         tools.addWidget(b_apply, 3, 0)
         tools.addWidget(b_delete, 3, 1)
+        b_propose = QPushButton("Propose from baseline")
+        b_propose.setToolTip(
+            "Register this follow-up to the patient's baseline series and propose its ROIs "
+            "here (hu-roi propagate; drawn orange and thin, labelled 'proposed')"
+        )
+        b_propose.clicked.connect(lambda: self.propose_from_baseline(background=True))
+        b_confirm = QPushButton("Confirm proposals")
+        b_confirm.setToolTip("Confirm the selected proposed ROIs (moving one confirms it too)")
+        b_confirm.clicked.connect(self.confirm_selected)
+        tools.addWidget(b_propose, 5, 0)
+        tools.addWidget(b_confirm, 5, 1)
         v.addLayout(tools)
 
         self.table = QTableWidget(0, len(TABLE_COLUMNS))
@@ -957,6 +968,48 @@ class HuRoiWidget(QWidget):
             return
         lay.remove_selected()
         self._sync_now()
+
+    def propose_from_baseline(self, *, background: bool = False) -> int | None:
+        """Propose the patient's baseline ROIs on the series shown (``hu-roi propagate``).
+
+        The registration runs in napari's ``thread_worker`` when ``background=True`` (the
+        button; returns None); a refusal (poor registration, no overlap, no baseline) is
+        shown as a message and nothing is added.  Returns the number proposed otherwise.
+        """
+        try:
+            job = self.session.proposal_job()
+        except ValueError as exc:
+            self.message(f"Nothing proposed: {exc}", warning=True)
+            return None
+        if background:
+            self.run_in_background(
+                job,
+                desc="Registering the baseline",
+                failed="Nothing proposed",
+                done=self._proposals_ready,
+            )
+            return None
+        return self._proposals_ready(job())
+
+    def _proposals_ready(self, rois: list | str) -> int | None:
+        if isinstance(rois, str):  # refused (poor registration, no overlap): say why
+            self.message(f"Nothing proposed: {rois}", warning=True)
+            return None
+        n = self.session.add_proposals(rois)
+        self.message(
+            f"{plural(n, 'ROI')} proposed from the baseline: check each, then move it or "
+            "press Confirm proposals."
+        )
+        return n
+
+    def confirm_selected(self) -> None:
+        """Confirm the selected proposed ROIs."""
+        lay = self.session.shapes_layer
+        if lay is None or not lay.selected_data:
+            self.message("Select proposed ROIs first (Select/move, or a table row).")
+            return
+        n = self.session.confirm()
+        self.message(f"{plural(n, 'proposal')} confirmed.")
 
     def save(self) -> None:
         """Save the ROI file (the core refuses to overwrite a file changed on disk)."""
