@@ -1,0 +1,218 @@
+"""Vertebra label maps (NIfTI) read and put on a CT series' grid.
+
+A label map is an integer array with an affine that maps its voxel indices to patient
+coordinates.  NIfTI stores RAS+ world coordinates; DICOM uses LPS, so the NIfTI affine is
+turned into an LPS affine by negating its x and y rows (:data:`RAS_TO_LPS`).  TotalSegmentator's
+``vertebrae_*`` label values are mapped to vertebral levels by :data:`TOTALSEG_V2_LEVELS`
+(the user-facing table is docs/labels.md).
+
+:func:`labels_on_volume` samples a label map at the centres of a CT volume's voxels (nearest
+neighbour) after checking that every CT voxel centre coincides with a label voxel centre
+(within :data:`ALIGN_TOL_MM`) inside the label grid: a label map on another grid, with
+another affine, or covering only part of the CT is refused (:class:`LabelMapError`), never
+resampled into a silently shifted mask.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hu_roi.errors import HuRoiError
+
+if TYPE_CHECKING:
+    from hu_roi.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ALIGN_TOL_MM",
+    "RAS_TO_LPS",
+    "TOTALSEG_V2_LEVELS",
+    "LabelMap",
+    "LabelMapError",
+    "read_label_map",
+    "labels_on_volume",
+]
+
+#: Largest distance (mm) between a CT voxel centre and the label voxel centre it takes its
+#: label from; beyond it the label map is "not on the CT's grid" and refused.
+ALIGN_TOL_MM = 0.5
+
+#: RAS+ (NIfTI world) to LPS (DICOM patient) coordinates: negate x and y.
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+#: TotalSegmentator v2, task "total" (``totalsegmentator/map_to_binary.py``, class_map
+#: ``total``): label value -> vertebral level.  25 (``sacrum``) is no single level and is
+#: left out.  TotalSegmentator v1 numbered the classes differently (vertebrae_L5 = 18);
+#: its output needs another table.
+TOTALSEG_V2_LEVELS: dict[int, str] = {
+    26: "S1",
+    27: "L5",
+    28: "L4",
+    29: "L3",
+    30: "L2",
+    31: "L1",
+    **{32 + i: f"T{12 - i}" for i in range(12)},  # 32 T12 ... 43 T1
+    **{44 + i: f"C{7 - i}" for i in range(7)},  # 44 C7 ... 50 C1
+}
+
+
+class LabelMapError(HuRoiError, ValueError):
+    """A label map that cannot be read or does not fit the CT (the message says why)."""
+
+
+@dataclass(frozen=True, eq=False)
+class LabelMap:
+    """An integer label array and the affine of its voxel indices in LPS.
+
+    Attributes
+    ----------
+    labels : numpy.ndarray of int, shape (ni, nj, nk)
+        Label value per voxel, indexed as stored in the file (NIfTI i, j, k).
+    affine_lps : numpy.ndarray, shape (4, 4)
+        Maps (i, j, k, 1) to LPS mm (voxel centres).
+    path : Path
+        The file it was read from.
+    """
+
+    labels: np.ndarray
+    affine_lps: np.ndarray
+    path: Path
+
+    def __post_init__(self) -> None:
+        if self.labels.ndim != 3:
+            raise LabelMapError(
+                f"{self.path}: a label map must be 3-D; got shape {self.labels.shape}"
+            )
+        a = np.asarray(self.affine_lps, dtype=float)
+        if a.shape != (4, 4) or not np.all(np.isfinite(a)) or abs(np.linalg.det(a[:3, :3])) < 1e-9:
+            raise LabelMapError(
+                f"{self.path}: the label map's affine is not invertible: {a.tolist()}"
+            )
+        object.__setattr__(self, "affine_lps", a)
+
+    @property
+    def spacing_mm(self) -> np.ndarray:
+        """Voxel size along i, j, k (mm), shape (3,)."""
+        return np.linalg.norm(self.affine_lps[:3, :3], axis=0)
+
+
+def read_label_map(path: str | Path) -> LabelMap:
+    """Read a NIfTI label map (``.nii`` or ``.nii.gz``).
+
+    The affine is NIfTI's best affine (sform, else qform) turned from RAS into LPS.
+    Values must be whole numbers (a label map, not an image).
+
+    Raises
+    ------
+    LabelMapError
+        Not a NIfTI file, not 3-D, non-integer values, or an unusable affine.
+    """
+    import nibabel as nib
+
+    p = Path(path)
+    name = p.name.lower()
+    if p.is_dir():
+        raise LabelMapError(
+            f"{p} is a folder; give one multi-label NIfTI file (TotalSegmentator --ml)"
+        )
+    if not p.is_file():
+        raise FileNotFoundError(2, "No such file or directory", str(p))
+    if not name.endswith((".nii", ".nii.gz")):
+        raise LabelMapError(
+            f"{p}: not a NIfTI file (.nii or .nii.gz); other label map formats are not read yet"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img: Any = nib.load(str(p))
+            data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for a damaged file
+        raise LabelMapError(f"{p}: cannot read as NIfTI ({type(exc).__name__}: {exc})") from exc
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise LabelMapError(f"{p}: a label map must be 3-D; got shape {data.shape}")
+    if data.dtype.kind == "f":
+        if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
+            raise LabelMapError(f"{p}: holds non-integer values; it is an image, not a label map")
+    elif data.dtype.kind not in "iub":
+        raise LabelMapError(f"{p}: values of type {data.dtype} are not labels")
+    if data.size and (data.min() < 0 or data.max() > np.iinfo(np.int32).max):
+        raise LabelMapError(
+            f"{p}: label values must lie in 0..2³¹-1; got {data.min()}..{data.max()}"
+        )
+    return LabelMap(
+        labels=np.asarray(data).astype(np.int32),
+        affine_lps=RAS_TO_LPS @ np.asarray(img.affine, dtype=np.float64),
+        path=p,
+    )
+
+
+def labels_on_volume(lm: LabelMap, volume: Volume, *, tol_mm: float = ALIGN_TOL_MM) -> np.ndarray:
+    """The label of every voxel of ``volume`` (nearest neighbour), shape (slices, rows, cols).
+
+    Every CT voxel centre must lie within ``tol_mm`` of a label voxel centre, inside the
+    label grid.  The grids may differ in axis order and direction (a NIfTI saved as LAS or
+    RAS, a flipped axis) and the label grid may be finer by a whole factor or larger; any
+    other difference is refused.
+
+    Raises
+    ------
+    LabelMapError
+        The label map is not on the CT's grid, or does not cover all of it.
+    """
+    inv = np.linalg.inv(lm.affine_lps)
+    lin = inv[:3, :3]
+    dr, dc = volume.pixel_spacing_mm
+    step_r = lin @ (volume.col_dir * dr)  # label-index step per CT row
+    step_c = lin @ (volume.row_dir * dc)  # label-index step per CT column
+    n, rows, cols = volume.shape
+    spacing = lm.spacing_mm
+    fix = f"write the label map on the CT's grid (same voxels), e.g. run the segmentation on this series ({lm.path.name})"
+
+    def off_mm(idx: np.ndarray) -> float:
+        """Distance (mm) from fractional label indices to the nearest label voxel centre."""
+        return float(np.max(np.linalg.norm((idx - np.round(idx)) * spacing, axis=-1)))
+
+    for name, step in (("row", step_r), ("column", step_c)):
+        if off_mm(step) > tol_mm:
+            raise LabelMapError(
+                f"the label map is not on the CT's grid: one CT {name} step is "
+                f"{np.round(step, 3).tolist()} label voxels (must be whole numbers); {fix}"
+            )
+    out = np.zeros((n, rows, cols), dtype=np.int32)
+    shape = np.array(lm.labels.shape)
+    r_idx = np.arange(rows)
+    c_idx = np.arange(cols)
+    for k in range(n):
+        o = inv[:3, :3] @ volume.slice_origins_lps_mm[k] + inv[:3, 3]
+        corners = np.array(
+            [o + r * step_r + c * step_c for r in (0, rows - 1) for c in (0, cols - 1)]
+        )
+        d = off_mm(corners)
+        if d > tol_mm:
+            raise LabelMapError(
+                f"the label map is not aligned with the CT: CT slice {int(volume.slice_indices[k])} "
+                f"lies {d:.2f} mm from the label voxel centres (tolerance {tol_mm:g} mm); {fix}"
+            )
+        ci = np.round(corners).astype(int)
+        if np.any(ci < 0) or np.any(ci >= shape):
+            lo = volume.slice_origins_lps_mm[k]
+            raise LabelMapError(
+                f"the label map does not cover the CT: slice {int(volume.slice_indices[k])} "
+                f"(LPS {np.round(lo, 1).tolist()} mm) lies outside the label grid of shape "
+                f"{tuple(int(v) for v in shape)}; {fix}"
+            )
+        sr = np.round(step_r).astype(int)
+        sc = np.round(step_c).astype(int)
+        o_i = np.round(o).astype(int)
+        idx = o_i[None, None, :] + r_idx[:, None, None] * sr + c_idx[None, :, None] * sc
+        out[k] = lm.labels[idx[..., 0], idx[..., 1], idx[..., 2]]
+    return out
