@@ -58,6 +58,8 @@ __all__ = ["Session", "CalibrationReport", "autosave_path", "next_level", "propo
 AUTOSAVE_SUFFIX = ".autosave"
 #: Name of a new ROI file started in blinded reading (the folder's name may identify).
 BLINDED_ROI_FILE = "blinded_reading.rois.json"
+#: Name of the ROI file of a blinded re-read session (a separate set for ``reliability``).
+REREAD_ROI_FILE = "blinded_reread.rois.json"
 
 
 def autosave_path(roi_path: str | Path) -> Path:
@@ -180,6 +182,9 @@ class Session:
         #: for adoption (see :meth:`settle`)
         self.on_settle: Callable[[], None] | None = None
         self._settling = False
+        #: re-read session (:meth:`start_reread`): series_key -> (timepoint, patient code)
+        #: the series had in the first reading; empty when not re-reading
+        self.reread: dict[str, tuple[str | None, str]] = {}
 
     # -- notifications to the UI ---------------------------------------------------------
     def _emit(self, what: str) -> None:
@@ -279,7 +284,7 @@ class Session:
         """The ROI file's name as the dock shows it (a neutral text when blinded)."""
         if self.roi_path is None:
             return "–"
-        if self.blinded and self.roi_path.name != BLINDED_ROI_FILE:
+        if self.blinded and self.roi_path.name not in (BLINDED_ROI_FILE, REREAD_ROI_FILE):
             return "the reading's ROI file"
         return self.roi_path.name
 
@@ -300,6 +305,8 @@ class Session:
         if what == "rois":
             if self.roi_path is not None and not self.blinded:
                 return self.roi_path
+            if self.reread:
+                return base / REREAD_ROI_FILE
             return base / (BLINDED_ROI_FILE if self.blinded else "rois.rois.json")
         if what == "export":
             label = self.label(self.current.info) if self.current is not None else "series"
@@ -310,6 +317,8 @@ class Session:
 
     def _build_reading_list(self) -> None:
         series = [s for s in (self.index.series if self.index else []) if is_measurable(s)]
+        if self.reread:
+            series = [s for s in series if s.series_key in self.reread]
         if self.blinded:
             rng = np.random.default_rng(self.seed)
             order = rng.permutation(len(series))
@@ -327,6 +336,8 @@ class Session:
         self.settle()
         cur = self.current.info.series_key if self.current else None
         self.blinded = bool(on)
+        if not self.blinded:
+            self.reread = {}  # unblinding ends a re-read (its ROI file stays the one used)
         if seed is not None:
             self.seed = int(seed)
         self._build_reading_list()
@@ -345,6 +356,67 @@ class Session:
             self.open_series(cur)
         self._relabel_other_layers()
         self._emit("blinded")
+
+    def reread_subset(self, fraction: float, seed: int) -> list[SeriesInfo]:
+        """The series a re-read session presents: a random ``fraction`` of those read.
+
+        "Read" series are the measurable series with at least one ROI in the current ROI
+        set.  ``round(fraction · n)`` of them (at least one) are drawn with
+        ``numpy.random.default_rng(seed)`` from the read series sorted by series_key, so
+        the same folder, ROI set, fraction and seed give the same subset.  Returned in
+        series_key order.
+        """
+        if not (0.0 < fraction <= 1.0):
+            raise ValueError(f"the re-read fraction must lie in (0, 1]; got {fraction}")
+        read = sorted(
+            (s for s in (self.index.series if self.index else []) if is_measurable(s)),
+            key=lambda s: s.series_key,
+        )
+        read = [s for s in read if self.rois_of(s)]
+        if not read:
+            return []
+        n = min(len(read), max(1, round(fraction * len(read))))
+        pick = np.random.default_rng(seed).choice(len(read), size=n, replace=False)
+        return [read[i] for i in sorted(int(i) for i in pick)]
+
+    def start_reread(
+        self, fraction: float, seed: int, path: str | Path | None = None
+    ) -> list[SeriesInfo]:
+        """Start a blinded re-read of a random subset of the series already read.
+
+        The current ROI set is saved first (when it has unsaved edits).  The subset
+        (:meth:`reread_subset`) becomes the reading list, shown blinded (``Case NN``,
+        shuffled with ``seed``); the earlier ROIs are not shown: the ROIs drawn now go to
+        a separate ROI set, ``path`` or ``blinded_reread.rois.json`` next to the current
+        ROI file (read again when it exists: a re-read can be resumed).  Each series keeps
+        the timepoint and patient it had in the first reading, so the two measurement CSVs
+        pair by (patient_id, timepoint, level) in ``hu-roi reliability``.
+
+        Returns the subset (series_key order).  Raises ValueError when no series has ROIs.
+        """
+        self.settle()
+        if self.shapes_layer is not None:
+            self.sync()
+        subset = self.reread_subset(fraction, seed)
+        if not subset:
+            raise ValueError("no series has ROIs in the current ROI file: nothing to re-read")
+        if self.roi_path is None:
+            raise ValueError("choose the ROI file of the first reading first")
+        if self.dirty:
+            self.save()
+        first = {s.series_key: (self.timepoint_of(s), self.patient_code(s)) for s in subset}
+        target = Path(path) if path is not None else self.roi_path.parent / REREAD_ROI_FILE
+        if target.resolve() == self.roi_path.resolve():
+            raise ValueError("the re-read needs its own ROI file, not the first reading's")
+        self.close_series()
+        for s in subset:
+            code = first[s.series_key][1]
+            if code and not s.patient_id:
+                self.study_codes[s.series_key] = code
+        self.reread = first
+        self.load_rois(target)
+        self.set_blinded(True, seed)
+        return subset
 
     def _relabel_other_layers(self) -> None:
         """Rename/strip plugin layers not shown by the session (reader, sample data)."""
@@ -417,7 +489,13 @@ class Session:
         return rows
 
     def timepoint_of(self, info: SeriesInfo) -> str | None:
-        """Timepoint of a series: from its stored ROIs, else a ``T0``–``T3`` folder name."""
+        """Timepoint of a series: from its stored ROIs, else a ``T0``–``T3`` folder name.
+
+        In a re-read session, the timepoint the series had in the first reading.
+        """
+        first = self.reread.get(info.series_key)
+        if first is not None and first[0]:
+            return first[0]
         tps = Counter(r.timepoint for r in self.rois_of(info) if r.timepoint)
         if tps:
             return tps.most_common(1)[0][0]
@@ -916,7 +994,8 @@ class Session:
 
         ROIs of the same patient (:meth:`patient_code`) on other series, of timepoint
         ``T0`` when there are any, else of the patient's earliest timepoint with ROIs
-        (never the shown series' own timepoint).
+        (never the shown series' own timepoint), without those whose kind and level the
+        shown series has already (proposed or drawn).
 
         Raises
         ------
@@ -951,7 +1030,15 @@ class Session:
         tp = "T0" if any(r.timepoint == "T0" for r in pool) else None
         if tp is None:
             tp = min((r.timepoint for r in pool), key=lambda t: order[str(t)])  # type: ignore[arg-type]
-        return str(tp), [r for r in pool if r.timepoint == tp]
+        # a vertebra (or reference) this series has already is not proposed again: two
+        # rows of one level and timepoint would be ambiguous for longitudinal/reliability
+        have = {(r.kind, r.level) for r in self.rois_of(info)}
+        todo = [r for r in pool if r.timepoint == tp and (r.kind, r.level) not in have]
+        if not todo:
+            raise ValueError(
+                f"every {tp} ROI of this patient has its counterpart on this series already"
+            )
+        return str(tp), todo
 
     def proposal_job(self) -> Callable[[], list[Roi] | str]:
         """A function computing the proposals for the shown series (run it in a worker).

@@ -107,6 +107,10 @@ def test_propose_confirm_and_move(widget, follow_study, qtbot, tmp_path):
     np.testing.assert_allclose(lay.edge_color, [[1.0, 0.647, 0.0, 1.0]] * 2, atol=0.01)
     assert list(lay.edge_width) == [0.5, 0.5]
     assert all("proposed-unconfirmed" in m.qc_flags for m in s.measurements)
+    # proposing again adds nothing: both levels are on this series already
+    assert w.propose_from_baseline() is None
+    assert "counterpart on this series already" in w.last_message
+    assert len(s.roiset.rois) == 4
     # Confirm the first (selected) one
     lay.selected_data = {0}
     w.confirm_selected()

@@ -282,6 +282,21 @@ class HuRoiWidget(QWidget):
         b_next.clicked.connect(lambda: self.next_series(1))
         g.addWidget(b_prev, 4, 0, 1, 2)
         g.addWidget(b_next, 4, 2, 1, 2)
+        self.reread_fraction = QDoubleSpinBox()
+        self.reread_fraction.setRange(0.05, 1.0)
+        self.reread_fraction.setSingleStep(0.05)
+        self.reread_fraction.setValue(0.2)
+        self.reread_fraction.setPrefix("fraction ")
+        b_reread = QPushButton("Start re-read…")
+        b_reread.setToolTip(
+            "Blinded re-read of a random fraction of the series already read (with the "
+            "seed), saved to a separate ROI file for hu-roi reliability"
+        )
+        b_reread.clicked.connect(
+            lambda: self.start_reread(self.reread_fraction.value(), self.seed_spin.value())
+        )
+        g.addWidget(self.reread_fraction, 5, 0, 1, 2)
+        g.addWidget(b_reread, 5, 2, 1, 2)
         return w
 
     def _build_roi_tab(self) -> QWidget:
@@ -739,6 +754,25 @@ class HuRoiWidget(QWidget):
         self.seed_spin.setValue(seed)
         self.session.set_blinded(on, seed)
         self._apply_blinding_ui()
+
+    def start_reread(self, fraction: float, seed: int, path: str | Path | None = None) -> bool:
+        """Start a blinded re-read session (see Session.start_reread); True when started."""
+        try:
+            subset = self.session.start_reread(fraction, seed, path)
+        except Exception as exc:  # noqa: BLE001 - no ROIs, a save refused: say why
+            self.message(f"No re-read started: {exc}", warning=True)
+            return False
+        self.blind_check.blockSignals(True)
+        self.blind_check.setChecked(True)
+        self.blind_check.blockSignals(False)
+        self.seed_spin.setValue(seed)
+        self._apply_blinding_ui()
+        self.message(
+            f"Re-read of {plural(len(subset), 'series', 'series')}, blinded; ROIs go to "
+            f"{self.session.roi_file_name()}. Press Next."
+        )
+        self.tabs.setCurrentIndex(0)
+        return True
 
     def _apply_blinding_ui(self) -> None:
         b = self.session.blinded
