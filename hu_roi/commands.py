@@ -48,7 +48,7 @@ def registered() -> list[Command]:
         Command("analyze", "hu_roi.analysis.cli", "trial endpoints (Tables 1-5, figures, HTML report) from measurement + clinical CSVs"),
         Command("demo", "hu_roi.demo", "run the whole pipeline on the bundled sample data"),
         Command("export-dicom", "hu_roi.exportdicom", "DICOM SR (TID 1500) and SEG of the measured ROIs, per series"),
-        Command("rois-from-labels", "hu_roi.roisfromlabels", "proposed target ROIs from a vertebra label map (TotalSegmentator NIfTI)"),
+        Command("rois-from-labels", "hu_roi.roisfromlabels", "proposed target ROIs from a vertebra label map (NIfTI or DICOM SEG)"),
     ]  # fmt: skip
 
 

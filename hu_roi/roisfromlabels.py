@@ -357,13 +357,15 @@ def add_rois_from_labels_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "rois-from-labels",
-        help="proposed target ROIs from a vertebra label map (TotalSegmentator NIfTI)",
+        help="proposed target ROIs from a vertebra label map (NIfTI or DICOM SEG)",
         description="Propose one target ROI (an ellipse in the trabecular core of the "
         "vertebral body) per labelled level of a vertebra label map on the CT slice through "
         'the level\'s centroid, written with "proposed": true. The label map must lie on '
         "the CT's grid. See docs/labels.md.",
     )
-    p.add_argument("--labels", required=True, metavar="LABELMAP", help="label map (.nii, .nii.gz)")
+    p.add_argument(
+        "--labels", required=True, metavar="LABELMAP", help="label map (.nii, .nii.gz) or DICOM SEG"
+    )
     p.add_argument("--dicom", required=True, metavar="DIR", help="DICOM folder of the CT")
     p.add_argument(
         "--series",
@@ -400,7 +402,13 @@ def add_rois_from_labels_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_rois_from_labels(args: argparse.Namespace) -> int:
     """Run ``hu-roi rois-from-labels`` (see the module docstring)."""
     from hu_roi.io import index_folder, load_series
-    from hu_roi.io.labels import TOTALSEG_V2_LEVELS, labels_on_volume, read_label_map
+    from hu_roi.io.labels import (
+        TOTALSEG_V2_LEVELS,
+        is_dicom_file,
+        labels_on_volume,
+        read_label_map,
+        seg_on_volume,
+    )
     from hu_roi.rasterize import mask_on_slice
     from hu_roi.roi import Roi, RoiSet, save_roiset
     from hu_roi.util import OutputSet, printable
@@ -416,13 +424,15 @@ def run_rois_from_labels(args: argparse.Namespace) -> int:
     OutputSet([("the label map", args.labels), ("the DICOM folder", dicom)]).check(out)
     if out.exists():
         raise CliError(f"{printable(out)} exists; choose another --out (nothing written)")
-    lm = read_label_map(args.labels)
+    is_seg = is_dicom_file(args.labels)
     table = TOTALSEG_V2_LEVELS
-    if not np.isin(lm.labels, list(table)).any():
-        raise LabelProposalError(
-            f"{lm.path} holds no vertebra label (TotalSegmentator v2 values 26-50, "
-            "vertebrae_S1 … vertebrae_C1; see docs/labels.md)"
-        )
+    if not is_seg:
+        lm = read_label_map(args.labels)
+        if not np.isin(lm.labels, list(table)).any():
+            raise LabelProposalError(
+                f"{lm.path} holds no vertebra label (TotalSegmentator v2 values 26-50, "
+                "vertebrae_S1 … vertebrae_C1; see docs/labels.md)"
+            )
     cache = None
     if not args.no_cache:
         from hu_roi.io.cache import HeaderCache
@@ -434,13 +444,17 @@ def run_rois_from_labels(args: argparse.Namespace) -> int:
     if not (patient or "").strip():
         raise CliError(f"series {info.series_key} has no PatientID; give --patient-id")
     volume = load_series(info)
-    labels = labels_on_volume(lm, volume)
+    if is_seg:
+        labels, table = seg_on_volume(args.labels, volume)
+    else:
+        labels = labels_on_volume(lm, volume)
+    source = Path(args.labels).name
     proposals, skipped = propose_rois(
         labels, volume, table, erosion_mm=args.erosion_mm, cortical_hu=args.cortical_hu
     )
     if not proposals:
         raise LabelProposalError(
-            f"no vertebra of {lm.path.name} lies in series {info.series_key}"
+            f"no vertebra of {source} lies in series {info.series_key}"
             + (f" with a usable core: {'; '.join(skipped)}" if skipped else "")
         )
     rois: list[Roi] = []
@@ -464,7 +478,7 @@ def run_rois_from_labels(args: argparse.Namespace) -> int:
             },
             "registration": {
                 "method": "vertebra label map (hu-roi rois-from-labels)",
-                "labels": lm.path.name,
+                "labels": source,
                 "label": pr.label,
                 "core_area_mm2": round(pr.core_area_mm2, 1),
                 "erosion_mm": args.erosion_mm,
@@ -503,8 +517,7 @@ def run_rois_from_labels(args: argparse.Namespace) -> int:
         rois.append(roi)
     if not rois:
         raise LabelProposalError(
-            f"no ROI proposed from {lm.path.name} on series {info.series_key}: "
-            + "; ".join(skipped)
+            f"no ROI proposed from {source} on series {info.series_key}: " + "; ".join(skipped)
         )
     saved = save_roiset(RoiSet(reader=args.reader, rois=tuple(rois)), out, expected_stamp=None)
     for line in skipped:

@@ -370,3 +370,72 @@ def test_body_not_arch_when_the_arch_is_larger() -> None:
     (p,), skipped = propose_rois(lab, vol, TOTALSEG_V2_LEVELS)
     assert p.level == "L3" and not skipped
     assert 8 < p.center_rc[0] < 32  # in the body, not in the larger block behind it
+
+
+# --------------------------------------------------------------------------------------
+# DICOM SEG in (written with highdicom from the CT files)
+def _write_seg(ct_dir: Path, lab: np.ndarray, path: Path, names: dict[int, str]) -> Path:
+    import highdicom as hd
+    import pydicom
+
+    src = [pydicom.dcmread(str(f)) for f in sorted(ct_dir.iterdir())]
+    src.sort(key=lambda d: float(d.ImagePositionPatient[2]))
+    arr = np.stack([lab == v for v in names], axis=-1)  # (frames, rows, cols, segments)
+    cat = hd.sr.CodedConcept("91723000", "SCT", "Anatomical Structure")
+    typ = hd.sr.CodedConcept("51282000", "SCT", "Vertebra")
+    descs = [
+        hd.seg.SegmentDescription(
+            segment_number=j + 1,
+            segment_label=name,
+            segmented_property_category=cat,
+            segmented_property_type=typ,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        )  # fmt: skip
+        for j, name in enumerate(names.values())
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=src, pixel_array=arr, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descs, series_instance_uid=hd.UID(), series_number=99,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="test",
+        manufacturer_model_name="test", software_versions="0", device_serial_number="1",
+    )  # fmt: skip
+    seg.save_as(str(path))
+    return path
+
+
+def test_level_of_segment() -> None:
+    from hu_roi.io.labels import level_of_segment
+
+    assert level_of_segment("vertebrae_L1") == "L1"
+    assert level_of_segment("L1 vertebra") == "L1"
+    assert level_of_segment("Vertebra T12") == "T12"
+    assert level_of_segment("liver") is None
+    assert level_of_segment("vertebrae L1-L2") is None  # two levels: no guess
+    assert level_of_segment("vertebrae_L9") is None
+
+
+def test_dicom_seg_in(case: dict, tmp_path: Path) -> None:
+    seg = _write_seg(case["dicom"], case["lab"], tmp_path / "seg.dcm",
+                     {31: "vertebrae_L1", 30: "vertebrae_L2", 5: "liver"})  # fmt: skip
+    out = tmp_path / "p.rois.json"
+    res = _run(case, seg, out)
+    assert res.returncode == 0, res.stderr
+    _check_rois(case, out)
+    from hu_roi.io.labels import seg_on_volume
+
+    vol = load_series(index_folder(case["dicom"]).series[0])
+    got, table = seg_on_volume(seg, vol)
+    assert table == {1: "L1", 2: "L2"}
+    want = np.select([case["lab"] == 31, case["lab"] == 30], [1, 2], 0)
+    assert np.array_equal(got, want)  # every frame on its own CT slice
+
+
+def test_dicom_seg_of_another_series_is_refused(case: dict, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    write_ct_series(other, case["hu"], pixel_spacing=SP, slice_positions=np.arange(N) * DZ,
+                    origin=ORIGIN, extra_tags={"PatientID": "P07"})  # fmt: skip
+    seg = _write_seg(other, case["lab"], tmp_path / "seg.dcm", {31: "vertebrae_L1"})
+    out = tmp_path / "p.rois.json"
+    _refused(_run(case, seg, out), out, "another series")
+    seg = _write_seg(case["dicom"], case["lab"], tmp_path / "s2.dcm", {5: "liver"})
+    _refused(_run(case, seg, out), out, "no vertebra segment")

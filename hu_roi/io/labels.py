@@ -1,4 +1,4 @@
-"""Vertebra label maps (NIfTI) read and put on a CT series' grid.
+"""Vertebra label maps (NIfTI or DICOM SEG) read and put on a CT series' grid.
 
 A label map is an integer array with an affine that maps its voxel indices to patient
 coordinates.  NIfTI stores RAS+ world coordinates; DICOM uses LPS, so the NIfTI affine is
@@ -11,11 +11,15 @@ neighbour) after checking that every CT voxel centre coincides with a label voxe
 (within :data:`ALIGN_TOL_MM`) inside the label grid: a label map on another grid, with
 another affine, or covering only part of the CT is refused (:class:`LabelMapError`), never
 resampled into a silently shifted mask.
+
+:func:`seg_on_volume` puts the vertebra segments of a DICOM SEG made from the CT series
+(frames by referenced SOP Instance UID or position, levels by SegmentLabel) on its slices.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +42,9 @@ __all__ = [
     "LabelMapError",
     "read_label_map",
     "labels_on_volume",
+    "is_dicom_file",
+    "level_of_segment",
+    "seg_on_volume",
 ]
 
 #: Largest distance (mm) between a CT voxel centre and the label voxel centre it takes its
@@ -216,3 +223,145 @@ def labels_on_volume(lm: LabelMap, volume: Volume, *, tol_mm: float = ALIGN_TOL_
         idx = o_i[None, None, :] + r_idx[:, None, None] * sr + c_idx[None, :, None] * sc
         out[k] = lm.labels[idx[..., 0], idx[..., 1], idx[..., 2]]
     return out
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """True when ``path`` is a file with the DICOM preamble (``DICM`` at byte 128)."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+_LEVEL_IN_NAME = re.compile(r"(?<![A-Za-z0-9])([CTLS])(\d{1,2})(?![0-9])")
+
+
+def level_of_segment(label: str) -> str | None:
+    """The vertebral level a segment's name gives (``vertebrae_L1``, ``L1 vertebra``,
+    ``Vertebra T12``), or None: the name must mention a vertebra and one level only."""
+    from hu_roi.roi import LEVELS
+
+    if "vertebra" not in label.lower():
+        return None
+    found = {f"{a}{int(b)}" for a, b in _LEVEL_IN_NAME.findall(label.replace("_", " "))}
+    found &= set(LEVELS)
+    return found.pop() if len(found) == 1 else None
+
+
+def seg_on_volume(path: str | Path, volume: Volume) -> tuple[np.ndarray, dict[int, str]]:
+    """A DICOM SEG's vertebra segments on the CT volume it was made from.
+
+    Frames are put on the CT slices by their referenced SOP Instance UID (else by their
+    ImagePositionPatient); segments are mapped to levels by their SegmentLabel
+    (:func:`level_of_segment`).  A FRACTIONAL segment counts where it is over one half.
+
+    Returns
+    -------
+    (labels, table)
+        Segment number per CT voxel, shape (slices, rows, columns) (0 = none; where
+        segments overlap the last one wins), and segment number -> level.
+
+    Raises
+    ------
+    LabelMapError
+        Not a SEG, of another series or Frame of Reference, on another grid, or without
+        a vertebra segment.
+    """
+    import pydicom
+
+    p = Path(path)
+    info = volume.info
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(str(p))
+            if ds.get("Modality") != "SEG":
+                raise LabelMapError(f"{p}: a DICOM {ds.get('Modality', '?')} file, not a SEG")
+            frames = np.asarray(ds.pixel_array)
+    except LabelMapError:
+        raise
+    except Exception as exc:  # pydicom raises many types for a damaged file
+        raise LabelMapError(f"{p}: cannot read as DICOM SEG ({type(exc).__name__}: {exc})") from exc
+    if frames.ndim == 2:
+        frames = frames[None]
+    table: dict[int, str] = {}
+    for item in ds.get("SegmentSequence", []):
+        level = level_of_segment(str(item.get("SegmentLabel", "")))
+        if level is not None:
+            table[int(item.SegmentNumber)] = level
+    if not table:
+        raise LabelMapError(
+            f"{p} holds no vertebra segment (a SegmentLabel such as vertebrae_L1 or 'L1 vertebra')"
+        )
+    if info is not None:
+        ref = {str(s.get("SeriesInstanceUID", "")) for s in ds.get("ReferencedSeriesSequence", [])}
+        for_uid = str(ds.get("FrameOfReferenceUID", ""))
+        if info.series_instance_uid and ref and info.series_instance_uid not in ref:
+            raise LabelMapError(
+                f"{p} belongs to another series (it references {sorted(ref)}, the CT is "
+                f"{info.series_instance_uid})"
+            )
+        if for_uid and info.frame_of_reference_uid and for_uid != info.frame_of_reference_uid:
+            raise LabelMapError(
+                f"Frame of Reference mismatch: {p} lies in {for_uid}, the CT in "
+                f"{info.frame_of_reference_uid}"
+            )
+    n, rows, cols = volume.shape
+    if frames.shape[1:] != (rows, cols):
+        raise LabelMapError(
+            f"{p}: frames of {frames.shape[1]}x{frames.shape[2]} pixels, the CT has "
+            f"{rows}x{cols}; the SEG is not on the CT's grid"
+        )
+    try:
+        measures = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+        spacing = tuple(float(v) for v in measures.PixelSpacing)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        spacing = None
+    if spacing is not None and not np.allclose(spacing, volume.pixel_spacing_mm, atol=1e-3):
+        raise LabelMapError(
+            f"{p}: pixel spacing {spacing} mm, the CT's {volume.pixel_spacing_mm} mm; the SEG "
+            "is not on the CT's grid"
+        )
+    sop_k: dict[str, int] = {}
+    if info is not None:
+        for j, i in enumerate(volume.slice_indices):
+            uid = info.slices[int(i)].sop_instance_uid
+            if uid:
+                sop_k[uid] = j
+    pos = volume.slice_origins_lps_mm
+    binary = str(ds.get("SegmentationType", "BINARY")) == "BINARY"
+    top = float(ds.get("MaximumFractionalValue", 255) or 255)
+    out = np.zeros((n, rows, cols), dtype=np.int32)
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence", [])
+    if len(per_frame) != frames.shape[0]:
+        raise LabelMapError(
+            f"{p}: {len(per_frame)} frame descriptions for {frames.shape[0]} frames"
+        )
+    for f, fg in enumerate(per_frame):
+        seg_no = int(fg.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        if seg_no not in table:
+            continue
+        k: int | None = None
+        for d in fg.get("DerivationImageSequence", []):
+            for s in d.get("SourceImageSequence", []):
+                k = sop_k.get(str(s.get("ReferencedSOPInstanceUID", "")), k)
+        ipp = None
+        if "PlanePositionSequence" in fg:
+            ipp = np.asarray(fg.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
+        if ipp is not None:
+            d_mm = np.linalg.norm(pos - ipp, axis=1)
+            if k is None:
+                k = int(np.argmin(d_mm))
+            if d_mm[k] > ALIGN_TOL_MM:
+                raise LabelMapError(
+                    f"{p}: frame {f + 1} lies {d_mm[k]:.2f} mm from its CT slice; the SEG is "
+                    "not on the CT's grid"
+                )
+        if k is None:
+            raise LabelMapError(f"{p}: frame {f + 1} names no slice of this CT series")
+        on = frames[f] > 0 if binary else frames[f] > top / 2
+        out[k][on] = seg_no
+    return out, table
