@@ -439,3 +439,22 @@ def test_dicom_seg_of_another_series_is_refused(case: dict, tmp_path: Path) -> N
     _refused(_run(case, seg, out), out, "another series")
     seg = _write_seg(case["dicom"], case["lab"], tmp_path / "s2.dcm", {5: "liver"})
     _refused(_run(case, seg, out), out, "no vertebra segment")
+
+
+def test_proposed_rois_measure_trabecular_hu(case: dict, tmp_path: Path) -> None:
+    # end to end: the proposals measure the phantom's trabecular bone (200 HU exactly),
+    # flagged as proposals until the reader confirms them
+    import csv
+
+    labels = _write_nifti(tmp_path / "seg.nii.gz", case["lab"])
+    out = tmp_path / "p.rois.json"
+    assert _run(case, labels, out).returncode == 0
+    res = run_main("measure", "--dicom", str(case["dicom"]), "--rois", str(out),
+                   "--out", str(tmp_path / "m.csv"), "--no-cache", "-q")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader((tmp_path / "m.csv").open(encoding="utf-8")))
+    assert sorted(r["level"] for r in rows) == ["L1", "L2"]
+    for r in rows:
+        assert float(r["mean_hu"]) == 200.0 and float(r["sd_hu"]) == 0.0
+        assert float(r["area_mm2"]) >= 200.0
+        assert "proposed-unconfirmed" in r["qc_flags"]
