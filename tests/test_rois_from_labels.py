@@ -275,6 +275,12 @@ def test_label_map_reader_errors(tmp_path: Path) -> None:
     nib.save(nib.Nifti1Image(np.full((4, 4, 4), 0.5, dtype=np.float32), np.eye(4)), str(p))
     with pytest.raises(LabelMapError, match="non-integer"):
         read_label_map(p)
+    img = nib.Nifti1Image(np.zeros((4, 4, 4), dtype=np.uint8), np.eye(4))
+    img.set_sform(np.eye(4), code=0)
+    img.set_qform(np.eye(4), code=0)
+    nib.save(img, str(p))
+    with pytest.raises(LabelMapError, match="neither sform nor qform"):
+        read_label_map(p)
 
 
 # --------------------------------------------------------------------------------------

@@ -142,6 +142,12 @@ def read_label_map(path: str | Path) -> LabelMap:
             data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for a damaged file
         raise LabelMapError(f"{p}: cannot read as NIfTI ({type(exc).__name__}: {exc})") from exc
+    hdr = img.header
+    if hasattr(hdr, "get_sform") and int(hdr["sform_code"]) == 0 and int(hdr["qform_code"]) == 0:
+        raise LabelMapError(
+            f"{p}: neither sform nor qform is set, so its voxels have no position in the "
+            "patient; write it with the CT's affine"
+        )
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
