@@ -380,3 +380,38 @@ def test_docs_list_every_accepted_clinical_value_and_alias() -> None:
     t = _clinical(_row("A", arm="3d crt", sex="W", primary_site="Prostata", localisation="sacral"))
     assert t.loc[0, ["arm", "sex", "primary_site", "localisation"]].tolist() == [
         "3DCRT", "female", "prostate", "sacrum"]  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["lsc", "precision"])
+def test_report_states_the_lsc_when_one_is_given(tmp_path: Path, how: str) -> None:
+    """Issue 14 item 8: `analyze --lsc HU` or `--precision reliability.csv` puts the LSC
+    and its source in the report's Methods; without either, no LSC sentence."""
+    from hu_roi.analysis.cli import add_analyze_parser
+
+    clin = _clinical_csv(tmp_path / "c.csv", _row("A"), _row("B", arm="3DCRT"),
+                         _row("C"), _row("D", arm="3DCRT"))  # fmt: skip
+    mrows = []
+    for pid, hu in (("A", (100, 130, 140)), ("B", (100, 90, 95)), ("C", (100, 125, 150)),
+                    ("D", (100, 80, 70))):  # fmt: skip
+        mrows += _hu_rows(pid, hu)
+    meas = pd.DataFrame([{**{"level": "L3", "irradiated": "true", "lesion_type": "mixed",
+                             "kind": "target", "qc_status": "pass", "reader": "R1"},
+                          "roi_id": f"{r['patient_id']}{r['timepoint']}", **r} for r in mrows])  # fmt: skip
+    mpath = tmp_path / "m.csv"
+    meas.to_csv(mpath, index=False)
+    rel = tmp_path / "reliability.csv"
+    rel.write_text("statistic,estimate,ci_low,ci_high,n\nprecision_sd,4.5,,,30\nlsc,12.465,,,30\n")
+    parser = argparse.ArgumentParser()
+    add_analyze_parser(parser.add_subparsers())
+    base = ["analyze", "--measurements", str(mpath), "--clinical", str(clin), "--quiet"]
+    extra = ["--lsc", "12.465"] if how == "lsc" else ["--precision", str(rel)]
+    args = parser.parse_args([*base, "--out", str(tmp_path / "with"), *extra])
+    assert args.func(args) == 0
+    page = (tmp_path / "with" / "report.html").read_text(encoding="utf-8")
+    assert "Least significant change (LSC) of the reading: 12.465 HU" in page
+    assert ("reliability.csv" in page) is (how == "precision")
+    args = parser.parse_args([*base, "--out", str(tmp_path / "without")])
+    assert args.func(args) == 0
+    assert "Least significant change" not in (tmp_path / "without" / "report.html").read_text(
+        encoding="utf-8"
+    )

@@ -79,6 +79,19 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         action="store_true",
         help="also fit the paper's ANCOVA with repeated measurements (mixed model; slower)",
     )
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--lsc",
+        type=float,
+        metavar="HU",
+        help="the reader's least significant change (HU), stated in the report's Methods",
+    )
+    g.add_argument(
+        "--precision",
+        type=Path,
+        metavar="reliability.csv",
+        help="take the LSC from the reliability.csv of hu-roi reliability",
+    )
     add_common_options(p, quiet_help="print nothing on success")
     add_formula_escape_option(p)
     p.set_defaults(func=run_analyze)
@@ -127,6 +140,9 @@ def _run_analyze(args: argparse.Namespace) -> int:
         hu_after_death=getattr(args, "include_hu_after_death", False),
         measurements=meas,
     )
+    lsc_text = _lsc_sentence(args)
+    if lsc_text:
+        ep.methods.append(lsc_text)
     written = write_outputs(
         ep,
         args.out,
@@ -143,6 +159,30 @@ def _run_analyze(args: argparse.Namespace) -> int:
             f"in {time.perf_counter() - t0:.1f} s"
         )
     return 0
+
+
+def _lsc_sentence(args: argparse.Namespace) -> str:
+    """The Methods sentence for ``--lsc`` / ``--precision`` ("" when neither is given)."""
+    import math
+
+    from hu_roi.clibase import CliError
+
+    lsc, source = getattr(args, "lsc", None), "given with --lsc"
+    if getattr(args, "precision", None) is not None:
+        from hu_roi.longitudinal import read_precision_lsc
+
+        lsc = read_precision_lsc(args.precision)
+        source = f"from the reader-reliability study {args.precision.name}"
+    if lsc is None:
+        return ""
+    if not (math.isfinite(lsc) and lsc > 0):
+        raise CliError(f"--lsc must be a number of HU > 0; got {lsc:g}")
+    return (
+        f"Least significant change (LSC) of the reading: {lsc:g} HU ({source}; "
+        "LSC = 2.77 x precision SD). A change in HU smaller than the LSC is within the "
+        "reader's measurement noise (hu-roi longitudinal --lsc flags such changes "
+        "below-lsc-Tk)."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
