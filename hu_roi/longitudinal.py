@@ -199,7 +199,7 @@ def height_table(measurements: pd.DataFrame) -> pd.DataFrame:
     """
     import pandas as pd
 
-    from hu_roi.analysis.schemas import LONGITUDINAL_SCHEMA, TIMEPOINTS
+    from hu_roi.analysis.schemas import LONGITUDINAL_SCHEMA, TIMEPOINTS, wide_by_timepoint
     from hu_roi.roi import HEIGHT_KINDS
     from hu_roi.util import show
 
@@ -231,17 +231,7 @@ def height_table(measurements: pd.DataFrame) -> pd.DataFrame:
             "reader and timepoint; keep one line per height and timepoint (or mark the others "
             "qc_status=fail): " + "; ".join(groups[:20])
         )
-    order = {tp: i for i, tp in enumerate(TIMEPOINTS)}
-    m["_tp"] = m["timepoint"].map(order)
-    m["_usable"] = usable
-    m = m.sort_values(["_usable", "_tp"], ascending=[False, True])
-    good = m.loc[m["_usable"]]
-    out = m.groupby(_KEY, sort=True)[["irradiated", "lesion_type"]].first()
-    length = good.pivot_table(index=_KEY, columns="timepoint", values="length_mm", aggfunc="first")
-    out = out.join(length.reindex(columns=list(TIMEPOINTS)).add_prefix("length_mm_"), how="left")
-    for tp in TIMEPOINTS:
-        if f"length_mm_{tp}" not in out.columns:
-            out[f"length_mm_{tp}"] = np.nan
+    m, good, out = wide_by_timepoint(m, usable, _KEY, "length_mm", "length_mm_")
     flags: dict[tuple, list[str]] = {k: [] for k in out.index}
     warn = good.loc[good["qc_status"] == "warn"]
     for k, tp in zip(map(tuple, warn[_KEY].to_numpy()), warn["timepoint"], strict=True):

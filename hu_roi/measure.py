@@ -532,6 +532,20 @@ def failed_measurement(
     ) and info is not None:  # where the image is; RAS hint
         hint = frame_hint(roi.shape, info)
         detail = f"{detail}; {hint}" if detail and hint else detail or hint
+    return _voxel_free_row(roi, info, flags, reader=reader, roi_file=roi_file, detail=detail)
+
+
+def _voxel_free_row(
+    roi: Roi,
+    info: SeriesInfo | None,
+    flags: Iterable[str],
+    *,
+    reader: str,
+    roi_file: str,
+    detail: str = "",
+    length_mm: float | None = None,
+) -> Measurement:
+    """A row without voxels (empty HU statistics): a failed ROI, or a height line."""
     nan = math.nan
     return Measurement(
         slice_index=None,
@@ -547,6 +561,7 @@ def failed_measurement(
         reader=reader,
         roi_file=roi_file,
         detail=detail,
+        length_mm=length_mm,
         **_identity_fields(roi, info),
     )
 
@@ -898,20 +913,11 @@ def measure_line(
             roi_file=roi_file,
             detail=f"line ROI {show(roi.roi_id)}: " + "; ".join(why),
         )
-    nan = math.nan
-    return Measurement(
-        slice_index=None,
-        n_voxels=0,
-        area_mm2=None,
-        volume_mm3=None,
-        mean_hu=nan,
-        sd_hu=nan,
-        median_hu=nan,
-        min_hu=nan,
-        max_hu=nan,
-        qc_flags=tuple(_series_problem_flags(info)),
+    return _voxel_free_row(
+        roi,
+        info,
+        _series_problem_flags(info),
         reader=reader,
         roi_file=roi_file,
         length_mm=roi.shape.length_mm,
-        **_identity_fields(roi, info),
     )

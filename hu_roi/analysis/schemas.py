@@ -752,6 +752,30 @@ def read_longitudinal(path: str | Path) -> pd.DataFrame:
     return LONGITUDINAL_SCHEMA.read_csv(path)
 
 
+def wide_by_timepoint(
+    m: pd.DataFrame, usable: pd.Series, key: Sequence[str], value: str, prefix: str
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """One row per ``key`` with ``value`` per timepoint, the shared step of the HU and the
+    height tables.
+
+    Returns ``(m, good, out)``: the rows sorted usable first, then by timepoint; the usable
+    rows; and per key the baseline's (earliest usable row's) ``irradiated`` and
+    ``lesion_type`` with columns ``prefix + T0..T3`` (NaN where no usable row).
+    """
+    order = {tp: i for i, tp in enumerate(TIMEPOINTS)}
+    m = m.assign(_tp_order=m["timepoint"].map(order), _usable=usable)
+    m = m.sort_values(["_usable", "_tp_order"], ascending=[False, True])
+    good = m.loc[m["_usable"]]
+    out = m.groupby(list(key), sort=True)[["irradiated", "lesion_type"]].first()
+    # note: .first() skips NA; the baseline (earliest usable) row wins because of the sort
+    wide = good.pivot_table(index=list(key), columns="timepoint", values=value, aggfunc="first")
+    out = out.join(wide.reindex(columns=list(TIMEPOINTS)).add_prefix(prefix), how="left")
+    for tp in TIMEPOINTS:
+        if f"{prefix}{tp}" not in out.columns:
+            out[f"{prefix}{tp}"] = np.nan
+    return m, good, out
+
+
 def longitudinal_from_measurements(
     measurements: pd.DataFrame, *, kinds: Iterable[str] = (_KIND_TARGET,)
 ) -> pd.DataFrame:
@@ -804,18 +828,7 @@ def longitudinal_from_measurements(
                 groups,
             )
         )
-    order = {tp: i for i, tp in enumerate(TIMEPOINTS)}
-    m["_tp_order"] = m["timepoint"].map(order)
-    m["_usable"] = usable
-    m = m.sort_values(["_usable", "_tp_order"], ascending=[False, True])
-    good = m.loc[m["_usable"]]
-    out = m.groupby(key, sort=True)[["irradiated", "lesion_type"]].first()
-    # note: .first() skips NA; the baseline (earliest usable) row wins because of the sort
-    hu = good.pivot_table(index=key, columns="timepoint", values="mean_hu", aggfunc="first")
-    out = out.join(hu.reindex(columns=list(TIMEPOINTS)).add_prefix("hu_"), how="left")
-    for tp in TIMEPOINTS:
-        if f"hu_{tp}" not in out.columns:
-            out[f"hu_{tp}"] = np.nan
+    m, good, out = wide_by_timepoint(m, usable, key, "mean_hu", "hu_")
     flags: dict[tuple, list[str]] = {k: [] for k in out.index}
     n_types = good.groupby(key)["lesion_type"].nunique()
     for k in n_types.index[n_types > 1]:
