@@ -1,9 +1,11 @@
 """RT Dose grids (DICOM RTDOSE) read and sampled at patient positions.
 
-Building block for ``hu-roi measure --rtdose`` (issue 15, item 7; not wired into measure
-yet).  :func:`read_rtdose` reads a multi-frame RTDOSE into a :class:`DoseGrid` in Gy
-(pixel values × DoseGridScaling), with the frame positions from GridFrameOffsetVector;
-:meth:`DoseGrid.sample` interpolates it trilinearly at LPS points (NaN outside the grid).
+Used by ``hu-roi measure --rtdose`` and the viewer's dose layer.  :func:`read_rtdose` reads
+a multi-frame RTDOSE into a :class:`DoseGrid` in Gy (pixel values × DoseGridScaling), with
+the frame positions from GridFrameOffsetVector; :meth:`DoseGrid.sample` interpolates it
+trilinearly at LPS points (NaN outside the grid); :func:`check_dose_for_series` refuses a
+dose of another Frame of Reference or patient; :func:`dose_on_volume` samples it at every
+voxel centre of a loaded CT volume.
 """
 
 from __future__ import annotations
@@ -11,12 +13,23 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hu_roi.errors import HuRoiError
 
-__all__ = ["DoseError", "DoseGrid", "read_rtdose"]
+if TYPE_CHECKING:
+    from hu_roi.series import SeriesInfo
+    from hu_roi.volume import Volume
+
+__all__ = [
+    "DoseError",
+    "DoseGrid",
+    "read_rtdose",
+    "check_dose_for_series",
+    "dose_on_volume",
+]
 
 
 class DoseError(HuRoiError, ValueError):
@@ -42,6 +55,10 @@ class DoseGrid:
         (increasing).
     frame_of_reference_uid : str
         To be checked against the CT's before the dose is used.
+    patient_id : str
+        PatientID of the RTDOSE ("" when absent).
+    path : str
+        The file it was read from ("" when built in memory).
     """
 
     dose_gy: np.ndarray
@@ -50,6 +67,8 @@ class DoseGrid:
     pixel_spacing_mm: tuple[float, float]
     frame_positions_mm: np.ndarray
     frame_of_reference_uid: str = ""
+    patient_id: str = ""
+    path: str = ""
 
     @property
     def normal(self) -> np.ndarray:
@@ -166,4 +185,50 @@ def read_rtdose(path: str | Path) -> DoseGrid:
         pixel_spacing_mm=(dr, dc),
         frame_positions_mm=pos - pos[0],
         frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),
+        patient_id=str(ds.get("PatientID", "") or ""),
+        path=str(p),
     )
+
+
+def check_dose_for_series(grid: DoseGrid, info: SeriesInfo) -> None:
+    """Refuse a dose that does not belong to the CT series ``info``.
+
+    The RTDOSE and the CT must name the same Frame of Reference (both non-empty: without
+    one, nothing says the two share patient coordinates) and, when both record one, the
+    same PatientID.
+
+    Raises
+    ------
+    DoseError
+        One line naming both UIDs (or IDs).
+    """
+    name = Path(grid.path).name or "the RTDOSE"
+    if not grid.frame_of_reference_uid:
+        raise DoseError(f"{name} has no FrameOfReferenceUID; it cannot be placed on a CT")
+    if not info.frame_of_reference_uid:
+        raise DoseError(
+            f"series {info.series_key} has no FrameOfReferenceUID; {name} cannot be placed on it"
+        )
+    if grid.frame_of_reference_uid != info.frame_of_reference_uid:
+        raise DoseError(
+            f"Frame of Reference mismatch: {name} lies in {grid.frame_of_reference_uid}, "
+            f"series {info.series_key} in {info.frame_of_reference_uid}"
+        )
+    if grid.patient_id and info.patient_id and grid.patient_id != info.patient_id:
+        raise DoseError(
+            f"{name} belongs to another patient than series {info.series_key} (PatientID differs)"
+        )
+
+
+def dose_on_volume(grid: DoseGrid, volume: Volume) -> np.ndarray:
+    """Dose (Gy) at the centre of every voxel of ``volume``, shape (slices, rows, columns).
+
+    Trilinear (:meth:`DoseGrid.sample`); NaN where the voxel lies outside the dose grid.
+    The Frame of Reference is not checked here (:func:`check_dose_for_series`).
+    """
+    n, rows, cols = volume.shape
+    out = np.empty((n, rows, cols), dtype=np.float32)
+    rr, cc = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    for k in range(n):
+        out[k] = grid.sample(volume.pixel_to_lps(k, rr, cc))
+    return out
