@@ -1,42 +1,15 @@
 # Reference values for tests/test_reliability.py (hu-roi reliability), computed with R's
 # psych::ICC(x, lmer = FALSE) and base R.
 #
-# Run from the repository root:
+# Run from any directory:
 #   Rscript tests/data/r_reference/make_icc_reference.R
 # It writes tests/data/r_reference/icc_reference.json (committed; the tests read it and do
 # not need R).  Every case stores its input table (subjects x readers, HU, 2 decimals as a
 # measurement CSV holds them) and R's results; non-finite numbers are written as the
 # strings "NaN", "Inf", "-Inf", "NA".  The R and psych versions are recorded in the file.
+script <- sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE))
+source(file.path(dirname(script), "_common.R"))  # JSON writer, header, ref_file()
 suppressPackageStartupMessages(library(psych))
-
-out_file <- file.path("tests", "data", "r_reference", "icc_reference.json")
-
-# ---- minimal JSON writer (no jsonlite on this machine; as in make_reference.R) ----------
-json_num <- function(v) {
-  if (is.na(v) && !is.nan(v)) return("\"NA\"")
-  if (is.nan(v)) return("\"NaN\"")
-  if (is.infinite(v)) return(if (v > 0) "\"Inf\"" else "\"-Inf\"")
-  sprintf("%.17g", v)
-}
-json_str <- function(s) paste0("\"", gsub("\"", "\\\\\"", gsub("\\\\", "\\\\\\\\", s)), "\"")
-to_json <- function(x) {
-  if (is.null(x)) return("null")
-  if (is.list(x)) {
-    if (!is.null(names(x))) {
-      items <- mapply(function(k, v) paste0(json_str(k), ":", to_json(v)), names(x), x)
-      return(paste0("{", paste(items, collapse = ","), "}"))
-    }
-    return(paste0("[", paste(vapply(x, to_json, ""), collapse = ","), "]"))
-  }
-  if (is.matrix(x)) {
-    rows <- lapply(seq_len(nrow(x)), function(i) as.vector(x[i, ]))
-    return(to_json(lapply(rows, function(r) I(r))))
-  }
-  vals <- if (is.character(x)) vapply(x, json_str, "") else
-    if (is.logical(x)) ifelse(x, "true", "false") else vapply(as.double(x), json_num, "")
-  if (length(x) == 1 && !inherits(x, "AsIs")) return(vals[[1]])
-  paste0("[", paste(vals, collapse = ","), "]")
-}
 
 # ---- one case ---------------------------------------------------------------------------
 # x: subjects x readers.  Everything hu-roi reliability writes is computed here the way the
@@ -112,12 +85,8 @@ cases[[length(cases) + 1]] <- icc_case(simulate(8, c(0, 10, -10, 25), 5, mean_hu
 set.seed(20261207)
 cases[[length(cases) + 1]] <- icc_case(simulate(3, c(0, 1), 3), "two-readers-n3")
 
-ref <- list(
-  generated_by = "tests/data/r_reference/make_icc_reference.R",
-  r_version = R.version.string,
-  psych_version = as.character(packageVersion("psych")),
+ref <- c(reference_header("psych"), list(
   call = "psych::ICC(x, lmer = FALSE)",
   cases = cases
-)
-writeLines(to_json(ref), out_file)
-cat("wrote", out_file, "\n")
+))
+write_reference(ref, "icc_reference.json")

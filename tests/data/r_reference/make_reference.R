@@ -1,41 +1,14 @@
 # Reference values for tests/test_stats.py, computed with R (stats + survival).
 #
-# Run from the repository root:
+# Run from any directory:
 #   Rscript tests/data/r_reference/make_reference.R
 # It writes tests/data/r_reference/stats_reference.json (committed; the tests read it and
 # do not need R).  Every case stores its inputs and R's outputs; non-finite numbers are
 # written as the strings "NaN", "Inf", "-Inf", "NA".  The R and survival versions are
 # recorded in the file.
+script <- sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE))
+source(file.path(dirname(script), "_common.R"))  # JSON writer, header, ref_file()
 suppressPackageStartupMessages(library(survival))
-
-out_file <- file.path("tests", "data", "r_reference", "stats_reference.json")
-
-# ---- minimal JSON writer (no jsonlite on this machine) ---------------------------------
-json_num <- function(v) {
-  if (is.na(v) && !is.nan(v)) return("\"NA\"")
-  if (is.nan(v)) return("\"NaN\"")
-  if (is.infinite(v)) return(if (v > 0) "\"Inf\"" else "\"-Inf\"")
-  sprintf("%.17g", v)
-}
-json_str <- function(s) paste0("\"", gsub("\"", "\\\\\"", gsub("\\\\", "\\\\\\\\", s)), "\"")
-to_json <- function(x) {
-  if (is.null(x)) return("null")
-  if (is.list(x)) {
-    if (!is.null(names(x))) {
-      items <- mapply(function(k, v) paste0(json_str(k), ":", to_json(v)), names(x), x)
-      return(paste0("{", paste(items, collapse = ","), "}"))
-    }
-    return(paste0("[", paste(vapply(x, to_json, ""), collapse = ","), "]"))
-  }
-  if (is.matrix(x)) {
-    rows <- lapply(seq_len(nrow(x)), function(i) as.vector(x[i, ]))
-    return(to_json(lapply(rows, function(r) I(r))))
-  }
-  vals <- if (is.character(x)) vapply(x, json_str, "") else
-    if (is.logical(x)) ifelse(x, "true", "false") else vapply(as.double(x), json_num, "")
-  if (length(x) == 1 && !inherits(x, "AsIs")) return(vals[[1]])
-  paste0("[", paste(vals, collapse = ","), "]")
-}
 
 # ---- wilcox.test wrappers --------------------------------------------------------------
 wt <- function(...) {
@@ -272,10 +245,7 @@ for (i in 1:30) {
                                  expected = I(unname(sd$exp))))
 }
 
-ref <- list(
-  generated_by = "tests/data/r_reference/make_reference.R",
-  r_version = R.version.string,
-  survival_version = as.character(packageVersion("survival")),
+ref <- c(reference_header("survival"), list(
   rank_sum_exact = rs_exact,
   rank_sum_normal = rs_normal,
   rank_sum_clamp = rs_clamp,
@@ -286,6 +256,5 @@ ref <- list(
   fisher = fisher_cases,
   kaplan_meier = km_cases,
   logrank = lr_cases
-)
-writeLines(to_json(ref), out_file)
-cat("wrote", out_file, "\n")
+))
+write_reference(ref, "stats_reference.json")

@@ -1,6 +1,6 @@
 # Reference values for tests/test_analysis_conventions.py (issue 16), computed with R.
 #
-# Run from the repository root:
+# Run from any directory:
 #   Rscript tests/data/r_reference/make_reference_issue16.R
 # It writes tests/data/r_reference/issue16_reference.json (committed; the tests read it and
 # do not need R).  Non-finite numbers are written as "NaN", "Inf", "-Inf", "NA".
@@ -15,35 +15,9 @@
 # - between_arm: wilcox.test(x, y, conf.int=TRUE) (R interval) on trial-shaped data.
 # - km_at: summary(survfit(Surv(time, event) ~ 1), times = c(...)).
 # - cochran: chisq.test(tab)$expected and Cochran's rule; fisher.test(tab)$p.value.
+script <- sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE))
+source(file.path(dirname(script), "_common.R"))  # JSON writer, header, ref_file()
 suppressPackageStartupMessages(library(survival))
-# ---- minimal JSON writer (no jsonlite on this machine; as in make_reference.R) ---------------------------------
-json_num <- function(v) {
-  if (is.na(v) && !is.nan(v)) return("\"NA\"")
-  if (is.nan(v)) return("\"NaN\"")
-  if (is.infinite(v)) return(if (v > 0) "\"Inf\"" else "\"-Inf\"")
-  sprintf("%.17g", v)
-}
-json_str <- function(s) paste0("\"", gsub("\"", "\\\\\"", gsub("\\\\", "\\\\\\\\", s)), "\"")
-to_json <- function(x) {
-  if (is.null(x)) return("null")
-  if (is.list(x)) {
-    if (!is.null(names(x))) {
-      items <- mapply(function(k, v) paste0(json_str(k), ":", to_json(v)), names(x), x)
-      return(paste0("{", paste(items, collapse = ","), "}"))
-    }
-    return(paste0("[", paste(vapply(x, to_json, ""), collapse = ","), "]"))
-  }
-  if (is.matrix(x)) {
-    rows <- lapply(seq_len(nrow(x)), function(i) as.vector(x[i, ]))
-    return(to_json(lapply(rows, function(r) I(r))))
-  }
-  vals <- if (is.character(x)) vapply(x, json_str, "") else
-    if (is.logical(x)) ifelse(x, "true", "false") else vapply(as.double(x), json_num, "")
-  if (length(x) == 1 && !inherits(x, "AsIs")) return(vals[[1]])
-  paste0("[", paste(vals, collapse = ","), "]")
-}
-
-out_file <- file.path("tests", "data", "r_reference", "issue16_reference.json")
 
 # ---- SAS UNIVARIATE signed rank ---------------------------------------------------------
 sas_signed_rank <- function(x, mu = 0) {
@@ -161,15 +135,11 @@ for (i in 1:20) {
                                              fisher_p = fisher.test(tab)$p.value))
 }
 
-ref <- list(
-  generated_by = "tests/data/r_reference/make_reference_issue16.R",
-  r_version = R.version.string,
-  survival_version = as.character(packageVersion("survival")),
+ref <- c(reference_header("survival"), list(
   signed_rank_sas = sas_cases,
   within_arm = within,
   between_arm = between,
   km_at = km_at,
   cochran = cochran
-)
-writeLines(to_json(ref), out_file)
-cat("wrote", out_file, "\n")
+))
+write_reference(ref, "issue16_reference.json")

@@ -3,7 +3,7 @@
 #   tests/data/r_reference/issue16_trial/clinical.csv, measurements.csv
 # (the deterministic synthetic trial of scripts/make_synthetic_trial.py, default seed).
 #
-# Run from the repository root:
+# Run from any directory:
 #   Rscript tests/data/r_reference/make_trial_reference_issue16.R
 # It writes tests/data/r_reference/issue16_trial_reference.json (committed; the test reads
 # it and does not need R).
@@ -12,33 +12,10 @@
 # each patient (one per patient in these inputs), HU change vs T0 and percent change; HU at a
 # timepoint whose nominal date (date_rt + 91 / 182 days) is not before the death is left
 # out (hu-roi's default); VAS/OMED of patients alive at the timepoint.
+script <- sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE))
+source(file.path(dirname(script), "_common.R"))  # JSON writer, header, ref_file()
 suppressPackageStartupMessages(library(survival))
-dir <- file.path("tests", "data", "r_reference", "issue16_trial")
-out_file <- file.path("tests", "data", "r_reference", "issue16_trial_reference.json")
-
-# ---- minimal JSON writer (as in make_reference.R) --------------------------------------
-json_num <- function(v) {
-  if (is.na(v) && !is.nan(v)) return("\"NA\"")
-  if (is.nan(v)) return("\"NaN\"")
-  if (is.infinite(v)) return(if (v > 0) "\"Inf\"" else "\"-Inf\"")
-  sprintf("%.17g", v)
-}
-json_str <- function(s) paste0("\"", gsub("\"", "\\\\\"", gsub("\\\\", "\\\\\\\\", s)), "\"")
-to_json <- function(x) {
-  if (is.null(x)) return("null")
-  if (is.list(x)) {
-    if (!is.null(names(x))) {
-      items <- mapply(function(k, v) paste0(json_str(k), ":", to_json(v)), names(x), x)
-      return(paste0("{", paste(items, collapse = ","), "}"))
-    }
-    return(paste0("[", paste(vapply(x, to_json, ""), collapse = ","), "]"))
-  }
-  vals <- if (is.character(x)) vapply(x, json_str, "") else
-    if (is.logical(x)) ifelse(x, "true", "false") else vapply(as.double(x), json_num, "")
-  if (length(x) == 1 && !inherits(x, "AsIs")) return(vals[[1]])
-  paste0("[", paste(vals, collapse = ","), "]")
-}
-
+dir <- ref_file("issue16_trial")
 clin <- read.csv(file.path(dir, "clinical.csv"), stringsAsFactors = FALSE)
 meas <- read.csv(file.path(dir, "measurements.csv"), stringsAsFactors = FALSE)
 for (d in c("date_diagnosis", "date_rt", "date_death", "date_last_contact"))
@@ -133,11 +110,7 @@ for (tp in c("T2", "T3")) {
     patients_crt = I(sort(clin$patient_id[sel & yes & clin$arm == "3DCRT"])))
 }
 
-ref <- list(
-  generated_by = "tests/data/r_reference/make_trial_reference_issue16.R",
-  r_version = R.version.string,
-  survival_version = as.character(packageVersion("survival")),
+ref <- c(reference_header("survival"), list(
   hu = hu_ref, pain = pain_ref, survival = surv_ref, fractures = fract_ref
-)
-writeLines(to_json(ref), out_file)
-cat("wrote", out_file, "\n")
+))
+write_reference(ref, "issue16_trial_reference.json")
