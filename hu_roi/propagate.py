@@ -7,7 +7,8 @@ three resolution levels, restricted to the box around that series' ROIs plus
 result is written as a new ROI set whose ROIs carry ``"proposed": true``, the new
 timepoint and series, a fresh ``roi_id`` (``PATIENT-TIMEPOINT-LEVEL``, or ``-KIND`` for
 non-target ROIs) and a ``registration`` object.  The user-facing description is
-docs/propagation.md.
+docs/propagation.md.  :func:`propose` does the work and returns the ROIs (used by the
+command and by the viewer's *Propose from baseline*).
 
 Nothing is written (exit 2, one line) when the series do not overlap, or when the
 registration is poor: the normalised cross-correlation of the baseline and the registered
@@ -44,6 +45,7 @@ __all__ = [
     "MIN_OVERLAP",
     "PropagationError",
     "map_shape",
+    "propose",
     "add_propagate_parser",
     "run_propagate",
 ]
@@ -235,44 +237,73 @@ def add_propagate_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_propagate)
 
 
-def run_propagate(args: argparse.Namespace) -> int:
-    """Run ``hu-roi propagate`` (see the module docstring)."""
-    from hu_roi.io import index_folder, load_series
+def propose(
+    baseline: Sequence[Roi],
+    series: Sequence[SeriesInfo],
+    target: SeriesInfo,
+    *,
+    timepoint: str,
+    margin_mm: float = DEFAULT_MARGIN_MM,
+    min_ncc: float | None = None,
+) -> list[Roi]:
+    """Baseline ROIs proposed on a follow-up series (the work of ``hu-roi propagate``).
+
+    For each baseline series the ROIs lie on, ``target`` is registered to it (rigid, in
+    the box around that series' ROIs plus ``margin_mm``), each ROI is mapped
+    (:func:`map_shape`) and returned with ``proposed=True``, ``timepoint``, the target's
+    series, a fresh ``roi_id`` and a ``registration`` record.  Touches no file but the
+    two series' DICOM files (safe in a worker thread).
+
+    Parameters
+    ----------
+    baseline : sequence of Roi
+        ROIs of one timepoint (not ``timepoint``) on series of ``series``.
+    series : sequence of SeriesInfo
+        Indexed series holding the baseline series and ``target``.
+    target : SeriesInfo
+        The follow-up series.
+    timepoint : str
+        Timepoint of the follow-up (``T0`` … ``T3``).
+    margin_mm : float
+        Margin (mm) around the ROIs of one baseline series that drives the registration.
+    min_ncc : float, optional
+        Least correlation of baseline and registered follow-up around each ROI;
+        :data:`DEFAULT_MIN_NCC` (read at call time) when None.
+
+    Returns
+    -------
+    list of Roi
+        In the order of ``baseline`` grouped by baseline series.
+
+    Raises
+    ------
+    PropagationError
+        Why nothing can be proposed: a bad argument, an ROI without its baseline series
+        or outside it, another patient, series that do not overlap, a poor registration,
+        an ROI mapped outside the follow-up.
+    """
+    from hu_roi.io import load_series
     from hu_roi.io.registration import neighbourhood_ncc, overlap_fraction, register_rigid
-    from hu_roi.roi import Roi, RoiSet, load_roiset, save_roiset
+    from hu_roi.roi import Roi
     from hu_roi.series_lookup import SeriesResolver
-    from hu_roi.util import OutputSet, printable, show
+    from hu_roi.util import show
 
-    dicom = Path(args.dicom)
-    out = Path(args.out)
-    if not dicom.is_dir():
-        raise CliError(f"no such DICOM folder: {dicom}")
-    if not (math.isfinite(args.margin) and args.margin >= 0):
-        raise CliError(f"--margin must be a number of mm >= 0; got {args.margin}")
-    if not (math.isfinite(args.min_ncc) and -1 <= args.min_ncc <= 1):
-        raise CliError(f"--min-ncc must lie in [-1, 1]; got {args.min_ncc}")
-    if args.timepoint == args.from_timepoint:
-        raise CliError(
-            f"--timepoint {args.timepoint} equals --from-timepoint; nothing to propagate"
+    if min_ncc is None:
+        min_ncc = DEFAULT_MIN_NCC
+    if not (math.isfinite(margin_mm) and margin_mm >= 0):
+        raise PropagationError(f"the margin must be a number of mm >= 0; got {margin_mm}")
+    if not (math.isfinite(min_ncc) and -1 <= min_ncc <= 1):
+        raise PropagationError(f"the least correlation must lie in [-1, 1]; got {min_ncc}")
+    if not baseline:
+        raise PropagationError("no baseline ROI to propagate")
+    same = [r for r in baseline if r.timepoint == timepoint]
+    if same:
+        raise PropagationError(
+            f"ROI {show(same[0].roi_id)} is of timepoint {timepoint} already; nothing to propagate"
         )
-    OutputSet([("the ROI file", args.rois), ("the DICOM folder", dicom)]).check(out)
-    if out.exists():
-        raise CliError(f"{printable(out)} exists; choose another --out (nothing written)")
-    rs = load_roiset(args.rois)
-    rois = [r for r in rs.rois if r.timepoint == args.from_timepoint]
-    if not rois:
-        raise CliError(f"{args.rois} holds no ROI of timepoint {args.from_timepoint}")
-    skipped = len(rs.rois) - len(rois)
-    cache = None
-    if not args.no_cache:
-        from hu_roi.io.cache import HeaderCache
-
-        cache = HeaderCache.default()
-    index = index_folder(dicom, cache=cache)
-    target = _find_series(index.series, args.to_series, dicom)
-    resolver = SeriesResolver(index.series)
+    resolver = SeriesResolver(series)
     groups: dict[str, tuple[SeriesInfo, list[Roi]]] = {}
-    for roi in rois:
+    for roi in baseline:
         m = resolver.resolve(roi)
         if m.info is None:
             raise PropagationError(f"ROI {show(roi.roi_id)}: no baseline series ({m.detail})")
@@ -301,7 +332,7 @@ def run_propagate(args: argparse.Namespace) -> int:
                     f"{[round(float(v), 1) for v in centre]} mm); fix it before propagating"
                 )
         pts = np.vstack([_roi_points(r) for r in group])
-        lo, hi = pts.min(axis=0) - args.margin, pts.max(axis=0) + args.margin
+        lo, hi = pts.min(axis=0) - margin_mm, pts.max(axis=0) + margin_mm
         frac = overlap_fraction(base, follow, lo, hi)
         if frac < MIN_OVERLAP:
             raise PropagationError(
@@ -329,10 +360,10 @@ def run_propagate(args: argparse.Namespace) -> int:
                     f"the series do not overlap at ROI {show(roi.roi_id)}: {inside:.0%} of "
                     "its neighbourhood maps into the follow-up image"
                 )
-            if not (ncc >= args.min_ncc):  # NaN included
+            if not (ncc >= min_ncc):  # NaN included
                 raise PropagationError(
                     f"poor registration at ROI {show(roi.roi_id)}: correlation of baseline "
-                    f"and registered follow-up {ncc:.3f} < {args.min_ncc:g} (--min-ncc); "
+                    f"and registered follow-up {ncc:.3f} < {min_ncc:g} (--min-ncc); "
                     "place this ROI by hand"
                 )
             shape_d, notes = map_shape(roi.shape, res, base, follow)
@@ -343,10 +374,10 @@ def run_propagate(args: argparse.Namespace) -> int:
                     f"{[round(float(v), 1) for v in mapped]} mm)"
                 )
             label = roi.level if roi.kind == "target" and roi.level else roi.kind
-            rid = f"{roi.patient_id}-{args.timepoint}-{label}"
+            rid = f"{roi.patient_id}-{timepoint}-{label}"
             k = 2
             while rid in used:
-                rid = f"{roi.patient_id}-{args.timepoint}-{label}-{k}"
+                rid = f"{roi.patient_id}-{timepoint}-{label}-{k}"
                 k += 1
             used.add(rid)
             reg = {
@@ -366,7 +397,7 @@ def run_propagate(args: argparse.Namespace) -> int:
             d = roi.to_dict()
             d.update(
                 roi_id=rid,
-                timepoint=args.timepoint,
+                timepoint=timepoint,
                 series_instance_uid=target.series_instance_uid,
                 proposed=True,
                 registration=reg,
@@ -379,6 +410,50 @@ def run_propagate(args: argparse.Namespace) -> int:
             if target.study_date:
                 d["study_date"] = target.study_date
             new.append(Roi.from_dict(d))
+    return new
+
+
+def run_propagate(args: argparse.Namespace) -> int:
+    """Run ``hu-roi propagate`` (see the module docstring; the work is :func:`propose`)."""
+    from hu_roi.io import index_folder
+    from hu_roi.roi import RoiSet, load_roiset, save_roiset
+    from hu_roi.util import OutputSet, printable
+
+    dicom = Path(args.dicom)
+    out = Path(args.out)
+    if not dicom.is_dir():
+        raise CliError(f"no such DICOM folder: {dicom}")
+    if not (math.isfinite(args.margin) and args.margin >= 0):
+        raise CliError(f"--margin must be a number of mm >= 0; got {args.margin}")
+    if not (math.isfinite(args.min_ncc) and -1 <= args.min_ncc <= 1):
+        raise CliError(f"--min-ncc must lie in [-1, 1]; got {args.min_ncc}")
+    if args.timepoint == args.from_timepoint:
+        raise CliError(
+            f"--timepoint {args.timepoint} equals --from-timepoint; nothing to propagate"
+        )
+    OutputSet([("the ROI file", args.rois), ("the DICOM folder", dicom)]).check(out)
+    if out.exists():
+        raise CliError(f"{printable(out)} exists; choose another --out (nothing written)")
+    rs = load_roiset(args.rois)
+    rois = [r for r in rs.rois if r.timepoint == args.from_timepoint]
+    if not rois:
+        raise CliError(f"{args.rois} holds no ROI of timepoint {args.from_timepoint}")
+    skipped = len(rs.rois) - len(rois)
+    cache = None
+    if not args.no_cache:
+        from hu_roi.io.cache import HeaderCache
+
+        cache = HeaderCache.default()
+    index = index_folder(dicom, cache=cache)
+    target = _find_series(index.series, args.to_series, dicom)
+    new = propose(
+        rois,
+        index.series,
+        target,
+        timepoint=args.timepoint,
+        margin_mm=args.margin,
+        min_ncc=args.min_ncc,
+    )
     saved = save_roiset(
         replace(RoiSet(reader=rs.reader), rois=tuple(new)), out, expected_stamp=None
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -532,3 +533,37 @@ def test_real_ct_follow_up_with_known_transform(real_ct: Path, tmp_path: Path) -
     got = np.array(r.shape.center_mm)
     np.testing.assert_array_less(np.abs(got[:2] - truth[:2]), sp[:2])
     assert abs(got[2] - truth[2]) <= sp[2] / 2 + 1e-6  # snapped onto the nearest slice
+
+
+def test_python_api_equals_the_command(study: Path, tmp_path: Path) -> None:
+    """``propagate.propose`` (used by the viewer) returns what the command writes, and
+    refuses bad arguments with PropagationError before reading any pixel."""
+    from hu_roi.io import index_folder
+    from hu_roi.propagate import PropagationError, propose
+
+    out = tmp_path / "p.rois.json"
+    proc = _propagate(study, UID + "1", out)
+    assert proc.returncode == 0, proc.stderr
+    written = load_roiset(out).rois
+    index = index_folder(study / "dicom")
+    (target,) = [s for s in index.series if s.series_instance_uid == UID + "1"]
+    base = load_roiset(study / "t0.rois.json").rois
+    got = propose(base, index.series, target, timepoint="T2")
+    assert [r.roi_id for r in got] == [r.roi_id for r in written]
+    for a, b in zip(got, written, strict=True):
+        assert a.proposed is True and a.timepoint == "T2"
+        assert a.series_instance_uid == b.series_instance_uid
+        pa = np.asarray(a.shape.center_mm or np.mean(a.shape.points_mm, axis=0))
+        pb = np.asarray(b.shape.center_mm or np.mean(b.shape.points_mm, axis=0))
+        assert np.all(np.abs(pa - pb) < 0.01), (a.roi_id, pa, pb)
+    for kwargs, words in (
+        ({"timepoint": "T0"}, "of timepoint T0 already"),
+        ({"timepoint": "T2", "margin_mm": -1.0}, "margin"),
+        ({"timepoint": "T2", "min_ncc": 2.0}, "[-1, 1]"),
+    ):
+        with pytest.raises(PropagationError, match=re.escape(words)):
+            propose(base, index.series, target, **kwargs)
+    with pytest.raises(PropagationError, match="no baseline ROI"):
+        propose([], index.series, target, timepoint="T2")
+    with pytest.raises(PropagationError, match="poor registration"):
+        propose(base, index.series, target, timepoint="T2", min_ncc=0.9999)

@@ -1050,20 +1050,13 @@ class Session:
         """
         if self.root is None:
             raise ValueError("index the DICOM folder first (Study tab)")
-        tp, rois = self.baseline_rois()
-        root, key, timepoint = self.root, self.current.info.series_key, str(self.timepoint)  # type: ignore[union-attr]
-        reader = self.reader
+        _tp, rois = self.baseline_rois()
+        series = list(self.index.series) if self.index is not None else []
+        key, timepoint = self.current.info.series_key, str(self.timepoint)  # type: ignore[union-attr]
 
         def job() -> list[Roi] | str:
             try:
-                return propose_rois(
-                    root,
-                    rois,
-                    to_series=key,
-                    timepoint=timepoint,
-                    from_timepoint=tp,
-                    reader=reader,
-                )
+                return propose_rois(series, rois, to_series=key, timepoint=timepoint)
             except ValueError as exc:
                 return str(exc)
 
@@ -1508,66 +1501,49 @@ class Session:
 
 
 def propose_rois(
-    root: str | Path,
+    series: Sequence[SeriesInfo],
     baseline: Sequence[Roi],
     *,
     to_series: str,
     timepoint: str,
-    from_timepoint: str,
-    reader: str = "R1",
 ) -> list[Roi]:
-    """Baseline ROIs proposed on a follow-up series by ``hu-roi propagate`` (no Qt).
+    """Baseline ROIs proposed on a follow-up series by ``hu-roi propagate``'s code (no Qt).
 
-    Runs the command's own code (:func:`hu_roi.propagate.run_propagate`: registration,
-    refusal rules, ids and the ``registration`` record) on a temporary copy of
-    ``baseline`` and returns the ROIs it wrote (``proposed=True``).  Safe to call in a
-    worker thread (it touches no layer).
+    Calls :func:`hu_roi.propagate.propose` (registration, refusal rules, ids and the
+    ``registration`` record) with the command's defaults and returns its ROIs
+    (``proposed=True``).  Safe to call in a worker thread (it touches no layer).
 
     Parameters
     ----------
-    root : path
-        The indexed DICOM folder holding both series.
+    series : sequence of SeriesInfo
+        The indexed series of the folder (both series among them).
     baseline : sequence of Roi
-        ROIs of ``from_timepoint`` on the baseline series of the same patient.
+        ROIs of one timepoint on the baseline series of the same patient.
     to_series : str
         series_key of the follow-up series.
-    timepoint, from_timepoint : str
-        Timepoint of the follow-up and of the baseline ROIs (``T0``…``T3``).
+    timepoint : str
+        Timepoint of the follow-up (``T0``…``T3``).
 
     Raises
     ------
     ValueError
-        The command refused (poor registration, series that do not overlap, …); the
-        message is its reason.
+        Nothing can be proposed (poor registration, series that do not overlap, …); the
+        message is the reason (:class:`hu_roi.propagate.PropagationError`).
     """
-    import argparse
-    import tempfile
+    from hu_roi import propagate
 
-    from hu_roi.clibase import CliError
-    from hu_roi.propagate import DEFAULT_MARGIN_MM, DEFAULT_MIN_NCC, run_propagate
-
-    with tempfile.TemporaryDirectory(prefix="hu-roi-propose-") as tmp:
-        src = Path(tmp) / "baseline.rois.json"
-        out = Path(tmp) / "proposed.rois.json"
-        save_roiset(RoiSet(reader=reader, rois=tuple(baseline)), src, expected_stamp=None)
-        args = argparse.Namespace(
-            dicom=str(root),
-            rois=str(src),
-            to_series=to_series,
-            timepoint=timepoint,
-            from_timepoint=from_timepoint,
-            out=str(out),
-            margin=DEFAULT_MARGIN_MM,
-            min_ncc=DEFAULT_MIN_NCC,
-            no_cache=False,
-            quiet=True,
-        )
-        try:
-            run_propagate(args)
-        except CliError as exc:
-            raise ValueError(str(exc)) from exc
-        # PropagationError is a ValueError already: its message is the reason
-        return list(load_roiset(out).rois)
+    hits = [s for s in series if s.series_key == to_series]
+    if len(hits) != 1:
+        raise ValueError(f"the follow-up series is no longer in the folder's index ({to_series})")
+    # the module's defaults read now (not at import): the command's current settings
+    return propagate.propose(
+        baseline,
+        series,
+        hits[0],
+        timepoint=timepoint,
+        margin_mm=propagate.DEFAULT_MARGIN_MM,
+        min_ncc=propagate.DEFAULT_MIN_NCC,
+    )
 
 
 def _set_transform(layer: Any, kw: dict) -> None:
