@@ -6,7 +6,9 @@ core of the vertebral body (:func:`propose_on_slice`) on the CT slice nearest to
 centroid of the level's label, and written as an ROI with ``"proposed": true`` for the
 reader to confirm.  The label map must lie on the CT's grid
 (:func:`hu_roi.io.labels.labels_on_volume`); otherwise nothing is written (exit 2, one
-line).  The user-facing description is docs/labels.md.
+line).  :func:`labels_for_volume` and :func:`rois_from_labels` do the work (used by the
+command and by the viewer's *Propose ROIs from labels*).  The user-facing description is
+docs/labels.md.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from hu_roi.clibase import CliError, add_common_options, plural
 from hu_roi.errors import HuRoiError
 
 if TYPE_CHECKING:
+    from hu_roi.io.labels import LabelMap
+    from hu_roi.roi import Roi
+    from hu_roi.series import SeriesInfo
     from hu_roi.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -39,6 +44,9 @@ __all__ = [
     "core_mask",
     "propose_on_slice",
     "propose_rois",
+    "LabelProposalError",
+    "labels_for_volume",
+    "rois_from_labels",
     "add_rois_from_labels_parser",
     "run_rois_from_labels",
 ]
@@ -327,6 +335,191 @@ def propose_rois(
     return out, skipped
 
 
+def labels_for_volume(
+    path: str | Path, volume: Volume, *, label_map: LabelMap | None = None
+) -> tuple[np.ndarray, dict[int, str]]:
+    """A label map file (NIfTI or DICOM SEG) on a CT volume's grid, with its level table.
+
+    Parameters
+    ----------
+    path : path
+        ``.nii``/``.nii.gz`` (TotalSegmentator v2 values, :data:`TOTALSEG_V2_LEVELS`) or a
+        DICOM SEG made from the CT (levels from its segment labels).
+    volume : Volume
+        The whole CT series (every slice).
+    label_map : LabelMap, optional
+        The NIfTI at ``path`` read already (:func:`hu_roi.io.labels.read_label_map`).
+
+    Returns
+    -------
+    (labels, table)
+        Label per CT voxel, shape (slices, rows, columns) int32, and label value -> level.
+
+    Raises
+    ------
+    LabelMapError
+        Not readable, not on the CT's grid, of another series (:mod:`hu_roi.io.labels`).
+    LabelProposalError
+        No vertebra label at all, or none on this series' voxels.
+    """
+    from hu_roi.io.labels import (
+        TOTALSEG_V2_LEVELS,
+        is_dicom_file,
+        labels_on_volume,
+        read_label_map,
+        seg_on_volume,
+    )
+
+    name = Path(path).name
+    if is_dicom_file(path):
+        labels, table = seg_on_volume(path, volume)
+    else:
+        lm = label_map if label_map is not None else read_label_map(path)
+        table = dict(TOTALSEG_V2_LEVELS)
+        _require_vertebrae(lm.labels, table, lm.path)
+        labels = labels_on_volume(lm, volume)
+    if not np.isin(labels, list(table)).any():
+        where = f"series {volume.info.series_key}" if volume.info is not None else "this CT"
+        raise LabelProposalError(f"no vertebra label of {name} lies on the voxels of {where}")
+    return labels, table
+
+
+def _require_vertebrae(values: np.ndarray, table: dict[int, str], path: Path) -> None:
+    if not np.isin(values, list(table)).any():
+        raise LabelProposalError(
+            f"{path} holds no vertebra label (TotalSegmentator v2 values 26-50, "
+            "vertebrae_S1 … vertebrae_C1; see docs/labels.md)"
+        )
+
+
+def rois_from_labels(
+    labels: np.ndarray,
+    volume: Volume,
+    table: dict[int, str],
+    *,
+    timepoint: str,
+    patient_id: str,
+    source: str,
+    info: SeriesInfo | None = None,
+    erosion_mm: float = DEFAULT_EROSION_MM,
+    cortical_hu: float = DEFAULT_CORTICAL_HU,
+) -> tuple[list[Roi], list[str]]:
+    """Proposed target ROIs (``proposed=True``), one per labelled level with a usable core.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray of int, shape (slices, rows, columns)
+        Label per voxel of ``volume`` (:func:`labels_for_volume`).
+    volume : Volume
+        The whole CT series.
+    table : dict of int -> str
+        Label value -> level.
+    timepoint, patient_id : str
+        Of the new ROIs (``roi_id`` = ``PATIENT-TIMEPOINT-LEVEL``).
+    source : str
+        Name of the label map, written into each ROI's ``registration`` record.
+    info : SeriesInfo, optional
+        The CT series (default ``volume.info``).
+    erosion_mm : float
+        Distance kept from the vertebra's edge, mm (at least 3).
+    cortical_hu : float
+        Voxels at or above this HU are left out as cortex.
+
+    Returns
+    -------
+    (rois, notes)
+        ``notes``: one line per level without an ROI or with a small one, with the reason.
+
+    Raises
+    ------
+    LabelProposalError
+        Bad options, a non-axial series, or no ROI at all (the message says why).
+    """
+    from hu_roi.rasterize import mask_on_slice
+    from hu_roi.roi import Roi
+
+    info = info if info is not None else volume.info
+    if info is None:
+        raise LabelProposalError("the CT volume carries no series header")
+    if not (math.isfinite(erosion_mm) and erosion_mm >= 3.0):
+        raise LabelProposalError(f"the erosion must be at least 3 mm; got {erosion_mm}")
+    if not math.isfinite(cortical_hu):
+        raise LabelProposalError(f"the cortical HU threshold must be a number; got {cortical_hu}")
+    if not (patient_id or "").strip():
+        raise LabelProposalError(f"series {info.series_key} has no patient id; give one")
+    proposals, skipped = propose_rois(
+        labels, volume, table, erosion_mm=erosion_mm, cortical_hu=cortical_hu
+    )
+    if not proposals:
+        raise LabelProposalError(
+            f"no vertebra of {source} lies in series {info.series_key}"
+            + (f" with a usable core: {'; '.join(skipped)}" if skipped else "")
+        )
+    rois: list[Roi] = []
+    for pr in proposals:
+        centre = volume.pixel_to_lps(pr.k, np.array(pr.center_rc[0]), np.array(pr.center_rc[1]))
+        d: dict[str, Any] = {
+            "roi_id": f"{patient_id}-{timepoint}-{pr.level}",
+            "patient_id": patient_id,
+            "timepoint": timepoint,
+            "series_instance_uid": info.series_instance_uid,
+            "level": pr.level,
+            "irradiated": None,
+            "lesion_type": None,
+            "kind": "target",
+            "proposed": True,
+            "shape": {
+                "type": "ellipse",
+                "center_mm": [round(float(v), 4) for v in centre],
+                "radii_mm": [math.floor(r * 1e4) / 1e4 for r in pr.radii_mm],
+                "angle_deg": round(pr.angle_deg, 4),
+            },
+            "registration": {
+                "method": "vertebra label map (hu-roi rois-from-labels)",
+                "labels": source,
+                "label": pr.label,
+                "core_area_mm2": round(pr.core_area_mm2, 1),
+                "erosion_mm": erosion_mm,
+                "cortical_hu": cortical_hu,
+            },
+        }
+        if not info.series_instance_uid:
+            d["series_key"] = info.series_key
+        if info.study_date:
+            d["study_date"] = info.study_date
+        roi = Roi.from_dict(d)
+        # the written (rounded) ellipse, rasterised as every measurement will, must hold
+        # only voxels of the level's label: a proposal is never placed off its vertebra
+        m = mask_on_slice(volume, roi, pr.k)
+        if not m.any() or np.any(labels[pr.k][m] != pr.label):
+            raise LabelProposalError(
+                f"internal check failed: the ROI proposed for {pr.level} leaves its label"
+            )
+        area = float(m.sum()) * volume.pixel_spacing_mm[0] * volume.pixel_spacing_mm[1]
+        edge = (
+            "; its label reaches the first or last slice (partly imaged?)"
+            if np.any(labels[[0, -1]] == pr.label)
+            else ""
+        )
+        if area < MIN_AREA_MM2:
+            skipped.append(
+                f"{pr.level}: the body's core allows only {area:.0f} mm² "
+                f"(< {MIN_AREA_MM2:g} mm²); no ROI proposed, place it by hand{edge}"
+            )
+            continue
+        if area < TARGET_AREA_MM2:
+            skipped.append(
+                f"{pr.level}: the body's core allows only {area:.0f} mm² "
+                f"(< {TARGET_AREA_MM2:g} mm²); check the proposed ROI{edge}"
+            )
+        rois.append(roi)
+    if not rois:
+        raise LabelProposalError(
+            f"no ROI proposed from {source} on series {info.series_key}: " + "; ".join(skipped)
+        )
+    return rois, skipped
+
+
 # --------------------------------------------------------------------------------------
 def _find_series(series: list[Any], key: str | None, dicom: Path) -> Any:
     from hu_roi.util import show
@@ -400,17 +593,11 @@ def add_rois_from_labels_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_rois_from_labels(args: argparse.Namespace) -> int:
-    """Run ``hu-roi rois-from-labels`` (see the module docstring)."""
+    """Run ``hu-roi rois-from-labels`` (see the module docstring; the work is
+    :func:`labels_for_volume` and :func:`rois_from_labels`)."""
     from hu_roi.io import index_folder, load_series
-    from hu_roi.io.labels import (
-        TOTALSEG_V2_LEVELS,
-        is_dicom_file,
-        labels_on_volume,
-        read_label_map,
-        seg_on_volume,
-    )
-    from hu_roi.rasterize import mask_on_slice
-    from hu_roi.roi import Roi, RoiSet, save_roiset
+    from hu_roi.io.labels import TOTALSEG_V2_LEVELS, is_dicom_file, read_label_map
+    from hu_roi.roi import RoiSet, save_roiset
     from hu_roi.util import OutputSet, printable
 
     dicom = Path(args.dicom)
@@ -424,15 +611,10 @@ def run_rois_from_labels(args: argparse.Namespace) -> int:
     OutputSet([("the label map", args.labels), ("the DICOM folder", dicom)]).check(out)
     if out.exists():
         raise CliError(f"{printable(out)} exists; choose another --out (nothing written)")
-    is_seg = is_dicom_file(args.labels)
-    table = TOTALSEG_V2_LEVELS
-    if not is_seg:
+    lm = None
+    if not is_dicom_file(args.labels):  # refused before the CT is indexed and read
         lm = read_label_map(args.labels)
-        if not np.isin(lm.labels, list(table)).any():
-            raise LabelProposalError(
-                f"{lm.path} holds no vertebra label (TotalSegmentator v2 values 26-50, "
-                "vertebrae_S1 … vertebrae_C1; see docs/labels.md)"
-            )
+        _require_vertebrae(lm.labels, TOTALSEG_V2_LEVELS, lm.path)
     cache = None
     if not args.no_cache:
         from hu_roi.io.cache import HeaderCache
@@ -444,81 +626,18 @@ def run_rois_from_labels(args: argparse.Namespace) -> int:
     if not (patient or "").strip():
         raise CliError(f"series {info.series_key} has no PatientID; give --patient-id")
     volume = load_series(info)
-    if is_seg:
-        labels, table = seg_on_volume(args.labels, volume)
-    else:
-        labels = labels_on_volume(lm, volume)
-    source = Path(args.labels).name
-    proposals, skipped = propose_rois(
-        labels, volume, table, erosion_mm=args.erosion_mm, cortical_hu=args.cortical_hu
+    labels, table = labels_for_volume(args.labels, volume, label_map=lm)
+    rois, skipped = rois_from_labels(
+        labels,
+        volume,
+        table,
+        info=info,
+        timepoint=args.timepoint,
+        patient_id=patient,
+        source=Path(args.labels).name,
+        erosion_mm=args.erosion_mm,
+        cortical_hu=args.cortical_hu,
     )
-    if not proposals:
-        raise LabelProposalError(
-            f"no vertebra of {source} lies in series {info.series_key}"
-            + (f" with a usable core: {'; '.join(skipped)}" if skipped else "")
-        )
-    rois: list[Roi] = []
-    for pr in proposals:
-        centre = volume.pixel_to_lps(pr.k, np.array(pr.center_rc[0]), np.array(pr.center_rc[1]))
-        d: dict[str, Any] = {
-            "roi_id": f"{patient}-{args.timepoint}-{pr.level}",
-            "patient_id": patient,
-            "timepoint": args.timepoint,
-            "series_instance_uid": info.series_instance_uid,
-            "level": pr.level,
-            "irradiated": None,
-            "lesion_type": None,
-            "kind": "target",
-            "proposed": True,
-            "shape": {
-                "type": "ellipse",
-                "center_mm": [round(float(v), 4) for v in centre],
-                "radii_mm": [math.floor(r * 1e4) / 1e4 for r in pr.radii_mm],
-                "angle_deg": round(pr.angle_deg, 4),
-            },
-            "registration": {
-                "method": "vertebra label map (hu-roi rois-from-labels)",
-                "labels": source,
-                "label": pr.label,
-                "core_area_mm2": round(pr.core_area_mm2, 1),
-                "erosion_mm": args.erosion_mm,
-                "cortical_hu": args.cortical_hu,
-            },
-        }
-        if not info.series_instance_uid:
-            d["series_key"] = info.series_key
-        if info.study_date:
-            d["study_date"] = info.study_date
-        roi = Roi.from_dict(d)
-        # the written (rounded) ellipse, rasterised as every measurement will, must hold
-        # only voxels of the level's label: a proposal is never placed off its vertebra
-        m = mask_on_slice(volume, roi, pr.k)
-        if not m.any() or np.any(labels[pr.k][m] != pr.label):
-            raise LabelProposalError(
-                f"internal check failed: the ROI proposed for {pr.level} leaves its label"
-            )
-        area = float(m.sum()) * volume.pixel_spacing_mm[0] * volume.pixel_spacing_mm[1]
-        edge = (
-            "; its label reaches the first or last slice (partly imaged?)"
-            if np.any(labels[[0, -1]] == pr.label)
-            else ""
-        )
-        if area < MIN_AREA_MM2:
-            skipped.append(
-                f"{pr.level}: the body's core allows only {area:.0f} mm² "
-                f"(< {MIN_AREA_MM2:g} mm²); no ROI proposed, place it by hand{edge}"
-            )
-            continue
-        if area < TARGET_AREA_MM2:
-            skipped.append(
-                f"{pr.level}: the body's core allows only {area:.0f} mm² "
-                f"(< {TARGET_AREA_MM2:g} mm²); check the proposed ROI{edge}"
-            )
-        rois.append(roi)
-    if not rois:
-        raise LabelProposalError(
-            f"no ROI proposed from {source} on series {info.series_key}: " + "; ".join(skipped)
-        )
     saved = save_roiset(RoiSet(reader=args.reader, rois=tuple(rois)), out, expected_stamp=None)
     for line in skipped:
         logger.warning("%s", line)

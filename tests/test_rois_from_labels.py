@@ -464,3 +464,31 @@ def test_proposed_rois_measure_trabecular_hu(case: dict, tmp_path: Path) -> None
         assert float(r["mean_hu"]) == 200.0 and float(r["sd_hu"]) == 0.0
         assert float(r["area_mm2"]) >= 200.0
         assert "proposed-unconfirmed" in r["qc_flags"]
+
+
+def test_python_api_equals_the_command(case: dict, tmp_path: Path) -> None:
+    """``labels_for_volume`` + ``rois_from_labels`` (used by the viewer) give the ROIs the
+    command writes; refusals are LabelProposalError / LabelMapError with the reason."""
+    from hu_roi.roisfromlabels import LabelProposalError, labels_for_volume, rois_from_labels
+
+    labels = _write_nifti(tmp_path / "seg.nii.gz", case["lab"], flip=0)
+    out = tmp_path / "p.rois.json"
+    assert _run(case, labels, out).returncode == 0
+    vol = load_series(index_folder(case["dicom"]).series[0])
+    lab, table = labels_for_volume(labels, vol)
+    assert np.array_equal(lab, case["lab"]) and table == TOTALSEG_V2_LEVELS
+    rois, notes = rois_from_labels(
+        lab, vol, table, timepoint="T0", patient_id="P07", source=labels.name
+    )
+    assert not notes
+    assert [r.to_dict() for r in rois] == [r.to_dict() for r in load_roiset(out).rois]
+    with pytest.raises(LabelProposalError, match="no patient id"):
+        rois_from_labels(lab, vol, table, timepoint="T0", patient_id=" ", source="x")
+    with pytest.raises(LabelProposalError, match="at least 3 mm"):
+        rois_from_labels(lab, vol, table, timepoint="T0", patient_id="P", source="x", erosion_mm=1)
+    bad = _write_nifti(tmp_path / "shift.nii.gz", case["lab"], shift_mm=(0.0, 0.0, 1.0))
+    with pytest.raises(LabelMapError, match="not aligned"):
+        labels_for_volume(bad, vol)
+    none = _write_nifti(tmp_path / "none.nii.gz", np.where(case["lab"] == 5, 5, 0).astype(np.uint8))
+    with pytest.raises(LabelProposalError, match="no vertebra label"):
+        labels_for_volume(none, vol)
