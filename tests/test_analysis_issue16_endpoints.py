@@ -9,16 +9,14 @@ for every statistic; hand-made rows with the answers worked out in the comments.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+from r_reference import load_reference
 
 from hu_roi.analysis.clinical import CLINICAL_SCHEMA, survival_months, validate_clinical
 from hu_roi.analysis.endpoints import (
@@ -36,20 +34,9 @@ from hu_roi.analysis.schemas import (
 from hu_roi.errors import SchemaError
 
 ROOT = Path(__file__).resolve().parents[1]
-REF_FILE = ROOT / "tests" / "data" / "r_reference" / "issue16_reference.json"
 
 
-def _decode(v: Any) -> Any:
-    if isinstance(v, str) and v in ("NaN", "NA"):
-        return math.nan
-    if isinstance(v, list):
-        return [_decode(u) for u in v]
-    if isinstance(v, dict):
-        return {k: _decode(u) for k, u in v.items()}
-    return v
-
-
-REF = _decode(json.loads(REF_FILE.read_text()))
+REF = load_reference("issue16_reference.json")
 
 
 def _hu_frame(imrt: list[float], crt: list[float]) -> pd.DataFrame:

@@ -10,27 +10,25 @@ survdiff, fisher.test.
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+from r_reference import R_REFERENCE_DIR, load_reference
 
 from hu_roi.analysis.clinical import read_clinical
 from hu_roi.analysis.endpoints import TrialEndpoints, analyze
 from hu_roi.analysis.schemas import longitudinal_from_measurements, read_measurements
 
-DATA = Path(__file__).resolve().parent / "data" / "r_reference"
-REF = json.loads((DATA / "issue16_trial_reference.json").read_text())
+REF = load_reference("issue16_trial_reference.json")
 ROWS = {"delta_hu_T2": "HU T0-T2", "pct_delta_T2": "HU T0-T2 (%)",
         "delta_hu_T3": "HU T0-T3", "pct_delta_T3": "HU T0-T3 (%)"}  # fmt: skip
 
 
 def _run(**kw: Any) -> TrialEndpoints:
-    meas = read_measurements(DATA / "issue16_trial" / "measurements.csv")
-    clin = read_clinical(DATA / "issue16_trial" / "clinical.csv")
+    meas = read_measurements(R_REFERENCE_DIR / "issue16_trial" / "measurements.csv")
+    clin = read_clinical(R_REFERENCE_DIR / "issue16_trial" / "clinical.csv")
     return analyze(longitudinal_from_measurements(meas), clin, measurements=meas, **kw)
 
 

@@ -12,7 +12,6 @@ absolute for values near 0).
 from __future__ import annotations
 
 import csv
-import json
 import math
 import warnings
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_helpers import run_main
+from r_reference import load_reference
 
 from hu_roi.export import columns
 from hu_roi.reliability import (
@@ -31,8 +31,7 @@ from hu_roi.reliability import (
     precision,
 )
 
-REF_FILE = Path(__file__).resolve().parent / "data" / "r_reference" / "icc_reference.json"
-REF = json.loads(REF_FILE.read_text())
+REF = load_reference("icc_reference.json")
 CASES = {c["tag"]: c for c in REF["cases"]}
 TOL = 1e-9
 

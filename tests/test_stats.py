@@ -7,15 +7,14 @@ recorded in the file).  R is not needed to run these tests.
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from r_reference import load_reference
 
 from hu_roi.analysis import stats
 from hu_roi.analysis.stats import (
@@ -28,25 +27,10 @@ from hu_roi.analysis.stats import (
     signed_rank,
 )
 
-REF_FILE = Path(__file__).resolve().parent / "data" / "r_reference" / "stats_reference.json"
 RTOL = 1e-9
 
 
-def _decode(v: Any) -> Any:
-    if isinstance(v, str) and v in ("NaN", "NA"):
-        return math.nan
-    if v == "Inf":
-        return math.inf
-    if v == "-Inf":
-        return -math.inf
-    if isinstance(v, list):
-        return [_decode(u) for u in v]
-    if isinstance(v, dict):
-        return {k: _decode(u) for k, u in v.items()}
-    return v
-
-
-REF = _decode(json.loads(REF_FILE.read_text()))
+REF = load_reference("stats_reference.json")
 
 
 def _close(
