@@ -299,9 +299,8 @@ def _clinical_csv(path: Path, *rows: dict[str, object]) -> Path:
     return path
 
 
-def test_cli_options_reach_the_outputs(tmp_path: Path) -> None:
-    from hu_roi.analysis.cli import add_analyze_parser
-
+def _four_patient_inputs(tmp_path: Path) -> tuple[Path, Path]:
+    """Clinical and measurement CSVs of 4 patients (2 per arm), HU at T0, T2, T3."""
     clin = _clinical_csv(tmp_path / "c.csv", _row("A"), _row("B", arm="3DCRT"),
                          _row("C"), _row("D", arm="3DCRT"))  # fmt: skip
     mrows = []
@@ -313,6 +312,13 @@ def test_cli_options_reach_the_outputs(tmp_path: Path) -> None:
                           "roi_id": f"{r['patient_id']}{r['timepoint']}", **r} for r in mrows])  # fmt: skip
     mpath = tmp_path / "m.csv"
     meas.to_csv(mpath, index=False)
+    return clin, mpath
+
+
+def test_cli_options_reach_the_outputs(tmp_path: Path) -> None:
+    from hu_roi.analysis.cli import add_analyze_parser
+
+    clin, mpath = _four_patient_inputs(tmp_path)
     parser = argparse.ArgumentParser()
     add_analyze_parser(parser.add_subparsers())
     out = tmp_path / "out"
@@ -375,17 +381,7 @@ def test_report_states_the_lsc_when_one_is_given(tmp_path: Path, how: str) -> No
     and its source in the report's Methods; without either, no LSC sentence."""
     from hu_roi.analysis.cli import add_analyze_parser
 
-    clin = _clinical_csv(tmp_path / "c.csv", _row("A"), _row("B", arm="3DCRT"),
-                         _row("C"), _row("D", arm="3DCRT"))  # fmt: skip
-    mrows = []
-    for pid, hu in (("A", (100, 130, 140)), ("B", (100, 90, 95)), ("C", (100, 125, 150)),
-                    ("D", (100, 80, 70))):  # fmt: skip
-        mrows += _hu_rows(pid, hu)
-    meas = pd.DataFrame([{**{"level": "L3", "irradiated": "true", "lesion_type": "mixed",
-                             "kind": "target", "qc_status": "pass", "reader": "R1"},
-                          "roi_id": f"{r['patient_id']}{r['timepoint']}", **r} for r in mrows])  # fmt: skip
-    mpath = tmp_path / "m.csv"
-    meas.to_csv(mpath, index=False)
+    clin, mpath = _four_patient_inputs(tmp_path)
     rel = tmp_path / "reliability.csv"
     rel.write_text("statistic,estimate,ci_low,ci_high,n\nprecision_sd,4.5,,,30\nlsc,12.465,,,30\n")
     parser = argparse.ArgumentParser()
