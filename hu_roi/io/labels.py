@@ -30,6 +30,9 @@ import numpy as np
 from hu_roi.errors import HuRoiError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from hu_roi.series import SeriesInfo
     from hu_roi.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -42,6 +45,9 @@ __all__ = [
     "LabelMapError",
     "read_label_map",
     "labels_on_volume",
+    "check_labels_fit",
+    "grid_of_series",
+    "seg_references",
     "is_dicom_file",
     "level_of_segment",
     "seg_on_volume",
@@ -168,18 +174,14 @@ def read_label_map(path: str | Path) -> LabelMap:
     )
 
 
-def labels_on_volume(lm: LabelMap, volume: Volume, *, tol_mm: float = ALIGN_TOL_MM) -> np.ndarray:
-    """The label of every voxel of ``volume`` (nearest neighbour), shape (slices, rows, cols).
+def _label_index_grid(
+    lm: LabelMap, volume: Volume, tol_mm: float
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """Check that ``volume``'s voxel centres lie on ``lm``'s voxel centres, slice by slice.
 
-    Every CT voxel centre must lie within ``tol_mm`` of a label voxel centre, inside the
-    label grid.  The grids may differ in axis order and direction (a NIfTI saved as LAS or
-    RAS, a flipped axis) and the label grid may be finer by a whole factor or larger; any
-    other difference is refused.
-
-    Raises
-    ------
-    LabelMapError
-        The label map is not on the CT's grid, or does not cover all of it.
+    Yields, for every loaded slice k, (k, label index of its first pixel, label-index
+    step per CT row, per CT column), all whole numbers; raises :class:`LabelMapError` at
+    the first slice that is off the grid or outside it.
     """
     inv = np.linalg.inv(lm.affine_lps)
     lin = inv[:3, :3]
@@ -200,10 +202,9 @@ def labels_on_volume(lm: LabelMap, volume: Volume, *, tol_mm: float = ALIGN_TOL_
                 f"the label map is not on the CT's grid: one CT {name} step is "
                 f"{np.round(step, 3).tolist()} label voxels (must be whole numbers); {fix}"
             )
-    out = np.zeros((n, rows, cols), dtype=np.int32)
     shape = np.array(lm.labels.shape)
-    r_idx = np.arange(rows)
-    c_idx = np.arange(cols)
+    sr = np.round(step_r).astype(int)
+    sc = np.round(step_c).astype(int)
     for k in range(n):
         o = inv[:3, :3] @ volume.slice_origins_lps_mm[k] + inv[:3, 3]
         corners = np.array(
@@ -223,12 +224,80 @@ def labels_on_volume(lm: LabelMap, volume: Volume, *, tol_mm: float = ALIGN_TOL_
                 f"(LPS {np.round(lo, 1).tolist()} mm) lies outside the label grid of shape "
                 f"{tuple(int(v) for v in shape)}; {fix}"
             )
-        sr = np.round(step_r).astype(int)
-        sc = np.round(step_c).astype(int)
-        o_i = np.round(o).astype(int)
+        yield k, np.round(o).astype(int), sr, sc
+
+
+def check_labels_fit(lm: LabelMap, volume: Volume, *, tol_mm: float = ALIGN_TOL_MM) -> None:
+    """Raise :class:`LabelMapError` unless ``lm`` lies on ``volume``'s grid (see
+    :func:`labels_on_volume`); reads no label value, so ``volume`` may be a header-only
+    grid (:func:`grid_of_series`)."""
+    for _ in _label_index_grid(lm, volume, tol_mm):
+        pass
+
+
+def grid_of_series(info: SeriesInfo) -> Volume:
+    """A pixel-free :class:`~hu_roi.volume.Volume` with the geometry of every slice of
+    ``info`` (its ``hu`` is a read-only broadcast zero, no memory): for grid checks before
+    any pixel is read."""
+    from hu_roi.volume import Volume
+
+    hu = np.broadcast_to(
+        np.zeros((1, 1, 1), dtype=np.int16), (info.n_slices, info.rows, info.columns)
+    )
+    return Volume(
+        hu=hu,
+        orientation=np.asarray(info.orientation, dtype=float).reshape(2, 3),
+        pixel_spacing_mm=info.pixel_spacing_mm,
+        slice_origins_lps_mm=np.array([s.position_lps_mm for s in info.slices], dtype=float),
+        info=info,
+    )
+
+
+def labels_on_volume(lm: LabelMap, volume: Volume, *, tol_mm: float = ALIGN_TOL_MM) -> np.ndarray:
+    """The label of every voxel of ``volume`` (nearest neighbour), shape (slices, rows, cols).
+
+    Every CT voxel centre must lie within ``tol_mm`` of a label voxel centre, inside the
+    label grid.  The grids may differ in axis order and direction (a NIfTI saved as LAS or
+    RAS, a flipped axis) and the label grid may be finer by a whole factor or larger; any
+    other difference is refused.
+
+    Raises
+    ------
+    LabelMapError
+        The label map is not on the CT's grid, or does not cover all of it.
+    """
+    n, rows, cols = volume.shape
+    out = np.zeros((n, rows, cols), dtype=np.int32)
+    r_idx = np.arange(rows)
+    c_idx = np.arange(cols)
+    for k, o_i, sr, sc in _label_index_grid(lm, volume, tol_mm):
         idx = o_i[None, None, :] + r_idx[:, None, None] * sr + c_idx[None, :, None] * sc
         out[k] = lm.labels[idx[..., 0], idx[..., 1], idx[..., 2]]
     return out
+
+
+def seg_references(path: str | Path) -> tuple[set[str], str]:
+    """The SeriesInstanceUIDs a DICOM SEG was made from and its FrameOfReferenceUID (headers
+    only).
+
+    Raises
+    ------
+    LabelMapError
+        Not a readable DICOM SEG.
+    """
+    import pydicom
+
+    p = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(str(p), stop_before_pixels=True)
+    except Exception as exc:  # pydicom raises many types for a damaged file
+        raise LabelMapError(f"{p}: cannot read as DICOM SEG ({type(exc).__name__}: {exc})") from exc
+    if ds.get("Modality") != "SEG":
+        raise LabelMapError(f"{p}: a DICOM {ds.get('Modality', '?')} file, not a SEG")
+    ref = {str(s.get("SeriesInstanceUID", "")) for s in ds.get("ReferencedSeriesSequence", [])}
+    return ref - {""}, str(ds.get("FrameOfReferenceUID", "") or "")
 
 
 def is_dicom_file(path: str | Path) -> bool:
@@ -331,13 +400,22 @@ def seg_on_volume(path: str | Path, volume: Volume) -> tuple[np.ndarray, dict[in
             f"{p}: pixel spacing {spacing} mm, the CT's {volume.pixel_spacing_mm} mm; the SEG "
             "is not on the CT's grid"
         )
+    # a volume may hold only some slices of the series (measure reads the slices its ROIs
+    # touch): frames of the series' other slices are skipped, by UID or by position
     sop_k: dict[str, int] = {}
+    series_sops: set[str] = set()
+    loaded: dict[int, int] = {int(i): j for j, i in enumerate(volume.slice_indices)}
     if info is not None:
-        for j, i in enumerate(volume.slice_indices):
-            uid = info.slices[int(i)].sop_instance_uid
-            if uid:
-                sop_k[uid] = j
-    pos = volume.slice_origins_lps_mm
+        for i, sl in enumerate(info.slices):
+            if sl.sop_instance_uid:
+                series_sops.add(sl.sop_instance_uid)
+                if i in loaded:
+                    sop_k[sl.sop_instance_uid] = loaded[i]
+        all_pos = np.array([s.position_lps_mm for s in info.slices], dtype=float).reshape(-1, 3)
+        all_k = [loaded.get(i) for i in range(len(info.slices))]
+    else:
+        all_pos = volume.slice_origins_lps_mm
+        all_k = list(range(n))
     binary = str(ds.get("SegmentationType", "BINARY")) == "BINARY"
     top = float(ds.get("MaximumFractionalValue", 255) or 255)
     out = np.zeros((n, rows, cols), dtype=np.int32)
@@ -351,22 +429,36 @@ def seg_on_volume(path: str | Path, volume: Volume) -> tuple[np.ndarray, dict[in
         if seg_no not in table:
             continue
         k: int | None = None
+        of_series = False  # names a slice of the series (loaded or not)
         for d in fg.get("DerivationImageSequence", []):
             for s in d.get("SourceImageSequence", []):
-                k = sop_k.get(str(s.get("ReferencedSOPInstanceUID", "")), k)
+                uid = str(s.get("ReferencedSOPInstanceUID", ""))
+                of_series |= uid in series_sops
+                k = sop_k.get(uid, k)
         ipp = None
         if "PlanePositionSequence" in fg:
             ipp = np.asarray(fg.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
         if ipp is not None:
-            d_mm = np.linalg.norm(pos - ipp, axis=1)
             if k is None:
-                k = int(np.argmin(d_mm))
-            if d_mm[k] > ALIGN_TOL_MM:
+                d_all = np.linalg.norm(all_pos - ipp, axis=1)
+                i = int(np.argmin(d_all))
+                if d_all[i] > ALIGN_TOL_MM:
+                    raise LabelMapError(
+                        f"{p}: frame {f + 1} lies {d_all[i]:.2f} mm from the nearest CT slice; "
+                        "the SEG is not on the CT's grid"
+                    )
+                k = all_k[i]
+                if k is None:  # a slice of the series that is not loaded
+                    continue
+            d_mm = float(np.linalg.norm(volume.slice_origins_lps_mm[k] - ipp))
+            if d_mm > ALIGN_TOL_MM:
                 raise LabelMapError(
-                    f"{p}: frame {f + 1} lies {d_mm[k]:.2f} mm from its CT slice; the SEG is "
+                    f"{p}: frame {f + 1} lies {d_mm:.2f} mm from its CT slice; the SEG is "
                     "not on the CT's grid"
                 )
         if k is None:
+            if of_series:  # a slice of the series that is not loaded
+                continue
             raise LabelMapError(f"{p}: frame {f + 1} names no slice of this CT series")
         on = frames[f] > 0 if binary else frames[f] > top / 2
         out[k][on] = seg_no

@@ -59,6 +59,10 @@ class DoseGrid:
         PatientID of the RTDOSE ("" when absent).
     path : str
         The file it was read from ("" when built in memory).
+    summation_type : str
+        DoseSummationType (``PLAN``, ``BEAM``, ``FRACTION``, …; "" when absent).
+    sop_instance_uid : str
+        SOPInstanceUID of the file ("" when absent).
     """
 
     dose_gy: np.ndarray
@@ -69,6 +73,8 @@ class DoseGrid:
     frame_of_reference_uid: str = ""
     patient_id: str = ""
     path: str = ""
+    summation_type: str = ""
+    sop_instance_uid: str = ""
 
     @property
     def normal(self) -> np.ndarray:
@@ -187,6 +193,8 @@ def read_rtdose(path: str | Path) -> DoseGrid:
         frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),
         patient_id=str(ds.get("PatientID", "") or ""),
         path=str(p),
+        summation_type=str(ds.get("DoseSummationType", "") or "").upper(),
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""),
     )
 
 
