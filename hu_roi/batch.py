@@ -33,12 +33,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import math
 import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from hu_roi import __version__
 from hu_roi.calibration import (
@@ -49,6 +52,16 @@ from hu_roi.calibration import (
     rescale_flags,
 )
 from hu_roi.clibase import add_common_options, add_formula_escape_option, plural
+from hu_roi.doselabels import (
+    IRRADIATED_DOSE_FRACTION,
+    OUTSIDE_BODY_FRACTION,
+    SeriesAddons,
+    apply_prescription,
+    bind_doses,
+    bind_labels,
+    dose_columns,
+    label_check,
+)
 from hu_roi.errors import DicomReadError, HuRoiError, RoiFormatError, SeriesProblemError
 from hu_roi.measure import (
     CORTICAL_FRACTION,
@@ -67,11 +80,14 @@ from hu_roi.measure import (
     patient_mismatch,
 )
 from hu_roi.parallel import check_scheduler_address, connect_scheduler, map_tasks
-from hu_roi.rasterize import RoiPlacementError, slices_needed
+from hu_roi.rasterize import RoiPlacementError, rasterize_roi, slices_needed
 from hu_roi.roi import Roi, RoiSet, find_roi_files, load_roiset
 from hu_roi.series import MEASURE_ACCEPTS, SeriesInfo
 from hu_roi.series_lookup import LEGACY_FLAG, LEGACY_HOWS, SeriesResolver, patient_id_rule
 from hu_roi.util import show
+
+if TYPE_CHECKING:
+    from hu_roi.volume import Volume
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +99,9 @@ __all__ = [
     "measure_series",
     "measure_batch",
     "add_measure_parser",
+    "add_measure_inputs",
+    "input_paths",
+    "measure_kwargs",
     "run_measure",
 ]
 
@@ -165,7 +184,10 @@ def _fail_row(
 
 
 def _measure_one_by_one(
-    info: SeriesInfo, todo: Sequence[_Item], accept: Sequence[str]
+    info: SeriesInfo,
+    todo: Sequence[_Item],
+    accept: Sequence[str],
+    addons: SeriesAddons | None = None,
 ) -> list[tuple[int, Measurement]]:
     """Fallback when the slices of all ROIs of a series do not load together: each ROI on
     its own slices, so one broken slice fails only the ROIs that touch it."""
@@ -178,18 +200,71 @@ def _measure_one_by_one(
         except (DicomReadError, SeriesProblemError, OSError, ValueError) as exc:
             out.append(_fail_row(it, ["series-load-failed"], info, str(exc)))
         else:
-            m = measure_roi(vol, it.roi, reader=it.reader, roi_file=it.roi_file)
+            m = _measure_item(vol, it, addons, _label_arrays(vol, addons))
             out.append((it.order, add_flags(m, *rescale_flags(vol))))
     return out
 
 
+def _label_arrays(
+    vol: Volume, addons: SeriesAddons | None
+) -> tuple[np.ndarray, dict[int, str], str] | str | None:
+    """The bound label map on the loaded slices: (labels, value -> level, file name), the
+    reason it cannot be put there (a string), or None without a label map."""
+    if addons is None or addons.labels is None:
+        return None
+    from hu_roi.io.labels import TOTALSEG_V2_LEVELS, LabelMapError, labels_on_volume, seg_on_volume
+
+    src = addons.labels
+    try:
+        if src.label_map is not None:
+            return labels_on_volume(src.label_map, vol), TOTALSEG_V2_LEVELS, src.path.name
+        labels, table = seg_on_volume(src.path, vol)
+        return labels, table, src.path.name
+    except (LabelMapError, OSError) as exc:
+        return f"{src.path.name}: {exc}"
+
+
+def _measure_item(
+    vol: Volume,
+    it: _Item,
+    addons: SeriesAddons | None,
+    labels: tuple[np.ndarray, dict[int, str], str] | str | None,
+) -> Measurement:
+    """One ROI on the loaded volume, with the dose and label-map checks of ``addons``."""
+    if not addons:
+        return measure_roi(vol, it.roi, reader=it.reader, roi_file=it.roi_file)
+    try:
+        rm = rasterize_roi(vol, it.roi)
+    except RoiPlacementError:  # measure_roi makes the fail row with the reason
+        return measure_roi(vol, it.roi, reader=it.reader, roi_file=it.roi_file)
+    m = measure_roi(vol, it.roi, reader=it.reader, roi_file=it.roi_file, mask=rm)
+    if m.qc_status == "fail":
+        return m
+    if addons.doses:
+        dose, flags, detail = dose_columns(vol, rm, addons.doses)
+        if dose is not None:
+            m = replace(m, dose_mean_gy=dose[0], dose_min_gy=dose[1], dose_max_gy=dose[2])
+        m = add_flags(m, *flags, detail=detail)
+    if isinstance(labels, str):
+        m = add_flags(m, "labels-unusable", detail=labels)
+    elif labels is not None:
+        flags, detail = label_check(it.roi, rm, *labels)
+        m = add_flags(m, *flags, detail=detail)
+    return m
+
+
 def measure_series(
-    info: SeriesInfo, items: Sequence[_Item], accepted: Sequence[str] = ACCEPTED_PROBLEMS
+    info: SeriesInfo,
+    items: Sequence[_Item],
+    accepted: Sequence[str] = ACCEPTED_PROBLEMS,
+    addons: SeriesAddons | None = None,
 ) -> tuple[list[tuple[int, Measurement]], AirCheck | None]:
     """Measure the ROIs of one series, loading only the slices they touch.
 
     ``accepted`` are the series problems measured anyway (rows carry ``series-<problem>``).
-    Runs in a worker process when ``workers > 1`` (arguments and results are picklable).
+    ``addons``: RT doses to sample and a label map to check the ROIs against
+    (:mod:`hu_roi.doselabels`).  Runs in a worker process when ``workers > 1`` (arguments
+    and results are picklable).
     """
     from hu_roi.io import check_loadable, load_series
 
@@ -222,10 +297,11 @@ def measure_series(
         return out + [_fail_row(it, codes, info, str(exc)) for it in todo], None
     except (DicomReadError, OSError, ValueError) as exc:
         if len(todo) > 1:  # a broken slice: fail only the ROIs that need it
-            return out + _measure_one_by_one(info, todo, accept), None
+            return out + _measure_one_by_one(info, todo, accept, addons), None
         return out + [_fail_row(it, ["series-load-failed"], info, str(exc)) for it in todo], None
+    labels = _label_arrays(vol, addons)
     for it in todo:
-        out.append((it.order, measure_roi(vol, it.roi, reader=it.reader, roi_file=it.roi_file)))
+        out.append((it.order, _measure_item(vol, it, addons, labels)))
     # the rescale of every slice read, not only the index's first image: a scan flag
     scan = rescale_flags(vol)
     if scan:
@@ -250,6 +326,10 @@ def measure_batch(
     cache: object | None = None,
     patient_codes: Mapping[str, str] | None = None,
     follow_links: bool = False,
+    rtdose: Sequence[str | Path] = (),
+    labels: Sequence[str] = (),
+    prescription_gy: float | None = None,
+    irradiated_fraction: float = IRRADIATED_DOSE_FRACTION,
 ) -> BatchResult:
     """Measure every stored ROI on its series (see the module docstring for the steps).
 
@@ -280,6 +360,18 @@ def measure_batch(
         A pseudonym map (:mod:`hu_roi.pseudonym`): an ROI whose ``patient_id`` is the study
         code of its series' PatientID is not a ``patient-mismatch``
         (:func:`hu_roi.measure.patient_mismatch`).
+    rtdose : sequence of path
+        RTDOSE files: each is sampled on the measured series of its Frame of Reference
+        (``dose_mean_gy``, ``dose_min_gy``, ``dose_max_gy``; :mod:`hu_roi.doselabels`).
+    labels : sequence of str
+        Vertebra label maps, ``PATH`` or ``SERIES=PATH`` (NIfTI or DICOM SEG): target ROIs
+        are checked against the one of their series (``level-mismatch``,
+        ``roi-outside-body``).
+    prescription_gy : float, optional
+        Prescribed dose (Gy): ``irradiated`` from the mean dose
+        (:func:`hu_roi.doselabels.apply_prescription`); needs ``rtdose``.
+    irradiated_fraction : float
+        Fraction of the prescription from which a level is irradiated (default 0.5).
 
     Returns
     -------
@@ -289,6 +381,8 @@ def measure_batch(
     ------
     BatchInputError
         No such DICOM folder; no or invalid ROI files; a malformed scheduler address.
+    DoseLabelError
+        An RTDOSE or label map that fits no measured series (before any pixel is read).
     """
     from hu_roi.io import index_folder
 
@@ -301,6 +395,17 @@ def measure_batch(
     root = Path(dicom_dir)
     if not root.exists():
         raise BatchInputError(f"no such DICOM folder: {root}")
+    if prescription_gy is not None:
+        if not rtdose:
+            raise BatchInputError("--prescription-gy needs --rtdose (the dose to compare with)")
+        if not (math.isfinite(prescription_gy) and prescription_gy > 0):
+            raise BatchInputError(
+                f"--prescription-gy must be a positive dose; got {prescription_gy}"
+            )
+    if not (math.isfinite(irradiated_fraction) and 0 < irradiated_fraction <= 1):
+        raise BatchInputError(
+            f"--irradiated-fraction must lie in (0, 1]; got {irradiated_fraction}"
+        )
     roisets = load_roi_inputs(rois)
     idx = index_folder(
         root, progress=progress, cache=cache, workers=workers, follow_links=follow_links
@@ -380,6 +485,20 @@ def measure_batch(
     air_checks: dict[str, AirCheck] = {}
     accepted = tuple(dict.fromkeys([*ACCEPTED_PROBLEMS, *accept]))
     tasks = list(groups.items())
+    # doses and label maps are bound to series from the headers, before any pixel is read:
+    # one that fits no measured series stops the batch here with its reason
+    measured = {k: infos[k] for k, _ in tasks}
+    doses = bind_doses(rtdose, measured) if rtdose else {}
+    label_maps = bind_labels(labels, measured) if labels else {}
+    addons = {k: SeriesAddons(doses.get(k, ()), label_maps.get(k)) for k, _ in tasks}
+    for k, a in addons.items():
+        if a:
+            logger.info(
+                "series %s: %s%s",
+                k,
+                plural(len(a.doses), "RTDOSE"),
+                f", label map {a.labels.path.name}" if a.labels else "",
+            )
     for k, v in tasks:
         need: set[int] = set()
         for it in v:
@@ -402,7 +521,7 @@ def measure_batch(
     # its ROIs into fail rows, the others go on
     done = map_tasks(
         measure_series,
-        [(infos[k], v, accepted) for k, v in tasks],
+        [(infos[k], v, accepted, addons[k] or None) for k, v in tasks],
         workers=workers,
         scheduler=scheduler,
         progress=progress,
@@ -433,6 +552,8 @@ def measure_batch(
         before if it.roi.shape.is_line else after
         for it, before, after in zip(items, ordered, calibrated, strict=True)
     ]
+    if prescription_gy is not None:
+        calibrated = apply_prescription(calibrated, prescription_gy, fraction=irradiated_fraction)
     if logger.isEnabledFor(logging.INFO):
         for m in calibrated:
             hu = (
@@ -461,6 +582,13 @@ def measure_batch(
             "heterogeneity_sd_hu": HETEROGENEITY_SD_HU,
             "heterogeneity_gap_hu": HETEROGENEITY_GAP_HU,
             "accepted_series_problems": list(accepted),
+            "rtdose": [
+                {"path": str(Path(d).resolve()), "sha256": _sha256(Path(d))} for d in rtdose
+            ],
+            "labels": {k: str(src.path.resolve()) for k, src in label_maps.items()},
+            "prescription_gy": prescription_gy,
+            "irradiated_dose_fraction": irradiated_fraction,
+            "outside_body_fraction": OUTSIDE_BODY_FRACTION,
         },
         "n_files_indexed": idx.n_files,
         "n_series_indexed": len(idx.series),
@@ -500,15 +628,10 @@ def _collect(key, rows, air, results, air_checks) -> None:
 
 # --------------------------------------------------------------------------------------
 # CLI
-def add_measure_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``hu-roi measure`` to the CLI (``set_defaults(func=run_measure)``)."""
-    p = subparsers.add_parser(
-        "measure",
-        help="measure stored ROIs on a DICOM folder (batch) into a CSV",
-        description="Match every ROI of the ROI file(s) to its series in DICOM_DIR, read only "
-        "the slices the ROIs touch, and write one CSV row per ROI (failed ROIs are rows with "
-        "qc_status=fail and the reason). A sidecar <CSV>.meta.json records provenance.",
-    )
+def add_measure_inputs(p: argparse.ArgumentParser) -> None:
+    """The options that say what to measure, shared by ``measure`` and ``export-dicom``:
+    ``--dicom``, ``--rois``, ``--accept``, ``--pseudonym-map``, ``--no-cache``,
+    ``--follow-links`` (read back by :func:`measure_kwargs` and :func:`input_paths`)."""
     p.add_argument("--dicom", required=True, metavar="DICOM_DIR", help="DICOM folder")
     p.add_argument(
         "--rois",
@@ -517,21 +640,6 @@ def add_measure_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE_OR_DIR",
         help="ROI file(s) (*.rois.json) or folder(s) searched for them; the format is "
         "described in docs/roi_format.md (check a file with `hu-roi roi validate`)",
-    )
-    p.add_argument("--out", metavar="FILE.csv", help="output CSV (default: stdout)")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        metavar="N",
-        help="local worker processes (one task per series; also read the headers the "
-        "cache does not hold; default 1)",
-    )
-    p.add_argument(
-        "--scheduler",
-        metavar="ADDRESS",
-        help="run the per-series tasks on a running dask.distributed scheduler "
-        "(e.g. tcp://10.0.0.5:8786); workers must see the DICOM files under the same paths",
     )
     p.add_argument(
         "--accept",
@@ -549,7 +657,6 @@ def add_measure_parser(subparsers: argparse._SubParsersAction) -> None:
         "it, an ROI whose patient_id differs from its series' PatientID is a "
         "patient-mismatch fail row",
     )
-    add_common_options(p)
     p.add_argument(
         "--no-cache",
         action="store_true",
@@ -561,6 +668,93 @@ def add_measure_parser(subparsers: argparse._SubParsersAction) -> None:
         help="also read folders that symbolic links inside DICOM_DIR point to outside it "
         "(by default such links are skipped and reported)",
     )
+
+
+def input_paths(args: argparse.Namespace) -> list[tuple[str, str | Path]]:
+    """Every input file or folder of a measuring command, for
+    :class:`hu_roi.util.OutputSet` (no output may overwrite one)."""
+    out: list[tuple[str, str | Path]] = [("the ROI file or folder", r) for r in args.rois]
+    out.append(("DICOM_DIR", args.dicom))
+    if getattr(args, "pseudonym_map", None):
+        out.append(("the pseudonym map", args.pseudonym_map))
+    out += [("the RTDOSE", d) for d in getattr(args, "rtdose", None) or ()]
+    from hu_roi.doselabels import parse_label_spec
+
+    out += [("the label map", parse_label_spec(s)[1]) for s in getattr(args, "labels", None) or ()]
+    return out
+
+
+def measure_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The :func:`measure_batch` keywords of :func:`add_measure_inputs`' options."""
+    return {
+        "accept": _accept_codes(getattr(args, "accept", "")),
+        "cache": _header_cache(args),
+        "patient_codes": _patient_codes(args),
+        "follow_links": getattr(args, "follow_links", False),
+    }
+
+
+def add_measure_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``hu-roi measure`` to the CLI (``set_defaults(func=run_measure)``)."""
+    p = subparsers.add_parser(
+        "measure",
+        help="measure stored ROIs on a DICOM folder (batch) into a CSV",
+        description="Match every ROI of the ROI file(s) to its series in DICOM_DIR, read only "
+        "the slices the ROIs touch, and write one CSV row per ROI (failed ROIs are rows with "
+        "qc_status=fail and the reason). A sidecar <CSV>.meta.json records provenance.",
+    )
+    add_measure_inputs(p)
+    p.add_argument("--out", metavar="FILE.csv", help="output CSV (default: stdout)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="local worker processes (one task per series; also read the headers the "
+        "cache does not hold; default 1)",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run the per-series tasks on a running dask.distributed scheduler "
+        "(e.g. tcp://10.0.0.5:8786); workers must see the DICOM files under the same paths",
+    )
+    p.add_argument(
+        "--rtdose",
+        action="append",
+        default=[],
+        metavar="RTDOSE.dcm",
+        help="RT dose (repeatable): dose_mean_gy/min/max at each ROI's voxel centres on the "
+        "series of its Frame of Reference (several doses of one series are summed); see "
+        "docs/dose_and_labels.md",
+    )
+    p.add_argument(
+        "--prescription-gy",
+        type=float,
+        metavar="GY",
+        help="prescribed dose: a level whose ROI mean dose is at least --irradiated-fraction "
+        "of it is irradiated; an empty irradiated label is filled (irradiated-from-dose), a "
+        "contradicting one flagged (irradiated-mismatch); needs --rtdose",
+    )
+    p.add_argument(
+        "--irradiated-fraction",
+        type=float,
+        default=IRRADIATED_DOSE_FRACTION,
+        metavar="F",
+        help=f"fraction of --prescription-gy from which a level is irradiated (default "
+        f"{IRRADIATED_DOSE_FRACTION:g}: the 50%% isodose is the field edge)",
+    )
+    p.add_argument(
+        "--labels",
+        action="append",
+        default=[],
+        metavar="[SERIES=]LABELMAP",
+        help="vertebra label map (NIfTI on the CT's grid, e.g. TotalSegmentator, or DICOM "
+        "SEG; repeatable): target ROIs are flagged level-mismatch or roi-outside-body; a "
+        "NIfTI goes to the measured series on whose grid it lies (name it as SERIES=PATH "
+        "when several share the grid)",
+    )
+    add_common_options(p)
     p.add_argument(
         "--include-identifiers",
         action="store_true",
@@ -644,13 +838,11 @@ def run_measure(args: argparse.Namespace) -> int:
         raise BatchInputError(f"no such DICOM folder: {printable(dicom)}")
     # refuse an output that is an input (an ROI file, a DICOM file) before measuring
     out = args.out or "-"
-    inputs = [("the ROI file or folder", r) for r in args.rois] + [("DICOM_DIR", dicom)]
-    if getattr(args, "pseudonym_map", None):
-        inputs.append(("the pseudonym map", args.pseudonym_map))
-    outs = OutputSet(inputs)
+    outs = OutputSet(input_paths(args))
     outs.check(meta_path(out), sidecar_of=out)
-    accept = _accept_codes(getattr(args, "accept", ""))
-    codes = _patient_codes(args)
+    kwargs = measure_kwargs(args)
+    if getattr(args, "prescription_gy", None) is not None and not getattr(args, "rtdose", None):
+        raise BatchInputError("--prescription-gy needs --rtdose (the dose to compare with)")
     client = _scheduler_client(args)  # connected before any work
     try:
         res = measure_batch(
@@ -659,10 +851,11 @@ def run_measure(args: argparse.Namespace) -> int:
             workers=args.workers,
             scheduler=client,
             progress=not getattr(args, "quiet", False),
-            accept=accept,
-            cache=_header_cache(args),
-            patient_codes=codes,
-            follow_links=getattr(args, "follow_links", False),
+            rtdose=getattr(args, "rtdose", None) or (),
+            labels=getattr(args, "labels", None) or (),
+            prescription_gy=getattr(args, "prescription_gy", None),
+            irradiated_fraction=getattr(args, "irradiated_fraction", IRRADIATED_DOSE_FRACTION),
+            **kwargs,
         )
     finally:
         if client is not None:

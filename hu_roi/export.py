@@ -92,6 +92,9 @@ EXTRA_COLUMNS: tuple[str, ...] = (
     "n_outside",
     "n_padding",
     "cortical_fraction",
+    "dose_mean_gy",
+    "dose_min_gy",
+    "dose_max_gy",
     "contrast_agent",
     "detail",
 )

@@ -285,6 +285,8 @@ def export_dicom(
 # CLI
 def add_export_dicom_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``hu-roi export-dicom`` (``set_defaults(func=run_export_dicom)``)."""
+    from hu_roi.batch import add_measure_inputs  # the same inputs as measure
+
     p = subparsers.add_parser(
         "export-dicom",
         help=HELP,
@@ -294,14 +296,7 @@ def add_export_dicom_parser(subparsers: argparse._SubParsersAction) -> None:
         "(one segment per ROI, the voxels measured), plus export.csv listing every ROI. "
         "See docs/dicom_export.md.",
     )
-    p.add_argument("--dicom", required=True, metavar="DICOM_DIR", help="DICOM folder")
-    p.add_argument(
-        "--rois",
-        required=True,
-        nargs="+",
-        metavar="FILE_OR_DIR",
-        help="ROI file(s) (*.rois.json) or folder(s) searched for them",
-    )
+    add_measure_inputs(p)
     p.add_argument(
         "--out",
         required=True,
@@ -309,27 +304,10 @@ def add_export_dicom_parser(subparsers: argparse._SubParsersAction) -> None:
         help="output folder (new, or one this command wrote before: it is replaced whole)",
     )
     p.add_argument(
-        "--accept",
-        metavar="CODES",
-        default="",
-        help="comma-separated series problems to measure anyway (as for hu-roi measure)",
-    )
-    p.add_argument(
-        "--pseudonym-map",
-        metavar="MAP.csv",
-        help="pseudonym map for ROI files holding study codes (as for hu-roi measure)",
-    )
-    p.add_argument(
         "--skip-unexportable",
         action="store_true",
         help="write the series that can be exported and list the others (by default a "
         "series that cannot be exported, e.g. without UIDs, stops the command)",
-    )
-    p.add_argument("--no-cache", action="store_true", help="do not use the header cache")
-    p.add_argument(
-        "--follow-links",
-        action="store_true",
-        help="also read folders that symbolic links inside DICOM_DIR point to",
     )
     add_common_options(p)
     add_formula_escape_option(p)
@@ -340,16 +318,13 @@ def run_export_dicom(args: argparse.Namespace) -> int:
     """Run ``hu-roi export-dicom``; 0 when written.  Bad input raises (exit 2)."""
     import os
 
-    from hu_roi.batch import _accept_codes, _header_cache, _patient_codes
+    from hu_roi.batch import input_paths, measure_kwargs
     from hu_roi.util import OutputSet, printable
 
     dicom = Path(args.dicom)
     if not dicom.exists():
         raise CliError(f"no such DICOM folder: {printable(dicom)}")
-    inputs = [("the ROI file or folder", r) for r in args.rois] + [("DICOM_DIR", dicom)]
-    if getattr(args, "pseudonym_map", None):
-        inputs.append(("the pseudonym map", args.pseudonym_map))
-    outs = OutputSet(inputs)
+    outs = OutputSet(input_paths(args))
     own: list[str] = []
     if os.path.isdir(args.out):
         own = [n for n in os.listdir(args.out) if _OWN.match(n)]
@@ -358,10 +333,7 @@ def run_export_dicom(args: argparse.Namespace) -> int:
     res = export_dicom(
         dicom,
         args.rois,
-        accept=_accept_codes(getattr(args, "accept", "")),
-        cache=_header_cache(args),
-        patient_codes=_patient_codes(args),
-        follow_links=getattr(args, "follow_links", False),
+        **measure_kwargs(args),
         skip_unexportable=getattr(args, "skip_unexportable", False),
         progress=not quiet,
         formula_escape=getattr(args, "formula_escape", True),

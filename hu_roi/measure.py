@@ -235,6 +235,43 @@ QC_FLAGS: dict[str, QcFlag] = dict(
             "A target ROI mixes tissues: its SD exceeds 150 HU or its mean and median differ by more than 50 HU (e.g. an ROI partly on the cortex or an endplate, whose bright voxels pull the mean up while fewer than 5 % exceed 1000 HU); check its placement",
             "hu_roi.measure.HETEROGENEITY_SD_HU, HETEROGENEITY_GAP_HU (project choice, calibrated on real trabecular ROIs: SD ≤ 77 HU, |mean − median| ≤ 36 HU; docs/qc_flags.md)",
         ),
+        # -- label map and RT dose (measure --labels / --rtdose; hu_roi.doselabels) -----
+        _f(
+            "level-mismatch",
+            "warn",
+            "More than half of a target ROI's voxels lie on another labelled vertebra than its level (measure --labels): the ROI or its level is wrong, or the label map numbers the vertebrae differently",
+            "hu_roi.doselabels.MISMATCH_FRACTION (majority rule)",
+        ),
+        _f(
+            "roi-outside-body",
+            "warn",
+            "More than 5 % of a target ROI's voxels lie off its level's label in the label map (measure --labels): it reaches into the disc, the canal or soft tissue",
+            "hu_roi.doselabels.OUTSIDE_BODY_FRACTION (project choice: a label's edge is uncertain by about a voxel)",
+        ),
+        _f(
+            "labels-unusable",
+            "warn",
+            "The label map bound to this series could not be put on the slices read (the detail says why): no label check on this row",
+            "hu_roi.io.labels",
+        ),
+        _f(
+            "dose-outside-grid",
+            "warn",
+            "Some voxel centres of the ROI lie outside the RT dose grid (measure --rtdose): no dose written for it",
+            "RTDOSE grid extent",
+        ),
+        _f(
+            "irradiated-from-dose",
+            "info",
+            "The ROI had no irradiated label; it was set from the dose (mean dose ≥ 50 % of --prescription-gy = irradiated), for its level on the planning CT when the row has no dose of its own",
+            "hu_roi.doselabels.IRRADIATED_DOSE_FRACTION (50 % isodose = field edge)",
+        ),
+        _f(
+            "irradiated-mismatch",
+            "warn",
+            "The reader's irradiated label contradicts the dose (mean dose ≥ 50 % of --prescription-gy = irradiated); the reader's label is kept",
+            "hu_roi.doselabels.IRRADIATED_DOSE_FRACTION (50 % isodose = field edge)",
+        ),
         _f(
             "line-outside-image",
             "fail",
@@ -398,6 +435,10 @@ class Measurement:
     between its two points in mm (None for area and volume ROIs, whose HU columns are
     filled instead; a line row has n_voxels 0 and empty HU columns).
 
+    ``dose_mean_gy``, ``dose_min_gy``, ``dose_max_gy`` (Gy) are the RT dose at the ROI's
+    voxel centres (``hu-roi measure --rtdose``, :mod:`hu_roi.doselabels`); None without a
+    dose for the series.
+
     ``qc_flags`` are short codes (see :data:`QC_FLAGS`); ``qc_status`` is derived from them.
     """
 
@@ -439,6 +480,9 @@ class Measurement:
     n_padding: int = 0
     cortical_fraction: float = math.nan
     length_mm: float | None = None
+    dose_mean_gy: float | None = None
+    dose_min_gy: float | None = None
+    dose_max_gy: float | None = None
     contrast_agent: str = ""
     detail: str = ""
     patient_name: str = field(default="", repr=False)

@@ -549,10 +549,10 @@ def test_a_crashing_series_task_gives_fail_rows(tmp_path, monkeypatch):
     d, f = _small_series(tmp_path)
     real = batch.measure_series
 
-    def crash_on_first(info, items, accepted):
+    def crash_on_first(info, items, accepted, addons=None):
         if info.series_instance_uid.endswith(".90"):
             raise MemoryError("simulated: out of memory")
-        return real(info, items, accepted)
+        return real(info, items, accepted, addons)
 
     monkeypatch.setattr(batch, "measure_series", crash_on_first)
     res = measure_batch(d, f)

@@ -124,8 +124,8 @@ def _cut(line: str, n: int) -> str:
     ("change", "line", "fields"),
     [
         ("cut the T0 row to 5 fields", 2, 5),
-        ("one field more on the first data row", 2, 42),
-        ("one field more on the last row", 4, 42),
+        ("one field more on the first data row", 2, 45),
+        ("one field more on the last row", 4, 45),
         ("the air row cut to 26 fields", 4, 26),
     ],
 )
@@ -134,7 +134,7 @@ def test_row_with_wrong_field_count_is_refused(
 ) -> None:
     lines = _lines(measured)
     n = len(next(csv.reader([lines[0]])))
-    assert n == 41  # the measurement CSV header (with length_mm)
+    assert n == 44  # the measurement CSV header (with length_mm and the dose columns)
     if fields < n:
         lines[line - 1] = _cut(lines[line - 1], fields)
     else:
