@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from hu_roi.errors import HuRoiError
 from hu_roi.io import IndexResult
 from hu_roi.io.load import NEVER_LOADABLE
 from hu_roi.measure import Measurement, add_flags, failed_measurement, measure_roi
@@ -31,6 +32,15 @@ from hu_roi.series import SeriesInfo
 from hu_roi.series_lookup import SeriesResolver
 from hu_roi.util import atomic_write_text
 
+from ._overlays import (
+    OVERLAY_KEY,
+    DoseOverlay,
+    LabelOverlay,
+    dose_layer_data,
+    labels_layer_data,
+    read_dose_overlay,
+    read_label_overlay,
+)
 from ._rois_layer import (
     PROPOSED_COLOR,
     PROPOSED_EDGE_WIDTH,
@@ -185,6 +195,15 @@ class Session:
         #: re-read session (:meth:`start_reread`): series_key -> (timepoint, patient code)
         #: the series had in the first reading; empty when not re-reading
         self.reread: dict[str, tuple[str | None, str]] = {}
+        #: vertebra label map and RT dose of the series shown (:mod:`._overlays`), and
+        #: their layers; dropped when another series is shown
+        self.label_overlay: LabelOverlay | None = None
+        self.label_layer: Any = None
+        self.dose_overlay: DoseOverlay | None = None
+        self.dose_layer: Any = None
+        #: mean dose (Gy) of each measured ROI of the series shown (roi_id -> value, None
+        #: when a voxel lies outside the dose grid); empty without a dose
+        self.dose_means: dict[str, float | None] = {}
 
     # -- notifications to the UI ---------------------------------------------------------
     def _emit(self, what: str) -> None:
@@ -542,6 +561,7 @@ class Session:
             SeriesHandle(info, root=self.root or "", accept=accepted_problems(info) or ())
         )
         self.current = handle
+        self._drop_overlays(keep_token=handle.token)  # a label map or dose of another series
         self.timepoint = self.timepoint_of(info)
         keys = [s.series_key for s in self.reading_list]
         if info.series_key in keys:
@@ -581,6 +601,7 @@ class Session:
         self.extent_layer = None
         self._extent_sig = ()
         self.current = None
+        self._drop_overlays()
         self.timepoint = None
         self.measurements = []
         self.position = -1
@@ -595,6 +616,7 @@ class Session:
         """
         from ._series import handle_of_layer
 
+        self._drop_overlays(keep_token=self.current.token if self.current else None)
         if self.viewer is None:
             return
         keep = {id(self.image_layer), id(self.shapes_layer), id(self.extent_layer)}
@@ -1115,6 +1137,236 @@ class Session:
             self.sync()
         return n
 
+    # -- label maps and RT dose on the series shown (issue 15) ---------------------------
+    def _shown(self) -> SeriesHandle:
+        if self.current is None:
+            raise ValueError("open a series first")
+        return self.current
+
+    def label_map_job(self, path: str | Path) -> Callable[[], LabelOverlay | str]:
+        """A function putting the label map ``path`` on the shown series' grid (run it in a
+        worker); it returns the :class:`LabelOverlay` or the reason of a refusal (not on
+        the CT's grid, another series, no vertebra label) as one line.
+
+        Raises ValueError when no series is shown.
+        """
+        h = self._shown()
+        info, token = h.info, h.token
+
+        def job() -> LabelOverlay | str:
+            try:
+                return read_label_overlay(info, token, path)
+            except (HuRoiError, ValueError, OSError) as exc:
+                return _one_line(exc)
+
+        return job
+
+    def dose_job(self, path: str | Path) -> Callable[[], DoseOverlay | str]:
+        """A function sampling the RTDOSE ``path`` on the shown series' voxels (run it in a
+        worker) after checking its Frame of Reference and patient; it returns the
+        :class:`DoseOverlay` or the reason of a refusal as one line.
+
+        Raises ValueError when no series is shown.
+        """
+        h = self._shown()
+        info, token = h.info, h.token
+
+        def job() -> DoseOverlay | str:
+            try:
+                return read_dose_overlay(info, token, path)
+            except (HuRoiError, ValueError, OSError) as exc:
+                return _one_line(exc)
+
+        return job
+
+    def show_overlay(self, ov: LabelOverlay | DoseOverlay) -> Any:
+        """Show a label map or dose as a layer on the series (replacing one of its kind).
+
+        Raises ValueError when the series shown is no longer the one it was read for.
+        """
+        h = self._shown()
+        if ov.token != h.token:
+            raise ValueError("another series is shown now; load it again for this one")
+        is_labels = isinstance(ov, LabelOverlay)
+        old = self.label_layer if is_labels else self.dose_layer
+        if self.viewer is not None and old is not None and old in self.viewer.layers:
+            self.viewer.layers.remove(old)
+        if is_labels:
+            self.label_overlay = ov  # type: ignore[assignment]
+        else:
+            self.dose_overlay = ov  # type: ignore[assignment]
+        lay = None
+        if self.viewer is not None:
+            if is_labels:
+                data, kw = labels_layer_data(ov, h.info)  # type: ignore[arg-type]
+            else:
+                data, kw = dose_layer_data(ov, h.info)  # type: ignore[arg-type]
+            self._claim_name(None, kw["name"])
+            with self._adding():
+                if is_labels:
+                    lay = self.viewer.add_labels(data, **kw)
+                else:
+                    lay = self.viewer.add_image(data, **kw)
+            lay.editable = False
+            if self.shapes_layer is not None:  # drawing goes on in the ROI layer
+                self.viewer.layers.selection.active = self.shapes_layer
+        if is_labels:
+            self.label_layer = lay
+        else:
+            self.dose_layer = lay
+        self.measure()
+        self._emit("overlay")
+        return lay
+
+    def load_label_map(self, path: str | Path) -> LabelOverlay:
+        """:meth:`label_map_job` and :meth:`show_overlay` on this thread (scripts, tests).
+
+        Raises ValueError (the reason) when the map is refused; nothing is shown then.
+        """
+        res = self.label_map_job(path)()
+        if isinstance(res, str):
+            raise ValueError(res)
+        self.show_overlay(res)
+        return res
+
+    def load_dose(self, path: str | Path) -> DoseOverlay:
+        """:meth:`dose_job` and :meth:`show_overlay` on this thread (scripts, tests).
+
+        Raises ValueError (the reason) when the dose is refused; nothing is shown then.
+        """
+        res = self.dose_job(path)()
+        if isinstance(res, str):
+            raise ValueError(res)
+        self.show_overlay(res)
+        return res
+
+    def _drop_overlays(self, keep_token: str | None = None) -> None:
+        """Remove the label map and dose layers unless they belong to ``keep_token``'s
+        series (the one still shown), and any stray overlay layer of another series."""
+        for attr in ("label", "dose"):
+            ov = getattr(self, f"{attr}_overlay")
+            if ov is not None and ov.token != keep_token:
+                setattr(self, f"{attr}_overlay", None)
+                setattr(self, f"{attr}_layer", None)
+        if keep_token is None:
+            self.dose_means = {}
+        if self.viewer is None:
+            return
+        for lay in list(self.viewer.layers):
+            meta = (lay.metadata or {}).get(OVERLAY_KEY)
+            if meta is not None and meta.get("token") != keep_token:
+                self.viewer.layers.remove(lay)
+        for attr in ("label", "dose"):  # the reader deleted the layer: forget it
+            lay = getattr(self, f"{attr}_layer")
+            if lay is not None and lay not in self.viewer.layers:
+                setattr(self, f"{attr}_overlay", None)
+                setattr(self, f"{attr}_layer", None)
+
+    def overlay_text(self, voxel: tuple[int, int, int] | None) -> str:
+        """The labelled level and the dose at a voxel of the shown series, for the cursor
+        status (e.g. ``"   L1   12.34 Gy"``; "" without overlays)."""
+        if voxel is None:
+            return ""
+        out = ""
+        if self.label_overlay is not None and self.label_layer_shown():
+            lev = self.label_overlay.level_at(*voxel)
+            out += f"   {lev}" if lev else "   no level"
+        if self.dose_overlay is not None and self.dose_layer_shown():
+            d = self.dose_overlay.at(*voxel)
+            out += "   dose –" if d is None else f"   {d:.2f} Gy"
+        return out
+
+    def label_layer_shown(self) -> bool:
+        """The label map layer is in the viewer (always true headless)."""
+        return self.viewer is None or (
+            self.label_layer is not None and self.label_layer in self.viewer.layers
+        )
+
+    def dose_layer_shown(self) -> bool:
+        """The dose layer is in the viewer (always true headless)."""
+        return self.viewer is None or (
+            self.dose_layer is not None and self.dose_layer in self.viewer.layers
+        )
+
+    def dose_of(self, roi: Roi) -> float | None:
+        """Mean dose (Gy) of an ROI of the shown series at its voxel centres (as ``hu-roi
+        measure --rtdose`` samples it); None without a dose, for lines, or when a voxel
+        lies outside the dose grid."""
+        ov, h = self.dose_overlay, self.current
+        if ov is None or h is None or roi.shape.is_line:
+            return None
+        from hu_roi.rasterize import rasterize_roi
+
+        try:
+            vol = h.volume(slices_needed(roi, h.info))
+            return ov.mean_in(rasterize_roi(vol, roi).parts)
+        except Exception:  # noqa: BLE001 - a shape the core refuses: its row says why
+            log.debug("dose of %s failed", roi.roi_id, exc_info=True)
+            return None
+
+    def labels_proposal_job(self) -> Callable[[], tuple[list[Roi], list[str]] | str]:
+        """A function proposing ROIs from the label map shown (run it in a worker).
+
+        One target ROI per labelled level without one on this series yet
+        (:func:`hu_roi.roisfromlabels.rois_from_labels`, the code of ``hu-roi
+        rois-from-labels``); it returns ``(rois, notes)`` or the reason of a refusal.
+
+        Raises
+        ------
+        ValueError
+            No series or label map shown, no timepoint or patient id set, or every
+            labelled level has an ROI on this series already.
+        """
+        h = self._shown()
+        ov = self.label_overlay
+        if ov is None or ov.token != h.token or not self.label_layer_shown():
+            raise ValueError("load a label map for this series first")
+        if not self.timepoint:
+            raise ValueError("set the timepoint of this series first (ROIs tab)")
+        if self.shapes_layer is not None:
+            self.sync()
+        patient = self.patient_code(h.info)
+        if not patient:
+            raise ValueError("this series has no patient id: give the study code first")
+        have = {r.level for r in self.rois_of(h.info) if r.kind == "target"}
+        todo = [lev for lev in ov.levels if lev not in have]
+        if not todo:
+            raise ValueError("every labelled level has a target ROI on this series already")
+        info, accept, timepoint = h.info, h.accept, str(self.timepoint)
+
+        def job() -> tuple[list[Roi], list[str]] | str:
+            from hu_roi.io import load_series
+            from hu_roi.roisfromlabels import rois_from_labels
+
+            table = {v: lev for v, lev in ov.table.items() if lev in todo}
+            try:
+                vol = load_series(info, accept=accept)
+                return rois_from_labels(
+                    ov.labels,
+                    vol,
+                    table,
+                    info=info,
+                    timepoint=timepoint,
+                    patient_id=patient,
+                    source=ov.source,
+                )
+            except (HuRoiError, ValueError, OSError) as exc:
+                return _one_line(exc)
+
+        return job
+
+    def propose_from_labels(self) -> tuple[int, list[str]]:
+        """:meth:`labels_proposal_job` and :meth:`add_proposals` on this thread.
+
+        Returns (number added, notes on levels left out).  Raises ValueError (the reason)
+        when nothing can be proposed.
+        """
+        res = self.labels_proposal_job()()
+        if isinstance(res, str):
+            raise ValueError(res)
+        rois, notes = res
+        return self.add_proposals(rois), notes
+
     # -- numbers -------------------------------------------------------------------------
     def measure(self, rois: Sequence[Roi] | None = None) -> list[Measurement]:
         """Measure the shown series' ROIs with the core (same voxels as ``hu-roi measure``)."""
@@ -1129,6 +1381,7 @@ class Session:
             add_flags(m, "proposed-unconfirmed") if r.proposed else m
             for r, m in ((r, self.measure_one(r)) for r in rois)
         ]
+        self.dose_means = {r.roi_id: self.dose_of(r) for r in rois} if self.dose_overlay else {}
         self.decorate(rois)
         return self.measurements
 
@@ -1544,6 +1797,12 @@ def propose_rois(
         margin_mm=propagate.DEFAULT_MARGIN_MM,
         min_ncc=propagate.DEFAULT_MIN_NCC,
     )
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message as one line (the reason shown to the reader)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
 
 
 def _set_transform(layer: Any, kw: dict) -> None:

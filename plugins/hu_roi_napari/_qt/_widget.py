@@ -80,9 +80,10 @@ TABLE_COLUMNS = (
     "kind",
     "shape",
     "slice",
+    "dose Gy",
 )
 #: Table columns holding numbers (right-aligned).
-_NUMERIC = {1, 2, 3, 4, 5, 10}
+_NUMERIC = {1, 2, 3, 4, 5, 10, 11}
 KINDS = ("target", *REFERENCE_KINDS, "phantom-water", *HEIGHT_KINDS)
 #: Loss of vertebral body height against baseline that is the trial's fracture endpoint (%).
 HEIGHT_LOSS_ENDPOINT_PCT = 20.0
@@ -395,6 +396,27 @@ class HuRoiWidget(QWidget):
         b_confirm.clicked.connect(self.confirm_selected)
         tools.addWidget(b_propose, 5, 0)
         tools.addWidget(b_confirm, 5, 1)
+        b_labels = QPushButton("Load label map…")
+        b_labels.setToolTip(
+            "Show a vertebra label map (NIfTI .nii/.nii.gz, e.g. TotalSegmentator, or a DICOM "
+            "SEG) of this series as a layer; it must lie on the CT's grid"
+        )
+        b_labels.clicked.connect(lambda: self.load_label_map(background=True))
+        b_from_labels = QPushButton("Propose ROIs from labels")
+        b_from_labels.setToolTip(
+            "One ellipse in the trabecular core of each labelled vertebral body without a "
+            "target ROI here (hu-roi rois-from-labels; drawn orange and thin, 'proposed')"
+        )
+        b_from_labels.clicked.connect(lambda: self.propose_from_labels(background=True))
+        b_dose = QPushButton("Load RT dose…")
+        b_dose.setToolTip(
+            "Show an RTDOSE of this series' Frame of Reference as a translucent layer (Gy); "
+            "the cursor and the table show the dose"
+        )
+        b_dose.clicked.connect(lambda: self.load_dose(background=True))
+        tools.addWidget(b_labels, 6, 0)
+        tools.addWidget(b_from_labels, 6, 1)
+        tools.addWidget(b_dose, 7, 0)
         v.addLayout(tools)
 
         self.table = QTableWidget(0, len(TABLE_COLUMNS))
@@ -571,7 +593,7 @@ class HuRoiWidget(QWidget):
             try:
                 vox = voxel_at(cur.info, img, self.viewer.cursor.position)
                 hu = None if vox is None else float(cur.slice_hu(vox[0])[vox[1], vox[2]])
-                text = cursor_text(cur.info, vox, hu)
+                text = cursor_text(cur.info, vox, hu) + s.overlay_text(vox)
             except Exception:  # noqa: BLE001 - runs on napari's status thread: never raise
                 log.debug("cursor status failed", exc_info=True)
                 return res
@@ -1036,6 +1058,115 @@ class HuRoiWidget(QWidget):
         )
         return n
 
+    # ------------------------------------------------------------------ label maps, dose
+    def load_label_map(self, path: str | Path | None = None, *, background: bool = False) -> bool:
+        """Show a vertebra label map (NIfTI or DICOM SEG) of the series shown as a layer.
+
+        Asks for the file when ``path`` is None.  A map not on the CT's grid, of another
+        series or without vertebra labels is refused: the reason is shown (one line) and
+        no layer is added.  ``background=True`` reads it in a worker (returns False at once).
+        """
+        return self._load_overlay("label map", path, background=background)
+
+    def load_dose(self, path: str | Path | None = None, *, background: bool = False) -> bool:
+        """Show an RTDOSE of the series shown as a translucent dose layer (Gy).
+
+        Its Frame of Reference (and patient) must be the series'; otherwise the reason is
+        shown (one line) and no layer is added.
+        """
+        return self._load_overlay("RT dose", path, background=background)
+
+    def _load_overlay(self, what: str, path: str | Path | None, *, background: bool) -> bool:
+        s = self.session
+        if s.current is None:
+            self.message(f"Open a series first, then load its {what}.", warning=True)
+            return False
+        if path is None:
+            filt = (
+                "Label maps (*.nii *.nii.gz *.dcm);;All files (*)"
+                if what == "label map"
+                else "RT dose (*.dcm);;All files (*)"
+            )
+            path = self.choose_path(
+                "Label map" if what == "label map" else "RT dose",
+                save=False,
+                filter=filt,
+                directory=str(s.root.parent if s.root is not None else ""),
+            )
+            if not path:
+                return False
+        job = s.label_map_job(path) if what == "label map" else s.dose_job(path)
+        done = lambda res: self._overlay_ready(what, res)  # noqa: E731
+        if background:
+            self.run_in_background(
+                job,
+                desc=f"Reading the {what}",
+                failed=f"{what[0].upper()}{what[1:]} not loaded",
+                done=done,
+            )
+            return False
+        return done(job())
+
+    def _overlay_ready(self, what: str, res: Any) -> bool:
+        if isinstance(res, str):
+            self.message(f"{what[0].upper()}{what[1:]} not loaded: {res}", warning=True)
+            return False
+        try:
+            self.session.show_overlay(res)
+        except ValueError as exc:
+            self.message(f"{what[0].upper()}{what[1:]} not loaded: {exc}", warning=True)
+            return False
+        name = "" if self.session.blinded else f" {res.source}"
+        if what == "label map":
+            levels = res.levels
+            self.message(
+                f"Label map{name} shown: {plural(len(levels), 'labelled level')} "
+                f"({', '.join(levels)}). Propose ROIs from labels, or compare by eye."
+            )
+        else:
+            self.message(
+                f"RT dose{name} shown: 0–{res.max_gy:.2f} Gy on this series; the cursor "
+                "and the table give the dose."
+            )
+        return True
+
+    def propose_from_labels(self, *, background: bool = False) -> int | None:
+        """Propose one target ROI per labelled level (the label map shown) without one.
+
+        Runs :func:`hu_roi.roisfromlabels.rois_from_labels` in a worker when
+        ``background=True`` (returns None); a refusal is shown as a message and nothing is
+        added.  Returns the number proposed otherwise.
+        """
+        try:
+            job = self.session.labels_proposal_job()
+        except ValueError as exc:
+            self.message(f"Nothing proposed: {exc}", warning=True)
+            return None
+        if background:
+            self.run_in_background(
+                job,
+                desc="Proposing ROIs from the label map",
+                failed="Nothing proposed",
+                done=self._label_proposals_ready,
+            )
+            return None
+        return self._label_proposals_ready(job())
+
+    def _label_proposals_ready(self, res: tuple | str) -> int | None:
+        if isinstance(res, str):
+            self.message(f"Nothing proposed: {res}", warning=True)
+            return None
+        rois, notes = res
+        n = self.session.add_proposals(rois)
+        text = (
+            f"{plural(n, 'ROI')} proposed from the label map: check each, then move it or "
+            "press Confirm proposals."
+        )
+        if notes:
+            text += " Note: " + "; ".join(notes)
+        self.message(text, warning=bool(notes))
+        return n
+
     def confirm_selected(self) -> None:
         """Confirm the selected proposed ROIs."""
         lay = self.session.shapes_layer
@@ -1248,8 +1379,8 @@ class HuRoiWidget(QWidget):
             log.debug("preview failed", exc_info=True)
 
     def _on_session(self, what: str) -> None:
-        if what == "preview":
-            self.refresh_table()
+        if what in ("preview", "overlay"):
+            self.refresh_table()  # "overlay": a dose adds its column's values
             return
         if what == "closed":
             self._watch_image()
@@ -1376,6 +1507,7 @@ class HuRoiWidget(QWidget):
                     m.kind,
                     m.shape,
                     "" if m.slice_index is None else str(m.slice_index),
+                    _num(self.session.dose_means.get(m.roi_id), "{:.2f}"),
                 ]
             )
         return rows
