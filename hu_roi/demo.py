@@ -1,7 +1,8 @@
 """``hu-roi demo``: the whole pipeline on the bundled sample data, from DICOM to statistics.
 
 1. ``hu-roi index`` of the synthetic CT cohort in ``sample_dicom/dicom``;
-2. ``hu-roi measure`` of its stored ROI set (``sample_dicom/rois``), calibration checks included;
+2. ``hu-roi measure`` of its stored ROI set (``sample_dicom/rois``), calibration checks included,
+   with the plans' RT doses (``sample_dicom/rtdose``, ``--prescription-gy 30``);
 3. ``hu-roi longitudinal`` of those measurements, printed as a short table;
 4. the trial analysis of that longitudinal table itself (3 synthetic patients with invented
    clinical data, ``sample_clinical.csv``) into ``sample_analysis/``: DICOM -> statistics;
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hu_roi.clibase import CliError, add_common_options
+from hu_roi.clibase import CliError, add_common_options, plural
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -198,7 +199,16 @@ def run_demo(args: argparse.Namespace) -> int:
 
     print(f"[1/5] index {dicom}")
     step(["index", str(dicom), "--out", str(out / "index.csv"), *quiet])
-    print(f"[2/5] measure the stored ROI set {rois}")
+    # the plans' RT doses (one per patient, on its baseline CT): dose columns, and the
+    # irradiated labels checked against 50 % of the 30 Gy prescription
+    doses = sorted((sample / "rtdose").glob("*.dcm"))
+    dose_args = [a for d in doses for a in ("--rtdose", str(d))]
+    if doses:
+        dose_args += ["--prescription-gy", "30"]
+    print(
+        f"[2/5] measure the stored ROI set {rois}"
+        + (f" with {plural(len(doses), 'RT dose')}" if doses else "")
+    )
     step(
         [
             "measure",
@@ -206,6 +216,7 @@ def run_demo(args: argparse.Namespace) -> int:
             str(dicom),
             "--rois",
             str(rois),
+            *dose_args,
             "--out",
             str(out / "measurements.csv"),
             *quiet,

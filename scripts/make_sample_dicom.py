@@ -51,7 +51,12 @@ from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    RTDoseStorage,
+)
 
 UID_ROOT = "1.2.826.0.1.3680043.10.1234."
 REPO = Path(__file__).resolve().parents[1]
@@ -705,6 +710,7 @@ def generate(out: Path) -> dict[str, Any]:
     for p in PATIENTS:
         if (dicom_root / p.patient_id).exists():
             shutil.rmtree(dicom_root / p.patient_id)
+        (out / "rtdose" / f"{p.patient_id}_RD.dcm").unlink(missing_ok=True)
     gt_rows: list[dict[str, Any]] = []
     series_list: list[dict[str, Any]] = []
     rois: list[dict[str, Any]] = []
@@ -724,6 +730,8 @@ def generate(out: Path) -> dict[str, Any]:
             )
             uid = common["SeriesInstanceUID"]
             files = write_axial_series(folder, p, tp, grid, hu, common)
+            if tp == "T0":  # the plan's dose lies in the baseline (planning) CT's frame
+                write_rtdose(out / "rtdose" / f"{pid}_RD.dcm", p, common, grid)
             series_list.append(
                 {
                     "patient_id": pid,
@@ -924,6 +932,87 @@ def generate(out: Path) -> dict[str, Any]:
     roiset = {"format": "hu-roi.roiset", "version": 1, "reader": "R1", "rois": rois}
     write_json(out / "rois" / "sample.rois.json", roiset)
     return doc
+
+
+# --------------------------------------------------------------------------- RT dose
+#: The trial's prescription (30 Gy in 10 fractions) on the irradiated level.
+PRESCRIPTION_GY = 30.0
+#: Dose outside the field (scatter), Gy, and the width (mm) over which the dose falls from
+#: the prescription to it beyond the irradiated body's top and bottom (the penumbra).
+DOSE_OUTSIDE_GY = 1.5
+PENUMBRA_MM = 9.0
+DOSE_SPACING_MM = 5.0
+DOSE_FRAME_MM = 2.5
+
+
+def dose_profile_gy(p: PatientSpec, z_mm: np.ndarray, z0: float) -> np.ndarray:
+    """Planned dose (Gy) along z: the prescription over the irradiated level's body
+    (its slices ± half a slice), falling linearly to :data:`DOSE_OUTSIDE_GY` over
+    :data:`PENUMBRA_MM` above and below."""
+    ks = BODY_SLICES[p.irradiated_level]
+    lo = z0 + SLICE_MM * (ks.start - 0.5)
+    hi = z0 + SLICE_MM * (ks.stop - 1 + 0.5)
+    d = np.maximum(lo - z_mm, z_mm - hi).clip(min=0.0)
+    return PRESCRIPTION_GY - (PRESCRIPTION_GY - DOSE_OUTSIDE_GY) * np.minimum(d / PENUMBRA_MM, 1.0)
+
+
+def write_rtdose(path: Path, p: PatientSpec, common: dict[str, Any], grid: Grid) -> None:
+    """The plan's RT dose on the baseline CT (its Frame of Reference): a multi-frame grid
+    of :data:`DOSE_SPACING_MM` pixels covering the CT's field of view, frames every
+    :data:`DOSE_FRAME_MM` over its slices, dose varying along z only."""
+    pid = p.patient_id
+    half = (grid.matrix - 1) / 2.0 * grid.spacing_mm
+    n_xy = int(math.floor(2 * half / DOSE_SPACING_MM)) + 1
+    x0 = -(n_xy - 1) / 2.0 * DOSE_SPACING_MM
+    z0 = float(grid.z_mm[0])
+    n_z = int(math.floor((float(grid.z_mm[-1]) - z0) / DOSE_FRAME_MM)) + 1
+    zs = z0 + DOSE_FRAME_MM * np.arange(n_z)
+    scaling = 1e-3  # 30 Gy = 30000: fits 16 bits
+    frames = np.rint(dose_profile_gy(p, zs, z0) / scaling).astype(np.uint16)
+    pixels = np.repeat(frames[:, None, None], n_xy, axis=1).repeat(n_xy, axis=2)
+    uid = make_uid(f"rtdose/{pid}")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = RTDoseStorage
+    meta.MediaStorageSOPInstanceUID = uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "HU_ROI_SAMPLE_1"
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = RTDoseStorage
+    ds.SOPInstanceUID = uid
+    for key in ("StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName",
+                "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                "StudyInstanceUID", "StudyID", "FrameOfReferenceUID",
+                "PositionReferenceIndicator", "Manufacturer"):  # fmt: skip
+        setattr(ds, key, common[key])
+    ds.Modality = "RTDOSE"
+    ds.SeriesInstanceUID = make_uid(f"rtdose-series/{pid}")
+    ds.SeriesNumber = 90
+    ds.SeriesDescription = f"Plan dose {PRESCRIPTION_GY:g} Gy / 10 fx {p.irradiated_level}"
+    ds.InstanceNumber = 1
+    ds.ImagePositionPatient = [x0, x0, z0]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = [DOSE_SPACING_MM, DOSE_SPACING_MM]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.NumberOfFrames = n_z
+    ds.FrameIncrementPointer = 0x3004000C
+    ds.GridFrameOffsetVector = [round(DOSE_FRAME_MM * i, 4) for i in range(n_z)]
+    ds.Rows = ds.Columns = n_xy
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.DoseUnits = "GY"
+    ds.DoseType = "PHYSICAL"
+    ds.DoseSummationType = "PLAN"
+    ds.DoseGridScaling = scaling
+    ds.PixelData = pixels.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue())
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -61,3 +61,20 @@ def test_demo_analyses_its_own_measurements(demo: Path) -> None:
     assert t2.loc["HU baseline", "3DCRT n"] == 3 - n_imrt
     for fig in ("fig_hu_over_time", "fig2_overall_survival", "fig3_vas_omed"):
         assert (out / f"{fig}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_measures_the_plan_dose(demo: Path) -> None:
+    """The sample's RT doses reach the measurement CSV: 30 Gy on the irradiated level's
+    baseline ROI, 1.5 Gy on the others (the generator's dose profile), and the ROIs'
+    irradiated labels agree with 50 % of the 30 Gy prescription."""
+    m = pd.read_csv(demo / "measurements.csv", keep_default_na=False)
+    t0 = m[(m["kind"] == "target") & (m["timepoint"] == "T0")]
+    assert len(t0) == 9
+    for _, r in t0.iterrows():
+        want = 30.0 if str(r["irradiated"]).lower() == "true" else 1.5
+        assert float(r["dose_mean_gy"]) == pytest.approx(want, abs=1e-9), r["roi_id"]
+        assert float(r["dose_min_gy"]) == float(r["dose_max_gy"]) == pytest.approx(want)
+    follow = m[(m["kind"] == "target") & (m["timepoint"] != "T0")]
+    assert (follow["dose_mean_gy"] == "").all()  # other Frames of Reference: no dose
+    flags = ";".join(m["qc_flags"])
+    assert "irradiated-mismatch" not in flags and "dose-outside-grid" not in flags
