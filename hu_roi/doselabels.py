@@ -168,19 +168,19 @@ def bind_doses(
                 continue
             out[key].append(grid)
         if not any(grid in v for v in out.values()):
-            why = (
-                reasons[0]
-                if len(reasons) == 1
-                else f"no measured series shares it ({_measured_names(infos)}); first: {reasons[0]}"
-                if reasons
-                else "no series is measured"
-            )
+            if not reasons:
+                why = "no series is measured"
+            elif len(reasons) == 1:
+                why = reasons[0]
+            else:
+                why = f"none of {_measured_names(infos)} shares it; first: {reasons[0]}"
             raise DoseLabelError(f"--rtdose: {p} fits no measured series: {why}")
     for key, grids in out.items():
-        kinds = {g.summation_type for g in grids}
-        if len(grids) > 1 and "PLAN" in kinds and len(kinds) > 1:
+        # a plan's dose is the sum of its beams' (or fractions'): both together count twice
+        parts = {g.summation_type for g in grids} - {"PLAN", ""}
+        if any(g.summation_type == "PLAN" for g in grids) and parts:
             raise DoseLabelError(
-                f"--rtdose: series {key} has a PLAN dose and {'/'.join(sorted(kinds - {'PLAN'}))} "
+                f"--rtdose: series {key} has a PLAN dose and {'/'.join(sorted(parts))} "
                 "doses; their sum would count the plan twice; give either the plan or its parts"
             )
     return {k: tuple(v) for k, v in out.items()}

@@ -397,3 +397,34 @@ def test_real_siemens_proposal_passes_and_relabelled_is_a_mismatch(tmp_path) -> 
 
 def test_levels_table_matches_the_phantom() -> None:
     assert set(LEVELS) == {31, 30}
+
+
+def test_disagreeing_dosed_rois_label_no_other_row(case, tmp_path) -> None:
+    # two ROIs of L1 on the planning CT, one in the field and one in the low-dose part:
+    # the level's verdict is ambiguous, so the follow-up row keeps its empty label
+    dose = _dose_file(tmp_path / "d.dcm", lambda x, y, z: np.where(x <= 0, 30.0, 2.0))
+    rois = _rois(
+        tmp_path,
+        _roi("right", (-8.0, 1.0, 110.0), "L1", uid=_uid("T0")),
+        _roi("left", (9.0, 1.0, 110.0), "L1", uid=_uid("T0")),
+        _roi("t2", L1_XYZ, "L1", timepoint="T2", uid=_uid("T2")),
+    )
+    res, rows = _measure(case, tmp_path, rois, "--rtdose", str(dose), "--prescription-gy", "30",
+                         dicom=case["root"])  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert rows["right"]["irradiated"] == "true" and rows["left"]["irradiated"] == "false"
+    assert rows["t2"]["irradiated"] == "" and _flags(rows["t2"]) == set()
+
+
+def test_workers_give_the_same_dose_and_label_rows(case, tmp_path) -> None:
+    dose = _dose_file(tmp_path / "g.dcm", _linear)
+    nii = _write_nifti(tmp_path / "seg.nii.gz", case["lab"], flip=1)
+    rois = _rois(tmp_path, *_label_rois(_uid("T0")), _roi("t2", L1_XYZ, "L1", timepoint="T2",
+                                                         uid=_uid("T2")))  # fmt: skip
+    args = ("--rtdose", str(dose), "--labels", f"{_uid('T0')}={nii}")
+    res1, one = _measure(case, tmp_path, rois, *args, dicom=case["root"])
+    res2, two = _measure(case, tmp_path, rois, *args, "--workers", "2", dicom=case["root"])
+    assert res1.returncode == res2.returncode == 0, res2.stderr
+    assert one == two
+    _check_label_rows(two)
+    assert two["in-l1"]["dose_mean_gy"] != ""
