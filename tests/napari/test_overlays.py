@@ -277,3 +277,35 @@ def test_label_map_on_a_coronal_series(widget, study, tmp_path):
         want = lps_of(B_ORIGIN, B_ORIENT, B_SPACING, B_STEP, kk, rr, cc)[::-1]  # (z, y, x)
         np.testing.assert_allclose(world, want, atol=1e-6)
     assert s.overlay_text((2, 12, 7)).strip() == "L4"
+
+
+def test_dicom_seg_layer_and_blinded_refusal(widget, spine, qtbot, tmp_path):
+    """A DICOM SEG made from the CT: segment numbers on the CT grid, levels from the
+    segment labels; a SEG of another series is refused without naming the series when
+    blinded."""
+    from test_rois_from_labels import _write_seg
+
+    viewer, w = widget
+    s = _open(w, spine)
+    seg = _write_seg(
+        spine["root"] / "T0", spine["lab"], tmp_path / "seg.dcm",
+        {31: "vertebrae_L1", 30: "vertebrae_L2", 5: "liver"},
+    )  # fmt: skip
+    assert w.load_label_map(seg) is True, w.last_message
+    lay = s.label_layer
+    want = np.select([spine["lab"] == 31, spine["lab"] == 30], [1, 2], 0)
+    assert np.array_equal(np.asarray(lay.data), want)
+    assert lay.features.set_index("index")["level"].to_dict() == {1: "L1", 2: "L2"}
+    assert s.overlay_text((4, 28, 36)).strip() == "L1"
+    assert w.propose_from_labels() == 2
+    # the SEG made from series T2 does not belong to T0
+    other = _write_seg(spine["root"] / "T2", spine["lab"], tmp_path / "o.dcm", {31: "vertebrae_L1"})
+    w.set_blinded(True, seed=3)
+    info, shown = s.current.info, s.label_overlay
+    assert shown is not None  # the same series shown again (blinded): its map stays
+    assert w.load_label_map(other) is False
+    msg = w.last_message
+    assert msg.startswith("Label map not loaded:") and "another series" in msg
+    assert info.series_instance_uid not in msg and s.label(info) in msg
+    # the refused map replaced nothing: the SEG of T0 is still the one shown
+    assert s.label_overlay is shown and _overlays(viewer) == [s.label_layer]

@@ -1109,7 +1109,9 @@ class HuRoiWidget(QWidget):
 
     def _overlay_ready(self, what: str, res: Any) -> bool:
         if isinstance(res, str):
-            self.message(f"{what[0].upper()}{what[1:]} not loaded: {res}", warning=True)
+            self.message(
+                f"{what[0].upper()}{what[1:]} not loaded: {self._neutral(res)}", warning=True
+            )
             return False
         try:
             self.session.show_overlay(res)
@@ -1129,6 +1131,18 @@ class HuRoiWidget(QWidget):
                 "and the table give the dose."
             )
         return True
+
+    def _neutral(self, text: str) -> str:
+        """``text`` with the shown series' UID and key replaced by its label when blinded
+        (the core's refusals name the series)."""
+        cur = self.session.current
+        if not self.session.blinded or cur is None:
+            return text
+        label = self.session.label(cur.info)
+        for ident in (cur.info.series_instance_uid, cur.info.series_key):
+            if ident:
+                text = text.replace(ident, label)
+        return text
 
     def propose_from_labels(self, *, background: bool = False) -> int | None:
         """Propose one target ROI per labelled level (the label map shown) without one.
@@ -1154,7 +1168,7 @@ class HuRoiWidget(QWidget):
 
     def _label_proposals_ready(self, res: tuple | str) -> int | None:
         if isinstance(res, str):
-            self.message(f"Nothing proposed: {res}", warning=True)
+            self.message(f"Nothing proposed: {self._neutral(res)}", warning=True)
             return None
         rois, notes = res
         n = self.session.add_proposals(rois)
@@ -1163,7 +1177,7 @@ class HuRoiWidget(QWidget):
             "press Confirm proposals."
         )
         if notes:
-            text += " Note: " + "; ".join(notes)
+            text += " Note: " + self._neutral("; ".join(notes))
         self.message(text, warning=bool(notes))
         return n
 
