@@ -32,8 +32,13 @@ DESIGN_MEASUREMENT_COLUMNS = (
 
 
 def test_measurement_schema_matches_design_order() -> None:
-    # the contract's 27 columns in order, then the optional length_mm of line ROIs
-    assert list(MEASUREMENT_SCHEMA.names) == [*DESIGN_MEASUREMENT_COLUMNS, "length_mm"]
+    # the contract's 27 columns in order, then the optional length_mm of line ROIs and
+    # the dose the longitudinal table carries
+    assert list(MEASUREMENT_SCHEMA.names) == [
+        *DESIGN_MEASUREMENT_COLUMNS,
+        "length_mm",
+        "dose_mean_gy",
+    ]
 
 
 def test_empty_tables_are_typed() -> None:

@@ -78,3 +78,13 @@ def test_demo_measures_the_plan_dose(demo: Path) -> None:
     assert (follow["dose_mean_gy"] == "").all()  # other Frames of Reference: no dose
     flags = ";".join(m["qc_flags"])
     assert "irradiated-mismatch" not in flags and "dose-outside-grid" not in flags
+
+
+def test_longitudinal_carries_the_planning_dose(demo: Path) -> None:
+    long = pd.read_csv(demo / "longitudinal.csv")
+    assert list(long.columns[:7]) == [
+        "patient_id", "level", "kind", "reader", "irradiated", "lesion_type", "dose_mean_gy",
+    ]  # fmt: skip
+    for _, r in long.iterrows():  # the T0 dose, although T2 and T3 have none
+        want = 30.0 if bool(r["irradiated"]) else 1.5
+        assert r["dose_mean_gy"] == pytest.approx(want), (r["patient_id"], r["level"])

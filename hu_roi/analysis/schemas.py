@@ -605,6 +605,15 @@ MEASUREMENT_SCHEMA = TableSchema(
             required=False,
             min_value=0.0,
         ),
+        Column(
+            "dose_mean_gy",
+            "float",
+            "Gy",
+            "Mean RT dose at the ROI's voxels (hu-roi measure --rtdose); empty without a dose "
+            "for its series.",
+            required=False,
+            min_value=0.0,
+        ),
     ),
 )
 """The measurement CSV (docs/csv_schemas.md).  Columns not needed by the analysis are optional here."""
@@ -628,6 +637,15 @@ def _longitudinal_columns() -> tuple[Column, ...]:
             "",
             "Lesion type at baseline: osteolytic, osteoblastic, mixed, none.",
             allowed=LESION_TYPES,
+        ),
+        Column(
+            "dose_mean_gy",
+            "float",
+            "Gy",
+            "Mean RT dose of the level's ROI on the planning CT (the earliest usable row with "
+            "a dose, hu-roi measure --rtdose); empty without.",
+            required=False,
+            min_value=0.0,
         ),
     ]
     for tp in TIMEPOINTS:
@@ -760,13 +778,18 @@ def wide_by_timepoint(
 
     Returns ``(m, good, out)``: the rows sorted usable first, then by timepoint; the usable
     rows; and per key the baseline's (earliest usable row's) ``irradiated`` and
-    ``lesion_type`` with columns ``prefix + T0..T3`` (NaN where no usable row).
+    ``lesion_type``, the earliest usable ``dose_mean_gy`` (when the column exists), with
+    columns ``prefix + T0..T3`` (NaN where no usable row).
     """
     order = {tp: i for i, tp in enumerate(TIMEPOINTS)}
     m = m.assign(_tp_order=m["timepoint"].map(order), _usable=usable)
     m = m.sort_values(["_usable", "_tp_order"], ascending=[False, True])
     good = m.loc[m["_usable"]]
-    out = m.groupby(list(key), sort=True)[["irradiated", "lesion_type"]].first()
+    carried = ["irradiated", "lesion_type"]
+    if "dose_mean_gy" in m.columns:  # the planning CT's dose: follow-ups have none
+        m["dose_mean_gy"] = m["dose_mean_gy"].where(m["_usable"])
+        carried.append("dose_mean_gy")
+    out = m.groupby(list(key), sort=True)[carried].first()
     # note: .first() skips NA; the baseline (earliest usable) row wins because of the sort
     wide = good.pivot_table(index=list(key), columns="timepoint", values=value, aggfunc="first")
     out = out.join(wide.reindex(columns=list(TIMEPOINTS)).add_prefix(prefix), how="left")
