@@ -1139,6 +1139,7 @@ class Session:
 
     # -- label maps and RT dose on the series shown (issue 15) ---------------------------
     def _shown(self) -> SeriesHandle:
+        self.settle()  # a series dropped onto the viewer is the one shown
         if self.current is None:
             raise ValueError("open a series first")
         return self.current
