@@ -61,12 +61,13 @@ def add_roi_parser(subparsers: argparse._SubParsersAction) -> None:
     v.set_defaults(func=run_validate)
     n = sub.add_parser(
         "new",
-        help="append a circle ROI centred on a voxel to an ROI set",
+        help="append a circle ROI centred on a voxel (or a height line) to an ROI set",
         description="Append a circle ROI centred on voxel (SLICE, ROW, COL) of a series to "
-        "the ROI set FILE (created when missing). SLICE counts the series' images in their "
-        "order along the slice normal, from 0 (the slice_index column of the measurement "
-        "CSV); ROW and COL count from 0 at the top-left pixel. The centre is written in LPS "
-        "mm. Format: " + FORMAT_PAGE + ".",
+        "the ROI set FILE (created when missing), or with --line a vertebral height between "
+        "two voxels (kind height-anterior, height-middle or height-posterior). SLICE counts "
+        "the series' images in their order along the slice normal, from 0 (the slice_index "
+        "column of the measurement CSV); ROW and COL count from 0 at the top-left pixel. "
+        "Positions are written in LPS mm. Format: " + FORMAT_PAGE + ".",
     )
     n.add_argument("--dicom", required=True, metavar="DIR", help="DICOM folder")
     n.add_argument(
@@ -75,26 +76,35 @@ def add_roi_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY",
         help="series_key or SeriesInstanceUID of the series (see `hu-roi index DIR`)",
     )
-    n.add_argument(
+    where = n.add_mutually_exclusive_group(required=True)
+    where.add_argument(
         "--voxel",
-        required=True,
         nargs=3,
         type=int,
         metavar=("SLICE", "ROW", "COL"),
-        help="voxel at the centre of the circle (0-based)",
+        help="voxel at the centre of the circle (0-based; needs --radius)",
     )
-    n.add_argument("--radius", required=True, type=float, metavar="MM", help="radius in mm")
+    where.add_argument(
+        "--line",
+        nargs=6,
+        type=int,
+        metavar=("SLICE1", "ROW1", "COL1", "SLICE2", "ROW2", "COL2"),
+        help="a vertebral height from one voxel centre to another (0-based; needs --kind "
+        "height-anterior|height-middle|height-posterior); measure writes its length_mm",
+    )
+    n.add_argument("--radius", type=float, metavar="MM", help="radius of the circle in mm")
     n.add_argument("--timepoint", required=True, choices=TIMEPOINTS, help="T0 … T3")
     n.add_argument(
         "--level",
         choices=LEVELS,
         metavar="LEVEL",
-        help="vertebral level C1–C7, T1–T12, L1–L5, S1–S5 (required for --kind target)",
+        help="vertebral level C1–C7, T1–T12, L1–L5, S1–S5 (required for a target or a height)",
     )
     n.add_argument(
         "--kind",
         default="target",
-        help="target (default), reference-air|fat|muscle|water or phantom-<name>",
+        help="target (default), reference-air|fat|muscle|water or phantom-<name>; with --line "
+        "height-anterior|height-middle|height-posterior",
     )
     n.add_argument(
         "--patient-id",
@@ -112,7 +122,8 @@ def add_roi_parser(subparsers: argparse._SubParsersAction) -> None:
     n.add_argument(
         "--roi-id",
         metavar="ID",
-        help="ROI id (default: PATIENT-TIMEPOINT-LEVEL, or PATIENT-TIMEPOINT-KIND)",
+        help="ROI id (default: PATIENT-TIMEPOINT-LEVEL, PATIENT-TIMEPOINT-LEVEL-KIND for a "
+        "height, or PATIENT-TIMEPOINT-KIND)",
     )
     n.add_argument("--reader", metavar="NAME", help="reader of a new ROI set (e.g. R1)")
     n.add_argument("--out", required=True, metavar="FILE", help="ROI set to append to")
@@ -198,16 +209,37 @@ def _header_cache(args: argparse.Namespace) -> object | None:
 def run_new(args: argparse.Namespace) -> int:
     """``hu-roi roi new``: append a circle at a voxel to an ROI set (see the module doc)."""
     from hu_roi.io import index_folder
-    from hu_roi.roi import FileStamp, Roi, RoiSet, load_roiset, save_roiset, voxel_lps_mm
+    from hu_roi.roi import (
+        HEIGHT_KINDS,
+        FileStamp,
+        Roi,
+        RoiSet,
+        load_roiset,
+        save_roiset,
+        voxel_lps_mm,
+    )
     from hu_roi.util import show
 
     dicom = Path(args.dicom)
     if not dicom.exists():
         raise RoiInputError(f"no such DICOM folder: {dicom}")
-    if not (math.isfinite(args.radius) and args.radius > 0):
-        raise RoiInputError(f"--radius must be a positive number of mm; got {args.radius}")
+    line = getattr(args, "line", None)
+    radius = math.nan
+    if line is None:
+        if args.radius is None:
+            raise RoiInputError("--voxel needs --radius (the circle's radius in mm)")
+        radius = float(args.radius)
+        if not (math.isfinite(radius) and radius > 0):
+            raise RoiInputError(f"--radius must be a positive number of mm; got {args.radius}")
+    else:
+        if args.radius is not None:
+            raise RoiInputError("--radius is for a circle (--voxel), not for --line")
+        if args.kind not in HEIGHT_KINDS:
+            raise RoiInputError(f"--line needs --kind {'|'.join(HEIGHT_KINDS)}; got {args.kind}")
     if args.kind == "target" and args.level is None:
         raise RoiInputError("--level is required for a target ROI (e.g. --level L1)")
+    if args.kind in HEIGHT_KINDS and args.level is None:
+        raise RoiInputError("--level is required for a height (e.g. --level L1)")
     out = Path(args.out)
     # read the set first: a bad file is reported before the (slower) DICOM index
     rs: RoiSet
@@ -221,17 +253,30 @@ def run_new(args: argparse.Namespace) -> int:
     else:
         rs = RoiSet(reader=args.reader or "")
     info = _find_series(index_folder(dicom, cache=_header_cache(args)).series, args.series, dicom)
+    given: list[int] = list(args.voxel) if line is None else list(line)
+    opt = "--voxel" if line is None else "--line"
     try:
-        centre = voxel_lps_mm(info, *args.voxel)
+        points = [voxel_lps_mm(info, *given[i : i + 3]) for i in range(0, len(given), 3)]
     except ValueError as exc:
-        raise RoiInputError(f"--voxel {' '.join(map(str, args.voxel))}: {exc}") from exc
+        raise RoiInputError(f"{opt} {' '.join(map(str, given))}: {exc}") from exc
+    shape: dict[str, Any]
+    if line is None:
+        shape = {
+            "type": "circle",
+            "center_mm": [float(v) for v in points[0]],
+            "radius_mm": radius,
+        }
+    else:
+        shape = {"type": "line", "points_mm": [[float(v) for v in p] for p in points]}
     pid = args.patient_id if args.patient_id is not None else info.patient_id
     if not pid:
         raise RoiInputError(
             f"the series {info.series_key} has no PatientID; give the patient's study code "
             "with --patient-id"
         )
-    label = args.level if args.kind == "target" else args.kind
+    label = {"target": args.level}.get(args.kind, args.kind)
+    if args.kind in HEIGHT_KINDS:
+        label = f"{args.level}-{args.kind}"
     rid = args.roi_id or f"{pid}-{args.timepoint}-{label}"
     if any(r.roi_id == rid for r in rs.rois):
         raise RoiInputError(f"{out} already holds ROI {show(rid)}; choose another --roi-id")
@@ -244,11 +289,7 @@ def run_new(args: argparse.Namespace) -> int:
         "irradiated": args.irradiated,
         "lesion_type": args.lesion_type,
         "kind": args.kind,
-        "shape": {
-            "type": "circle",
-            "center_mm": [float(v) for v in centre],
-            "radius_mm": float(args.radius),
-        },
+        "shape": shape,
     }
     if not info.series_instance_uid:  # the index's key then names the series
         d["series_key"] = info.series_key
@@ -269,10 +310,19 @@ def run_new(args: argparse.Namespace) -> int:
     expected: FileStamp | None = rs.stamp
     saved = save_roiset(replace(rs, rois=(*rs.rois, roi)), out, expected_stamp=expected)
     if not getattr(args, "quiet", False):
-        x, y, z = roi.shape.center_mm  # type: ignore[misc]
+        if line is None:
+            x, y, z = roi.shape.center_mm  # type: ignore[misc]
+            what = (
+                f"circle, radius {args.radius:g} mm, centre LPS [{x:.3f}, {y:.3f}, {z:.3f}] mm "
+                f"= voxel {' '.join(map(str, args.voxel))}"
+            )
+        else:
+            what = (
+                f"line, {roi.shape.length_mm:.2f} mm from voxel {' '.join(map(str, line[:3]))} "
+                f"to {' '.join(map(str, line[3:]))}"
+            )
         print(
-            f"added ROI {show(rid)} (circle, radius {args.radius:g} mm, centre LPS "
-            f"[{x:.3f}, {y:.3f}, {z:.3f}] mm = voxel {' '.join(map(str, args.voxel))} of "
-            f"series {info.series_key}) to {out} ({plural(len(saved.rois), 'ROI')})"
+            f"added ROI {show(rid)} ({what} of series {info.series_key}) to {out} "
+            f"({plural(len(saved.rois), 'ROI')})"
         )
     return 0

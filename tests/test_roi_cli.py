@@ -151,6 +151,51 @@ def test_new_creates_then_appends_in_lps(tmp_path, series) -> None:
     assert sorted(p.name for p in out.parent.iterdir()) == ["x.rois.json"]  # no temp left
 
 
+def _new_line(dicom: Path, out: Path, *extra: str, line=("0", "5", "6", "4", "30", "40")):
+    return run_main(
+        "roi", "new", "--dicom", str(dicom), "--series", UID, "--line", *line,
+        "--timepoint", "T0", "--patient-id", "TEST", "--out", str(out), *extra,
+    )  # fmt: skip
+
+
+def test_new_line_is_a_height_measured_as_its_length(tmp_path, series) -> None:
+    dicom, _ = series
+    out = tmp_path / "h.rois.json"
+    proc = _new_line(dicom, out, "--level", "L1", "--kind", "height-anterior")
+    assert proc.returncode == 0, proc.stderr
+    (roi,) = load_roiset(out).rois
+    a, b = _lps(0, 5, 6), _lps(4, 30, 40)  # DICOM's formula, written out in this test
+    assert roi.roi_id == "TEST-T0-L1-height-anterior" and roi.kind == "height-anterior"
+    assert np.allclose(roi.shape.points_mm, [a, b], atol=1e-9)
+    want = float(np.linalg.norm(b - a))
+    assert f"line, {want:.2f} mm" in proc.stdout
+    csv_out = tmp_path / "m.csv"
+    proc = run_main("measure", "--dicom", str(dicom), "--rois", str(out), "--out", str(csv_out),
+                    "--no-cache", "-q")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (row,) = list(csv.DictReader(csv_out.open()))
+    assert float(row["length_mm"]) == pytest.approx(want, abs=1e-9) and row["qc_status"] == "pass"
+
+
+@pytest.mark.parametrize(
+    ("extra", "pattern"),
+    [
+        (["--level", "L1"], "--line needs --kind height-anterior"),
+        (["--kind", "height-middle"], "--level is required for a height"),
+        (["--level", "L1", "--kind", "height-middle", "--radius", "3"], "--radius is for a circle"),
+    ],
+)
+def test_new_line_refuses_bad_arguments(tmp_path, series, extra, pattern) -> None:
+    dicom, _ = series
+    out = tmp_path / "h.rois.json"
+    proc = _new_line(dicom, out, *extra)
+    assert proc.returncode == 2 and pattern in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
+    proc = _new_line(dicom, out, "--level", "L1", "--kind", "height-middle",
+                     line=("0", "5", "6", "9", "30", "40"))  # fmt: skip
+    assert proc.returncode == 2 and "--line 0 5 6 9 30 40" in proc.stderr and not out.exists()
+
+
 def test_new_roi_measures_the_numpy_mean(tmp_path, series) -> None:
     """The new ROI, measured by hu-roi measure, holds the voxel and gives numpy's mean."""
     from hu_roi.batch import measure_batch
