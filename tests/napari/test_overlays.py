@@ -309,3 +309,27 @@ def test_dicom_seg_layer_and_blinded_refusal(widget, spine, qtbot, tmp_path):
     assert info.series_instance_uid not in msg and s.label(info) in msg
     # the refused map replaced nothing: the SEG of T0 is still the one shown
     assert s.label_overlay is shown and _overlays(viewer) == [s.label_layer]
+
+
+REAL = Path(__file__).resolve().parents[2].parent / "shared" / "real_ct"
+SIEMENS = REAL / "siemens_biograph_mct_thoracolumbar"
+
+
+@pytest.mark.skipif(not (SIEMENS / "labels").is_dir(), reason="real Siemens CT not present")
+def test_real_ct_with_totalsegmentator_labels(widget, qtbot, tmp_path):
+    """A real Siemens series (no PatientID) with TotalSegmentator's reference labels (LAS):
+    the map lands on the CT, and the proposal is T12's trabecular core, as the command's."""
+    viewer, w = widget
+    w.open_folder(SIEMENS / "dicom", roi_file=tmp_path / "real.rois.json")
+    w.open_series(w.session.reading_list[0].series_key)
+    s = w.session
+    s.set_study_code("S01")
+    w.timepoint_combo.setCurrentText("T0")
+    assert w.load_label_map(SIEMENS / "labels" / "example_seg_dicom.nii.gz"), w.last_message
+    assert s.label_overlay.levels == ["T11", "T12"]
+    assert w.propose_from_labels() == 1, w.last_message
+    assert "T11" in w.last_message  # a fragment only: named, no ROI
+    (roi,) = [r for r in s.roiset.rois if r.proposed]
+    assert roi.level == "T12" and roi.patient_id == "S01"
+    (m,) = s.measurements
+    assert 50 < m.mean_hu < 400 and m.area_mm2 >= 200  # trabecular bone, not cortex
