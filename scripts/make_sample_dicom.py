@@ -349,6 +349,22 @@ def build_phantom(
 # --------------------------------------------------------------------------- DICOM
 
 
+def new_dataset(sop_class: str, sop_uid: str) -> Dataset:
+    """An empty instance of ``sop_class`` with its file meta (explicit VR little endian)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "HU_ROI_SAMPLE_1"
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
+    return ds
+
+
 def write_slice(
     path: Path,
     hu_slice: np.ndarray,
@@ -364,18 +380,8 @@ def write_slice(
     image_type: list[str],
 ) -> None:
     """Write one CT image (explicit VR little endian) with Siemens-like tags."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = "HU_ROI_SAMPLE_1"
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds = new_dataset(CTImageStorage, sop_uid)
     ds.ImageType = image_type
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = sop_uid
     for key, value in common.items():
         setattr(ds, key, value)
     ds.InstanceNumber = instance_number
@@ -970,18 +976,7 @@ def write_rtdose(path: Path, p: PatientSpec, common: dict[str, Any], grid: Grid)
     scaling = 1e-3  # 30 Gy = 30000: fits 16 bits
     frames = np.rint(dose_profile_gy(p, zs, z0) / scaling).astype(np.uint16)
     pixels = np.repeat(frames[:, None, None], n_xy, axis=1).repeat(n_xy, axis=2)
-    uid = make_uid(f"rtdose/{pid}")
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RTDoseStorage
-    meta.MediaStorageSOPInstanceUID = uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = "HU_ROI_SAMPLE_1"
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = RTDoseStorage
-    ds.SOPInstanceUID = uid
+    ds = new_dataset(RTDoseStorage, make_uid(f"rtdose/{pid}"))
     for key in ("StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName",
                 "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
                 "StudyInstanceUID", "StudyID", "FrameOfReferenceUID",
