@@ -228,7 +228,12 @@ def bind_labels(specs: Sequence[str], infos: Mapping[str, SeriesInfo]) -> dict[s
             chosen = list(infos)
         try:
             if is_dicom_file(path):
-                refs, _ = seg_references(path)
+                refs, _, levels = seg_references(path)
+                if not levels:
+                    raise DoseLabelError(
+                        f"--labels: {path} holds no vertebra segment (a SegmentLabel such as "
+                        "vertebrae_L1 or 'L1 vertebra'; see docs/labels.md)"
+                    )
                 if not refs:
                     raise DoseLabelError(
                         f"--labels: {path} references no series (ReferencedSeriesSequence); "

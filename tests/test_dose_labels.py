@@ -319,6 +319,11 @@ def test_labels_from_dicom_seg(case, tmp_path) -> None:
     res, rows = _measure(case, tmp_path, _rois(tmp_path, *_label_rois()), "--labels", str(seg))
     assert res.returncode == 0, res.stderr
     _check_label_rows(rows)
+    # a SEG of organs only: refused before anything is measured
+    organs = _write_seg(case["root"] / "T0", case["lab"], tmp_path / "organs.dcm",
+                        {31: "liver", 30: "spleen"})  # fmt: skip
+    res, _ = _measure(case, tmp_path, _rois(tmp_path, *_label_rois()), "--labels", str(organs))
+    assert res.returncode == 2 and "holds no vertebra segment" in res.stderr
     # the same SEG given for a measurement of the other series: refused
     res, _ = _measure(case, tmp_path, _rois(tmp_path, *_label_rois(_uid("T2"))),
                       "--labels", str(seg), dicom=case["root"])  # fmt: skip

@@ -276,9 +276,10 @@ def labels_on_volume(lm: LabelMap, volume: Volume, *, tol_mm: float = ALIGN_TOL_
     return out
 
 
-def seg_references(path: str | Path) -> tuple[set[str], str]:
-    """The SeriesInstanceUIDs a DICOM SEG was made from and its FrameOfReferenceUID (headers
-    only).
+def seg_references(path: str | Path) -> tuple[set[str], str, dict[int, str]]:
+    """The SeriesInstanceUIDs a DICOM SEG was made from, its FrameOfReferenceUID and its
+    vertebra segments (segment number -> level, :func:`level_of_segment`), from the
+    headers only.
 
     Raises
     ------
@@ -297,7 +298,12 @@ def seg_references(path: str | Path) -> tuple[set[str], str]:
     if ds.get("Modality") != "SEG":
         raise LabelMapError(f"{p}: a DICOM {ds.get('Modality', '?')} file, not a SEG")
     ref = {str(s.get("SeriesInstanceUID", "")) for s in ds.get("ReferencedSeriesSequence", [])}
-    return ref - {""}, str(ds.get("FrameOfReferenceUID", "") or "")
+    table: dict[int, str] = {}
+    for item in ds.get("SegmentSequence", []):
+        level = level_of_segment(str(item.get("SegmentLabel", "")))
+        if level is not None:
+            table[int(item.SegmentNumber)] = level
+    return ref - {""}, str(ds.get("FrameOfReferenceUID", "") or ""), table
 
 
 def is_dicom_file(path: str | Path) -> bool:
