@@ -234,11 +234,47 @@ def dose_colormap() -> Any:
     return Colormap(colors=colors, controls=controls, name="hu-roi dose")
 
 
-def dose_layer_data(ov: DoseOverlay, info: SeriesInfo) -> tuple[np.ndarray, dict[str, Any]]:
-    """Data (layer axis order, NaN → 0 Gy) and keyword arguments of a napari Image layer
-    of ``ov`` (contrast limits 0 … the largest dose, translucent over the CT)."""
+class NanAsZero:
+    """Read-only view of a float array that reads NaN as 0, piece by piece.
+
+    The dose layer's data: outside the dose grid nothing is drawn (0 Gy is transparent)
+    while :attr:`DoseOverlay.dose_gy` keeps NaN there, without a second copy of the
+    volume (a 512 × 512 × 300 series: 315 MB saved).  Implements what napari reads of a
+    layer's data (``dtype``, ``shape``, ``ndim``, ``size``, indexing, ``__array__``).
+    """
+
+    def __init__(self, array: np.ndarray) -> None:
+        self._a = array
+        self.dtype = array.dtype
+        self.shape: tuple[int, ...] = tuple(array.shape)
+        self.ndim = array.ndim
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> Any:
+        part = self._a[key]
+        return (
+            np.nan_to_num(part, nan=0.0)
+            if isinstance(part, np.ndarray)
+            else (
+                0.0 if part != part else part  # a single NaN value
+            )
+        )
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.nan_to_num(self._a, nan=0.0)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+def dose_layer_data(ov: DoseOverlay, info: SeriesInfo) -> tuple[Any, dict[str, Any]]:
+    """Data (layer axis order, NaN read as 0 Gy) and keyword arguments of a napari Image
+    layer of ``ov`` (contrast limits 0 … the largest dose, translucent over the CT)."""
     tr = layer_transform(info)
-    data = np.nan_to_num(ov.dose_gy, nan=0.0)  # outside the dose grid: nothing drawn
     kwargs: dict[str, Any] = {
         "name": DOSE_NAME,
         "colormap": dose_colormap(),
@@ -249,4 +285,5 @@ def dose_layer_data(ov: DoseOverlay, info: SeriesInfo) -> tuple[np.ndarray, dict
         "metadata": {OVERLAY_KEY: {"token": ov.token, "kind": "dose"}},
         **tr.kwargs(),
     }
-    return np.transpose(data, tr.perm), kwargs
+    # outside the dose grid (NaN): 0 Gy, transparent
+    return NanAsZero(np.transpose(ov.dose_gy, tr.perm)), kwargs

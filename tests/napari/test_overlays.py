@@ -217,6 +217,22 @@ def test_rt_dose_layer_readout_and_table(widget, spine, qtbot):
     assert rows["L2"][11] == ""  # partly outside the dose grid: no dose (as measure)
 
 
+def test_dose_layer_renders(make_napari_viewer, spine):
+    """A real rendering (Xvfb): the grey CT gets colour where the dose grid reaches."""
+    from napari_helpers import make_widget
+
+    viewer = make_napari_viewer(show=True)
+    w = make_widget(viewer)
+    s = _open(w, spine)
+    s.show_slice(5)
+    before = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    assert w.load_dose(spine["dose"]) is True
+    after = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    was = (np.ptp(before, axis=-1) > 60).mean()  # the canvas' text overlays only
+    now = (np.ptp(after, axis=-1) > 60).mean()
+    assert was < 0.02 and now > 0.2, (was, now)
+
+
 def test_overlays_go_with_their_series(widget, spine, qtbot):
     viewer, w = widget
     s = _open(w, spine)
