@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -62,6 +62,7 @@ from ._series import (
 )
 
 log = logging.getLogger(__name__)
+_Ov = TypeVar("_Ov")  # a label or dose overlay
 
 __all__ = ["Session", "CalibrationReport", "autosave_path", "next_level", "propose_rois"]
 
@@ -1151,16 +1152,7 @@ class Session:
 
         Raises ValueError when no series is shown.
         """
-        h = self._shown()
-        info, token = h.info, h.token
-
-        def job() -> LabelOverlay | str:
-            try:
-                return read_label_overlay(info, token, path)
-            except (HuRoiError, ValueError, OSError) as exc:
-                return _one_line(exc)
-
-        return job
+        return self._overlay_job(read_label_overlay, path)
 
     def dose_job(self, path: str | Path) -> Callable[[], DoseOverlay | str]:
         """A function sampling the RTDOSE ``path`` on the shown series' voxels (run it in a
@@ -1169,12 +1161,19 @@ class Session:
 
         Raises ValueError when no series is shown.
         """
+        return self._overlay_job(read_dose_overlay, path)
+
+    def _overlay_job(
+        self, read: Callable[[SeriesInfo, str, str | Path], _Ov], path: str | Path
+    ) -> Callable[[], _Ov | str]:
+        """``read(info, token, path)`` for the shown series, as a worker job whose expected
+        refusals come back as one line of text."""
         h = self._shown()
         info, token = h.info, h.token
 
-        def job() -> DoseOverlay | str:
+        def job() -> _Ov | str:
             try:
-                return read_dose_overlay(info, token, path)
+                return read(info, token, path)
             except (HuRoiError, ValueError, OSError) as exc:
                 return _one_line(exc)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -1032,20 +1033,28 @@ class HuRoiWidget(QWidget):
         button; returns None); a refusal (poor registration, no overlap, no baseline) is
         shown as a message and nothing is added.  Returns the number proposed otherwise.
         """
+        return self._propose(
+            self.session.proposal_job, "Registering the baseline", self._proposals_ready, background
+        )
+
+    def _propose(
+        self,
+        make_job: Callable[[], Callable[[], Any]],
+        desc: str,
+        done: Callable[[Any], int | None],
+        background: bool,
+    ) -> int | None:
+        """Run a proposal job (in napari's worker with ``background``); a job that cannot
+        start (ValueError) is shown as a message."""
         try:
-            job = self.session.proposal_job()
+            job = make_job()
         except ValueError as exc:
             self.message(f"Nothing proposed: {exc}", warning=True)
             return None
         if background:
-            self.run_in_background(
-                job,
-                desc="Registering the baseline",
-                failed="Nothing proposed",
-                done=self._proposals_ready,
-            )
+            self.run_in_background(job, desc=desc, failed="Nothing proposed", done=done)
             return None
-        return self._proposals_ready(job())
+        return done(job())
 
     def _proposals_ready(self, rois: list | str) -> int | None:
         if isinstance(rois, str):  # refused (poor registration, no overlap): say why
@@ -1151,20 +1160,12 @@ class HuRoiWidget(QWidget):
         ``background=True`` (returns None); a refusal is shown as a message and nothing is
         added.  Returns the number proposed otherwise.
         """
-        try:
-            job = self.session.labels_proposal_job()
-        except ValueError as exc:
-            self.message(f"Nothing proposed: {exc}", warning=True)
-            return None
-        if background:
-            self.run_in_background(
-                job,
-                desc="Proposing ROIs from the label map",
-                failed="Nothing proposed",
-                done=self._label_proposals_ready,
-            )
-            return None
-        return self._label_proposals_ready(job())
+        return self._propose(
+            self.session.labels_proposal_job,
+            "Proposing ROIs from the label map",
+            self._label_proposals_ready,
+            background,
+        )
 
     def _label_proposals_ready(self, res: tuple | str) -> int | None:
         if isinstance(res, str):
