@@ -205,11 +205,11 @@ def bind_labels(specs: Sequence[str], infos: Mapping[str, SeriesInfo]) -> dict[s
         TOTALSEG_V2_LEVELS,
         LabelMapError,
         check_labels_fit,
-        grid_of_series,
         is_dicom_file,
         read_label_map,
         seg_references,
     )
+    from hu_roi.volume import header_volume
 
     out: dict[str, LabelSource] = {}
     for spec in specs:
@@ -256,7 +256,7 @@ def bind_labels(specs: Sequence[str], infos: Mapping[str, SeriesInfo]) -> dict[s
                 hits, reasons = [], []
                 for k in chosen:
                     try:
-                        check_labels_fit(lm, grid_of_series(infos[k]))
+                        check_labels_fit(lm, header_volume(infos[k]))
                         hits.append(k)
                     except LabelMapError as exc:
                         reasons.append(f"series {k}: {exc}")

@@ -213,3 +213,21 @@ class Volume:
         d = np.asarray(points_lps_mm, dtype=float) - self.slice_origins_lps_mm[k]
         dr, dc = self.pixel_spacing_mm
         return np.stack([d @ self.col_dir / dr, d @ self.row_dir / dc, d @ self.normal], axis=-1)
+
+
+def header_volume(info: SeriesInfo) -> Volume:
+    """A pixel-free :class:`Volume` with the geometry of every slice of ``info``.
+
+    Its ``hu`` is a read-only broadcast zero (no memory): enough for what needs only the
+    voxel centres (placing a label map or a dose grid, grid checks) before or instead of
+    reading pixels.
+    """
+    n, rows, cols = info.n_slices, info.rows, info.columns
+    return Volume(
+        hu=np.broadcast_to(np.zeros((), dtype=np.int16), (n, rows, cols)),
+        orientation=np.asarray(info.orientation, dtype=float).reshape(2, 3),
+        pixel_spacing_mm=info.pixel_spacing_mm,
+        slice_origins_lps_mm=np.array([s.position_lps_mm for s in info.slices], dtype=float),
+        slice_indices=np.arange(n),
+        info=info,
+    )

@@ -32,7 +32,6 @@ from hu_roi.errors import HuRoiError
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from hu_roi.series import SeriesInfo
     from hu_roi.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -46,7 +45,6 @@ __all__ = [
     "read_label_map",
     "labels_on_volume",
     "check_labels_fit",
-    "grid_of_series",
     "seg_references",
     "is_dicom_file",
     "level_of_segment",
@@ -230,27 +228,9 @@ def _label_index_grid(
 def check_labels_fit(lm: LabelMap, volume: Volume, *, tol_mm: float = ALIGN_TOL_MM) -> None:
     """Raise :class:`LabelMapError` unless ``lm`` lies on ``volume``'s grid (see
     :func:`labels_on_volume`); reads no label value, so ``volume`` may be a header-only
-    grid (:func:`grid_of_series`)."""
+    grid (:func:`hu_roi.volume.header_volume`)."""
     for _ in _label_index_grid(lm, volume, tol_mm):
         pass
-
-
-def grid_of_series(info: SeriesInfo) -> Volume:
-    """A pixel-free :class:`~hu_roi.volume.Volume` with the geometry of every slice of
-    ``info`` (its ``hu`` is a read-only broadcast zero, no memory): for grid checks before
-    any pixel is read."""
-    from hu_roi.volume import Volume
-
-    hu = np.broadcast_to(
-        np.zeros((1, 1, 1), dtype=np.int16), (info.n_slices, info.rows, info.columns)
-    )
-    return Volume(
-        hu=hu,
-        orientation=np.asarray(info.orientation, dtype=float).reshape(2, 3),
-        pixel_spacing_mm=info.pixel_spacing_mm,
-        slice_origins_lps_mm=np.array([s.position_lps_mm for s in info.slices], dtype=float),
-        info=info,
-    )
 
 
 def labels_on_volume(lm: LabelMap, volume: Volume, *, tol_mm: float = ALIGN_TOL_MM) -> np.ndarray:

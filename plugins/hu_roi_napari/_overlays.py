@@ -11,7 +11,7 @@ layer's placement (scale/translate or affine, axis order) unchanged:
 
 The readers run in a worker thread (:meth:`Session.label_map_job` /
 :meth:`Session.dose_job`); they read headers and the overlay file only, never the CT's
-pixels (a header-only volume, :func:`grid_volume`, gives the voxel centres).
+pixels (a header-only volume, :func:`hu_roi.volume.header_volume`, gives the voxel centres).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from hu_roi.series import SeriesInfo
-from hu_roi.volume import Volume
+from hu_roi.volume import header_volume
 
 from ._geometry import layer_transform
 
@@ -34,7 +34,6 @@ __all__ = [
     "DOSE_NAME",
     "LabelOverlay",
     "DoseOverlay",
-    "grid_volume",
     "read_label_overlay",
     "read_dose_overlay",
     "labels_layer_data",
@@ -128,23 +127,6 @@ class DoseOverlay:
         return math.fsum(v.tolist()) / v.size
 
 
-def grid_volume(info: SeriesInfo) -> Volume:
-    """A header-only :class:`Volume` of every slice of ``info`` (HU all 0, no pixel read).
-
-    Enough for the core functions that need only the voxel centres (label map and dose
-    placement); the HU array is a broadcast view (no memory).
-    """
-    n, rows, cols = info.n_slices, info.rows, info.columns
-    return Volume(
-        hu=np.broadcast_to(np.zeros((), dtype=np.int16), (n, rows, cols)),
-        orientation=np.asarray(info.orientation, dtype=float).reshape(2, 3),
-        pixel_spacing_mm=info.pixel_spacing_mm,
-        slice_origins_lps_mm=np.array([s.position_lps_mm for s in info.slices], dtype=float),
-        slice_indices=np.arange(n),
-        info=info,
-    )
-
-
 def read_label_overlay(info: SeriesInfo, token: str, path: str | Path) -> LabelOverlay:
     """Read a label map (NIfTI or DICOM SEG) onto the grid of series ``info``.
 
@@ -157,7 +139,7 @@ def read_label_overlay(info: SeriesInfo, token: str, path: str | Path) -> LabelO
     """
     from hu_roi.roisfromlabels import labels_for_volume
 
-    labels, table = labels_for_volume(path, grid_volume(info))
+    labels, table = labels_for_volume(path, header_volume(info))
     top = int(labels.max()) if labels.size else 0
     # the smallest integer type holding the values (a 512×512×300 map: 79 MB, not 315)
     dtype = np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.int32
@@ -187,7 +169,7 @@ def read_dose_overlay(info: SeriesInfo, token: str, path: str | Path) -> DoseOve
         raise FileNotFoundError(2, "No such file", str(p))
     grid = read_rtdose(p)
     check_dose_for_series(grid, info)
-    dose = dose_on_volume(grid, grid_volume(info))
+    dose = dose_on_volume(grid, header_volume(info))
     finite = dose[np.isfinite(dose)]
     return DoseOverlay(
         series_key=info.series_key,
