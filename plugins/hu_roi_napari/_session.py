@@ -25,7 +25,13 @@ import numpy as np
 from hu_roi.errors import HuRoiError
 from hu_roi.io import IndexResult
 from hu_roi.io.load import NEVER_LOADABLE
-from hu_roi.measure import Measurement, add_flags, failed_measurement, measure_roi
+from hu_roi.measure import (
+    Measurement,
+    add_flags,
+    failed_measurement,
+    label_flags,
+    measure_roi,
+)
 from hu_roi.rasterize import RoiPlacementError, slices_needed
 from hu_roi.roi import HEIGHT_KINDS, LEVELS, TIMEPOINTS, Roi, RoiSet, load_roiset, save_roiset
 from hu_roi.series import SeriesInfo
@@ -1376,11 +1382,9 @@ class Session:
         if self.shapes_layer is not None:
             self._last_signature = self._signature()
         rois = self.current_rois() if rois is None else rois
-        # an unconfirmed proposal is flagged as hu-roi measure flags it (batch: label_flags)
-        self.measurements = [
-            add_flags(m, "proposed-unconfirmed") if r.proposed else m
-            for r, m in ((r, self.measure_one(r)) for r in rois)
-        ]
+        # the flags hu-roi measure puts on the ROI itself: an unconfirmed proposal, a target
+        # or height without timepoint or level (longitudinal could not place it)
+        self.measurements = [add_flags(self.measure_one(r), *label_flags(r)) for r in rois]
         self.dose_means = {r.roi_id: self.dose_of(r) for r in rois} if self.dose_overlay else {}
         self.decorate(rois)
         return self.measurements

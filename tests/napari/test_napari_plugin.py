@@ -215,8 +215,12 @@ def test_live_table_matches_batch(widget, study, qtbot):
         level=None,
         kind="reference-muscle",
     )
-    _wait_table(qtbot, w, lambda rows: len(rows) == 2)
+    # a target without a level: the viewer flags it as measure does (no-level)
+    s.add_roi("ellipse", _disc_ellipse(1, 20, 24, 6.0, 6.0), level=None, kind="target")
+    _wait_table(qtbot, w, lambda rows: len(rows) == 3)
     live = {m.roi_id: m for m in s.calibrated_measurements()}
+    (unplaced,) = [m for m in live.values() if m.kind == "target" and m.level is None]
+    assert "no-level" in unplaced.qc_flags and unplaced.qc_status == "warn"
     w.save()
     batch = {m.roi_id: m for m in measure_batch(study, roi_file).measurements}
     assert set(live) == set(batch)
