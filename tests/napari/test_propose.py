@@ -111,10 +111,13 @@ def test_propose_confirm_and_move(widget, follow_study, qtbot, tmp_path):
     assert w.propose_from_baseline() is None
     assert "counterpart on this series already" in w.last_message
     assert len(s.roiset.rois) == 4
-    # Confirm the first (selected) one
+    # Confirm the first (selected) one, with the key (napari keymap, as a reader does)
+    from qtpy.QtCore import Qt
+
     lay.selected_data = {0}
-    w.confirm_selected()
-    assert "1 proposal confirmed" in w.last_message
+    canvas = viewer.window._qt_viewer.canvas.native
+    qtbot.keyClick(canvas, Qt.Key.Key_Y, Qt.KeyboardModifier.AltModifier)
+    qtbot.waitUntil(lambda: "1 proposal confirmed" in w.last_message, timeout=10_000)
     assert not lay.text.values[0].endswith("(proposed)")
     assert lay.text.values[1].endswith("(proposed)")
     # moving the second confirms it too

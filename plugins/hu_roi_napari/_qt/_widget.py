@@ -9,6 +9,7 @@ Keyboard (active while the viewer window has focus):
   case when blinded; napari keymap)
 * ``]`` / ``[`` — next / previous vertebral level for the next ROI (napari keymap)
 * ``Ctrl+S`` — save the ROI file (napari's *Save Selected Layers* moves to Ctrl+Shift+S)
+* ``Alt+Y`` — confirm the selected proposed ROIs (napari keymap)
 * ``Alt+1`` / ``Alt+2`` / ``Alt+3`` — bone / soft tissue / lung window (napari keymap)
 * ``Alt+4`` / ``Alt+5`` / ``Alt+6`` — axial / sagittal / coronal view (napari keymap;
   napari itself uses Alt+S and Alt+C for screenshots)
@@ -186,6 +187,7 @@ class HuRoiWidget(QWidget):
             ("Alt-Left", lambda: self.next_series(-1)),
             ("]", lambda: self.step_level(1)),
             ("[", lambda: self.step_level(-1)),
+            ("Alt-Y", self.confirm_selected),
             ("Control-S", self.save),
         ):
             napari_viewer.bind_key(keys, lambda _v, f=fn: f(), overwrite=True)
@@ -393,7 +395,9 @@ class HuRoiWidget(QWidget):
         )
         b_propose.clicked.connect(lambda: self.propose_from_baseline(background=True))
         b_confirm = QPushButton("Confirm proposals")
-        b_confirm.setToolTip("Confirm the selected proposed ROIs (moving one confirms it too)")
+        b_confirm.setToolTip(
+            "Confirm the selected proposed ROIs (Alt+Y; moving one confirms it too)"
+        )
         b_confirm.clicked.connect(self.confirm_selected)
         tools.addWidget(b_propose, 5, 0)
         tools.addWidget(b_confirm, 5, 1)
