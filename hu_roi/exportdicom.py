@@ -139,6 +139,7 @@ def export_dicom(
     skip_unexportable: bool = False,
     progress: bool = False,
     formula_escape: bool = True,
+    sr_groups: str = "geometry",
 ) -> ExportResult:
     """Measure the ROIs and build one DICOM SR and SEG per series and reader.
 
@@ -151,6 +152,9 @@ def export_dicom(
     formula_escape : bool
         Text cells of ``export.csv`` starting with = + - @ get a leading apostrophe
         (:func:`hu_roi.csvtext.escape_cell`).
+    sr_groups : {"geometry", "segment"}
+        What each SR measurement group points at: the ROI's geometry, or its SEG segment
+        (:func:`hu_roi.io.dicom_export.build_series_export`).
 
     Returns
     -------
@@ -238,7 +242,7 @@ def export_dicom(
                 seen_uid[occ_key] += 1
                 uid = tracking_uid(info.series_instance_uid, reader, roi.roi_id, occurrence)
                 export_items.append(ExportItem(m, roi, mask, uid))
-            built = build_series_export(info, export_items, reader=reader)
+            built = build_series_export(info, export_items, reader=reader, sr_groups=sr_groups)
         except (DicomExportError, OSError, ValueError) as exc:
             reason = (
                 str(exc) if isinstance(exc, DicomExportError) else f"{type(exc).__name__}: {exc}"
@@ -304,6 +308,14 @@ def add_export_dicom_parser(subparsers: argparse._SubParsersAction) -> None:
         help="output folder (new, or one this command wrote before: it is replaced whole)",
     )
     p.add_argument(
+        "--sr-groups",
+        choices=("geometry", "segment"),
+        default="geometry",
+        help="what each SR measurement group points at: the ROI's own geometry (SCOORD3D, "
+        "default) or its segment of the SEG written beside it (TID 1411 Referenced Segment, "
+        "as dcmqi / 3D Slicer QuantitativeReporting write and read them)",
+    )
+    p.add_argument(
         "--skip-unexportable",
         action="store_true",
         help="write the series that can be exported and list the others (by default a "
@@ -337,6 +349,7 @@ def run_export_dicom(args: argparse.Namespace) -> int:
         skip_unexportable=getattr(args, "skip_unexportable", False),
         progress=not quiet,
         formula_escape=getattr(args, "formula_escape", True),
+        sr_groups=getattr(args, "sr_groups", "geometry"),
     )
     with outs:
         folder = outs.add_folder(args.out, own=own)

@@ -573,3 +573,36 @@ def test_one_sr_per_reader_and_distinct_tracking_uids(tmp_path):
         assert _all_values(sr, "PersonName") == [reader]
         uids = _all_values(sr, "UID")
         assert {x["tracking_uid"] for x in rows if x["reader"] == reader} <= set(uids)
+
+
+def test_sr_groups_reference_their_seg_segment(synthetic, tmp_path):
+    """--sr-groups segment: every group is a TID 1411 group whose Referenced Segment names
+    the SEG written beside it (SOP Class and Instance UID) and the segment of its own ROI
+    (the segment whose label is the roi_id), as dcmqi writes them; values as before."""
+    out = tmp_path / "seg_groups"
+    r = _export(synthetic["dicom"], synthetic["rois"], out, "--sr-groups", "segment", "-q")
+    assert r.returncode == 0, r.stderr
+    man, csv_rows = _manifest(out), synthetic["csv"]
+    seen = set()
+    for sr_name in {m["sr_file"] for m in man.values() if m["sr_file"]}:
+        sr = highdicom.sr.srread(out / sr_name)
+        assert not list(sr.content.get_planar_roi_measurement_groups())
+        groups = list(sr.content.get_volumetric_roi_measurement_groups())
+        seg_name = {m["seg_file"] for m in man.values() if m["sr_file"] == sr_name}.pop()
+        seg = highdicom.seg.segread(out / seg_name)
+        for g in groups:
+            rid = g.tracking_identifier
+            assert g.reference_type.value == "121191", g.reference_type  # Referenced Segment
+            item = g.referenced_segment
+            assert (
+                item.source_series_for_segmentation.value
+                == seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+            )
+            assert item.referenced_sop_instance_uid == seg.SOPInstanceUID
+            assert item.referenced_sop_class_uid == seg.SOPClassUID
+            number = item.referenced_segment_numbers[0]
+            assert number == int(man[rid]["segment_number"])
+            assert seg.get_segment_description(number).segment_label == rid
+            assert number_text(_values(g)["mean_hu"]) == csv_rows[rid]["mean_hu"]
+            seen.add(rid)
+    assert seen == {r for r, m in man.items() if m["exported"] == "true"}

@@ -75,6 +75,7 @@ from hu_roi.util import show
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "SR_GROUPS",
     "VERTEBRA_CODES",
     "KIND_CODES",
     "QC_SCHEME",
@@ -140,6 +141,8 @@ QC_SCHEME = "99HUROI"
 #: Series numbers of the written objects (project choice: far from a scanner's numbers).
 SEG_SERIES_NUMBER = 9901
 SR_SERIES_NUMBER = 9902
+#: What an SR measurement group can point at (:func:`build_series_export`).
+SR_GROUPS: tuple[str, ...] = ("geometry", "segment")
 
 #: Type-2 patient/study attributes that highdicom copies from the source images: written
 #: empty when an anonymised image lacks them.
@@ -458,7 +461,16 @@ def _measurements(m: Measurement, refs: list[Any]) -> list[Any]:
     return out
 
 
-def _group(item: ExportItem, info: SeriesInfo, by_index: dict[int, Any], for_uid: str) -> Any:
+def _group(
+    item: ExportItem,
+    info: SeriesInfo,
+    by_index: dict[int, Any],
+    for_uid: str,
+    segment: tuple[Any, int] | None = None,
+) -> Any:
+    """The TID 1410/1411 group of one ROI: its geometry, or with ``segment`` = (SEG,
+    segment number) a reference to its SEG segment (TID 1411 "Referenced Segment", as
+    dcmqi and 3D Slicer's QuantitativeReporting write and read them)."""
     import highdicom as hd
 
     m, roi = item.measurement, item.roi
@@ -484,6 +496,17 @@ def _group(item: ExportItem, info: SeriesInfo, by_index: dict[int, Any], for_uid
         measurements=_measurements(m, refs),
         qualitative_evaluations=_qc_concepts(m),
     )
+    if segment is not None:
+        seg, number = segment
+        ref = hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=number,
+            source_series=hd.sr.SourceSeriesForSegmentation(info.series_instance_uid),
+        )
+        return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            referenced_segment=ref, **common
+        )
     if gtype == "ELLIPSOID":
         surface = hd.sr.VolumeSurface(
             graphic_type=gtype,
@@ -550,6 +573,7 @@ def build_series_export(
     *,
     reader: str = "",
     sources: Sequence[Any] | None = None,
+    sr_groups: str = "geometry",
 ) -> SeriesExport:
     """The SR and SEG of the ROIs of one series (one reader).
 
@@ -565,6 +589,10 @@ def build_series_export(
         descriptions.
     sources : sequence of pydicom.Dataset, optional
         :func:`read_source_images` of the touched slices (read here when None).
+    sr_groups : {"geometry", "segment"}
+        What each SR measurement group points at: the ROI's own geometry (SCOORD3D;
+        TID 1410, or TID 1411 for a sphere), or its segment of the SEG written beside it
+        (TID 1411 "Referenced Segment", the form dcmqi and QuantitativeReporting use).
 
     Returns
     -------
@@ -579,6 +607,8 @@ def build_series_export(
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
+    if sr_groups not in SR_GROUPS:
+        raise ValueError(f"sr_groups must be one of {SR_GROUPS}; got {sr_groups!r}")
     if not items:
         raise DicomExportError(f"series {show(info.series_key)}: no measured ROI to export")
     touched = sorted({p.slice_index for it in items for p in it.mask.parts if p.n_voxels})
@@ -646,11 +676,17 @@ def build_series_export(
                 observer_person_context=observer, observer_device_context=device
             ),
             procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
-            imaging_measurements=[_group(it, info, by_index, for_uid) for it in items],
+            imaging_measurements=[
+                _group(
+                    it, info, by_index, for_uid, (seg, j + 1) if sr_groups == "segment" else None
+                )
+                for j, it in enumerate(items)
+            ],
             referenced_images=src,
         )
         sr = hd.sr.Comprehensive3DSR(
-            evidence=src,
+            # a group that references a segment makes the SEG evidence too
+            evidence=[*src, seg] if sr_groups == "segment" else src,
             content=report,
             series_instance_uid=hd.UID(),
             series_number=SR_SERIES_NUMBER,
