@@ -61,6 +61,7 @@ from hu_roi.doselabels import (
     bind_labels,
     dose_columns,
     label_check,
+    values_under,
 )
 from hu_roi.errors import DicomReadError, HuRoiError, RoiFormatError, SeriesProblemError
 from hu_roi.measure import (
@@ -248,7 +249,8 @@ def _measure_item(
     if isinstance(labels, str):
         m = add_flags(m, "labels-unusable", detail=labels)
     elif labels is not None:
-        flags, detail = label_check(it.roi, rm, *labels)
+        lab, table, source = labels
+        flags, detail = label_check(it.roi, values_under(rm, lab), table, source)
         m = add_flags(m, *flags, detail=detail)
     return m
 

@@ -50,6 +50,8 @@ __all__ = [
     "bind_doses",
     "bind_labels",
     "dose_columns",
+    "dose_stats",
+    "values_under",
     "label_check",
     "apply_prescription",
 ]
@@ -288,42 +290,49 @@ def _voxel_points(volume: Volume, rm: RoiMask) -> np.ndarray:
 def dose_columns(
     volume: Volume, rm: RoiMask, doses: Sequence[DoseGrid]
 ) -> tuple[tuple[float, float, float] | None, list[str], str]:
-    """Dose at the ROI's voxel centres: mean, min and max (Gy), summed over ``doses``.
-
-    Returns
-    -------
-    (values, flags, detail)
-        ``values``: (``dose_mean_gy``, ``dose_min_gy``, ``dose_max_gy``), or None when
-        there is no dose, or when a voxel lies outside a dose grid: then the flag is
-        ``dose-outside-grid`` and the detail says how many voxels.
-    """
+    """Dose at the ROI's voxel centres: mean, min and max (Gy), summed over ``doses``
+    (trilinear, :meth:`hu_roi.io.rtdose.DoseGrid.sample`; see :func:`dose_stats`)."""
     pts = _voxel_points(volume, rm)
     if not doses or pts.shape[0] == 0:
         return None, [], ""
     total = np.zeros(pts.shape[0])
     for g in doses:
         total += g.sample(pts)
-    bad = int(np.count_nonzero(~np.isfinite(total)))
-    if bad:
-        return (
-            None,
-            ["dose-outside-grid"],
-            f"{bad} of {pts.shape[0]} voxels lie outside the dose grid; no dose written",
-        )
-    mean = math.fsum(total.tolist()) / total.size
-    return (mean, float(total.min()), float(total.max())), [], ""
+    return dose_stats(total)
+
+
+def values_under(rm: RoiMask, array: np.ndarray, *, full_series: bool = False) -> np.ndarray:
+    """The values of a per-voxel array (labels, dose) at every voxel of an ROI, shape
+    (n_voxels,).
+
+    ``array`` (slices, rows, columns) is indexed by the loaded slice (``SliceMask.k``; a
+    label map put on the volume the mask was made on), or with ``full_series`` by the
+    slice's index in the series (``SliceMask.slice_index``; a label map or dose of the
+    whole series, as the viewer holds them).
+    """
+    vals = [
+        array[
+            p.slice_index if full_series else p.k,
+            p.row0 : p.row0 + p.mask.shape[0],
+            p.col0 : p.col0 + p.mask.shape[1],
+        ][p.mask]
+        for p in rm.parts
+    ]
+    return np.concatenate(vals) if vals else np.empty(0, dtype=array.dtype)
 
 
 def label_check(
-    roi: Roi, rm: RoiMask, labels: np.ndarray, table: Mapping[int, str], source: str
+    roi: Roi, values: np.ndarray, table: Mapping[int, str], source: str
 ) -> tuple[list[str], str]:
-    """Compare a target ROI with the vertebra label map on the loaded slices.
+    """Compare a target ROI with the vertebra label map.
 
     Parameters
     ----------
-    labels : numpy.ndarray of int, shape (loaded slices, rows, columns)
-        Label per voxel of the volume the mask was made on.
+    values : numpy.ndarray of int, shape (n_voxels,)
+        Label value at each of the ROI's voxels (:func:`values_under`).
     table : mapping label value -> level
+    source : str
+        Name of the label map, for the detail.
 
     Returns
     -------
@@ -335,15 +344,10 @@ def label_check(
     """
     if roi.kind != "target" or not roi.level:
         return [], ""
-    vals = [
-        labels[p.k, p.row0 : p.row0 + p.mask.shape[0], p.col0 : p.col0 + p.mask.shape[1]][p.mask]
-        for p in rm.parts
-    ]
-    v = np.concatenate(vals) if vals else np.empty(0, dtype=int)
-    n = int(v.size)
+    n = int(values.size)
     if n == 0:
         return [], ""
-    counts = Counter(table.get(int(x)) for x in v.tolist())
+    counts = Counter(table.get(int(x)) for x in values.tolist())
     on_level = counts.get(roi.level, 0)
     others = [(c, lvl) for lvl, c in counts.items() if lvl is not None and lvl != roi.level]
     if others:
@@ -362,6 +366,23 @@ def label_check(
             f"ROI leaves {roi.level}'s label in {source}: {off} of {n} voxels off it ({where})",
         )
     return [], ""
+
+
+def dose_stats(values_gy: np.ndarray) -> tuple[tuple[float, float, float] | None, list[str], str]:
+    """(mean, min, max) of the dose (Gy) at an ROI's voxels, or None with the flag
+    ``dose-outside-grid`` when a voxel has no dose (NaN: outside the grid)."""
+    n = int(values_gy.size)
+    if n == 0:
+        return None, [], ""
+    bad = int(np.count_nonzero(~np.isfinite(values_gy)))
+    if bad:
+        return (
+            None,
+            ["dose-outside-grid"],
+            f"{bad} of {n} voxels lie outside the dose grid; no dose written",
+        )
+    v = values_gy.astype(np.float64)
+    return (math.fsum(v.tolist()) / n, float(v.min()), float(v.max())), [], ""
 
 
 # -------------------------------------------------------------------- irradiated from dose

@@ -96,6 +96,9 @@ class DoseOverlay:
         Dose (Gy) at each CT voxel centre, NaN outside the dose grid.
     max_gy : float
         Largest dose on the series (0 when the grid misses it).
+    grid : hu_roi.io.rtdose.DoseGrid or None
+        The dose grid itself: ROI statistics sample it at the ROI's voxel centres in float64,
+        as ``hu-roi measure --rtdose`` does (``dose_gy`` is float32, for display).
     """
 
     series_key: str
@@ -103,28 +106,12 @@ class DoseOverlay:
     source: str
     dose_gy: np.ndarray
     max_gy: float
+    grid: Any = None
 
     def at(self, k: int, r: int, c: int) -> float | None:
         """Dose (Gy) at voxel (k, r, c), None outside the dose grid."""
         v = float(self.dose_gy[k, r, c])
         return v if math.isfinite(v) else None
-
-    def mean_in(self, parts: Any) -> float | None:
-        """Mean dose (Gy) over an ROI's voxels (:class:`hu_roi.rasterize.SliceMask` parts
-        with full-series ``slice_index``); None when a voxel lies outside the dose grid
-        (``hu-roi measure`` writes no dose then either) or there is no voxel."""
-        vals = [
-            self.dose_gy[
-                p.slice_index, p.row0 : p.row0 + p.mask.shape[0], p.col0 : p.col0 + p.mask.shape[1]
-            ][p.mask]
-            for p in parts
-        ]
-        if not vals:
-            return None
-        v = np.concatenate(vals).astype(np.float64)
-        if v.size == 0 or not np.all(np.isfinite(v)):
-            return None
-        return math.fsum(v.tolist()) / v.size
 
 
 def read_label_overlay(info: SeriesInfo, token: str, path: str | Path) -> LabelOverlay:
@@ -177,6 +164,7 @@ def read_dose_overlay(info: SeriesInfo, token: str, path: str | Path) -> DoseOve
         source=p.name,
         dose_gy=dose,
         max_gy=float(finite.max()) if finite.size else 0.0,
+        grid=grid,
     )
 
 

@@ -32,7 +32,7 @@ from hu_roi.measure import (
     label_flags,
     measure_roi,
 )
-from hu_roi.rasterize import RoiPlacementError, slices_needed
+from hu_roi.rasterize import RoiPlacementError, rasterize_roi, slices_needed
 from hu_roi.roi import HEIGHT_KINDS, LEVELS, TIMEPOINTS, Roi, RoiSet, load_roiset, save_roiset
 from hu_roi.series import SeriesInfo
 from hu_roi.series_lookup import SeriesResolver
@@ -1294,22 +1294,6 @@ class Session:
             self.dose_layer is not None and self.dose_layer in self.viewer.layers
         )
 
-    def dose_of(self, roi: Roi) -> float | None:
-        """Mean dose (Gy) of an ROI of the shown series at its voxel centres (as ``hu-roi
-        measure --rtdose`` samples it); None without a dose, for lines, or when a voxel
-        lies outside the dose grid."""
-        ov, h = self.dose_overlay, self.current
-        if ov is None or h is None or roi.shape.is_line:
-            return None
-        from hu_roi.rasterize import rasterize_roi
-
-        try:
-            vol = h.volume(slices_needed(roi, h.info))
-            return ov.mean_in(rasterize_roi(vol, roi).parts)
-        except Exception:  # noqa: BLE001 - a shape the core refuses: its row says why
-            log.debug("dose of %s failed", roi.roi_id, exc_info=True)
-            return None
-
     def labels_proposal_job(self) -> Callable[[], tuple[list[Roi], list[str]] | str]:
         """A function proposing ROIs from the label map shown (run it in a worker).
 
@@ -1385,7 +1369,9 @@ class Session:
         # the flags hu-roi measure puts on the ROI itself: an unconfirmed proposal, a target
         # or height without timepoint or level (longitudinal could not place it)
         self.measurements = [add_flags(self.measure_one(r), *label_flags(r)) for r in rois]
-        self.dose_means = {r.roi_id: self.dose_of(r) for r in rois} if self.dose_overlay else {}
+        self.dose_means = (
+            {m.roi_id: m.dose_mean_gy for m in self.measurements} if self.dose_overlay else {}
+        )
         self.decorate(rois)
         return self.measurements
 
@@ -1499,7 +1485,33 @@ class Session:
                 reader=reader,
                 roi_file=roi_file,
             )
-        return measure_roi(vol, roi, reader=reader, roi_file=roi_file)
+        try:
+            rm = rasterize_roi(vol, roi) if not roi.shape.is_line else None
+        except RoiPlacementError:  # measure_roi makes the fail row with the reason
+            rm = None
+        m = measure_roi(vol, roi, reader=reader, roi_file=roi_file, mask=rm)
+        if rm is None or m.qc_status == "fail":
+            return m
+        return self._with_overlays(m, roi, vol, rm)
+
+    def _with_overlays(self, m: Measurement, roi: Roi, vol: Any, rm: Any) -> Measurement:
+        """The dose columns and label-map flags of ``hu-roi measure --rtdose / --labels``
+        from the dose and label layers of the series shown (same rules, same numbers: the
+        dose was sampled at the same voxel centres)."""
+        from hu_roi.doselabels import dose_columns, label_check, values_under
+
+        ov = self.dose_overlay
+        if ov is not None and ov.grid is not None:
+            dose, flags, detail = dose_columns(vol, rm, [ov.grid])
+            if dose is not None:
+                m = replace(m, dose_mean_gy=dose[0], dose_min_gy=dose[1], dose_max_gy=dose[2])
+            m = add_flags(m, *flags, detail=detail)
+        lo = self.label_overlay
+        if lo is not None:
+            values = values_under(rm, lo.labels, full_series=True)
+            flags, detail = label_check(roi, values, lo.table, lo.source)
+            m = add_flags(m, *flags, detail=detail)
+        return m
 
     def heights(self) -> list[tuple[str, str, float | None, float | None, float | None]]:
         """Vertebral heights of the series shown and their loss against the baseline scan.

@@ -112,6 +112,22 @@ def test_label_map_layer_on_the_ct_grid(widget, spine, qtbot):
     assert lay.get_status(lay.data_to_world([4, 28, 36]), world=True)["coordinates"].endswith(
         "level: L1"
     )
+    # ROIs are checked against the label map as hu-roi measure --labels checks them
+    s.add_roi("ellipse", [[4, 22, 28], [4, 22, 44], [4, 34, 44], [4, 34, 28]], level="L1")
+    s.add_roi("ellipse", [[4, 22, 28], [4, 22, 44], [4, 34, 44], [4, 34, 28]], level="L2")
+    s.add_roi("ellipse", [[4, 22, 44], [4, 22, 62], [4, 34, 62], [4, 34, 44]], level="L1")
+    qtbot.waitUntil(lambda: len(w.table_rows()) == 3)
+    inside, wrong, leaky = (m.qc_flags for m in s.measurements)
+    assert not {"level-mismatch", "roi-outside-body"} & set(inside)
+    assert "level-mismatch" in wrong  # labelled L2, lies on L1's label
+    assert "roi-outside-body" in leaky and "level-mismatch" not in leaky  # past L1's side
+    from hu_roi.batch import measure_batch
+
+    w.save()
+    batch = measure_batch(spine["root"], s.roi_path, labels=[str(spine["labels"])])
+    assert {m.roi_id: m.qc_flags for m in batch.measurements} == {
+        m.roi_id: m.qc_flags for m in s.calibrated_measurements()
+    }
 
 
 def test_refused_label_maps_add_no_layer(widget, spine, qtbot):
@@ -215,6 +231,22 @@ def test_rt_dose_layer_readout_and_table(widget, spine, qtbot):
     ref = dose_at(vol.pixel_to_lps(part.k, rr + part.row0, cc + part.col0)).mean()
     assert rows["L1"][11] == f"{ref:.2f}"
     assert rows["L2"][11] == ""  # partly outside the dose grid: no dose (as measure)
+    # the rows are hu-roi measure --rtdose's: the same dose columns and flags, bit for bit
+    from hu_roi.batch import measure_batch
+
+    w.save()
+    batch = {
+        m.roi_id: m
+        for m in measure_batch(spine["root"], s.roi_path, rtdose=[spine["dose"]]).measurements
+    }
+    live = {m.roi_id: m for m in s.calibrated_measurements()}
+    assert set(live) == set(batch)
+    for rid, b in batch.items():
+        m = live[rid]
+        got = (m.dose_mean_gy, m.dose_min_gy, m.dose_max_gy, m.qc_flags)
+        assert got == (b.dose_mean_gy, b.dose_min_gy, b.dose_max_gy, b.qc_flags), rid
+    (l2,) = [m for m in live.values() if m.level == "L2"]
+    assert "dose-outside-grid" in l2.qc_flags and l2.dose_mean_gy is None
 
 
 def test_dose_layer_renders(make_napari_viewer, spine):
