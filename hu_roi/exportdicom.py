@@ -37,7 +37,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hu_roi.clibase import (
     CliError,
@@ -57,6 +57,7 @@ __all__ = [
     "EXPORT_COLUMNS",
     "HELP",
     "ExportResult",
+    "export_dicom_to",
     "export_dicom",
     "add_export_dicom_parser",
     "run_export_dicom",
@@ -285,6 +286,43 @@ def export_dicom(
     return out
 
 
+def export_dicom_to(
+    out: str | Path,
+    dicom_dir: str | Path,
+    rois: str | Path | Sequence[str | Path],
+    *,
+    inputs: Sequence[tuple[str, str | Path]] = (),
+    **kwargs: Any,
+) -> ExportResult:
+    """:func:`export_dicom` written into the folder ``out`` (the command and the viewer).
+
+    ``out`` must be new, or a folder this command wrote before (its SR, SEG and
+    ``export.csv`` only): it is then replaced whole, atomically
+    (:meth:`hu_roi.util.OutputSet.add_folder`).  It is checked against ``inputs`` (label,
+    path) before anything is measured, so a refused folder costs nothing.
+
+    Raises
+    ------
+    OutputError, HuRoiError
+        The folder is refused, or as :func:`export_dicom`.
+    """
+    import os
+
+    from hu_roi.util import OutputSet
+
+    outs = OutputSet(list(inputs))
+    own: list[str] = []
+    if os.path.isdir(out):
+        own = [n for n in os.listdir(out) if _OWN.match(n)]
+    outs.check_folder(out, own=own)
+    res = export_dicom(dicom_dir, rois, **kwargs)
+    with outs:
+        folder = outs.add_folder(out, own=own)
+        for name, data in res.files.items():
+            (folder / name).write_bytes(data)
+    return res
+
+
 # --------------------------------------------------------------------------------------
 # CLI
 def add_export_dicom_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -328,33 +366,24 @@ def add_export_dicom_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_export_dicom(args: argparse.Namespace) -> int:
     """Run ``hu-roi export-dicom``; 0 when written.  Bad input raises (exit 2)."""
-    import os
-
     from hu_roi.batch import input_paths, measure_kwargs
-    from hu_roi.util import OutputSet, printable
+    from hu_roi.util import printable
 
     dicom = Path(args.dicom)
     if not dicom.exists():
         raise CliError(f"no such DICOM folder: {printable(dicom)}")
-    outs = OutputSet(input_paths(args))
-    own: list[str] = []
-    if os.path.isdir(args.out):
-        own = [n for n in os.listdir(args.out) if _OWN.match(n)]
-    outs.check_folder(args.out, own=own)  # before measuring: a refused folder costs nothing
     quiet = getattr(args, "quiet", False)
-    res = export_dicom(
+    res = export_dicom_to(
+        args.out,
         dicom,
         args.rois,
+        inputs=input_paths(args),
         **measure_kwargs(args),
         skip_unexportable=getattr(args, "skip_unexportable", False),
         progress=not quiet,
         formula_escape=getattr(args, "formula_escape", True),
         sr_groups=getattr(args, "sr_groups", "geometry"),
     )
-    with outs:
-        folder = outs.add_folder(args.out, own=own)
-        for name, data in res.files.items():
-            (folder / name).write_bytes(data)
     if not quiet:
         n_sr = sum(n.endswith(".SR.dcm") for n in res.files)
         skipped = [r for r in res.rows if r["exported"] != "true"]

@@ -319,9 +319,10 @@ class Session:
 
         Parameters
         ----------
-        what : {"rois", "export", "measure-all"}
+        what : {"rois", "export", "measure-all", "dicom-export"}
             The ROI file ("save as"), the CSV of the series shown, the CSV of every
-            stored ROI of the folder.  Names carry no identifier when blinded.
+            stored ROI of the folder, the folder of the DICOM SR/SEG export.  Names carry
+            no identifier when blinded.
         """
         base = (
             self.roi_path.parent
@@ -337,6 +338,8 @@ class Session:
         if what == "export":
             label = self.label(self.current.info) if self.current is not None else "series"
             return base / f"{_file_safe(label)}_measurements.csv"
+        if what == "dicom-export":
+            return base / "dicom_export"
         if self.blinded or self.root is None:
             return base / "all_measurements.csv"
         return base / f"{_file_safe(self.root.name)}_measurements.csv"
@@ -1767,6 +1770,40 @@ class Session:
         meta = dict(res.meta)
         meta["source"] = "hu-roi napari plugin (measure all stored ROIs)"
         return write_measurements_csv(res.measurements, out, meta=meta)
+
+    def export_dicom(self, out: str | Path, sr_groups: str = "geometry") -> Any:
+        """``hu-roi export-dicom`` of every stored ROI of the folder into the folder ``out``:
+        per series a DICOM SR and SEG, and ``export.csv``.
+
+        The ROI file is saved first when it has unsaved edits (the export reads it, as
+        the command does).  Series that cannot be exported (no UIDs) are skipped and
+        listed in the result rather than stopping the export.
+
+        Returns
+        -------
+        hu_roi.exportdicom.ExportResult
+
+        Raises
+        ------
+        ValueError
+            No folder indexed.
+        hu_roi.errors.HuRoiError
+            The folder is refused (not new and not an earlier export), nothing exportable.
+        """
+        from hu_roi.exportdicom import export_dicom_to
+
+        if self.root is None:
+            raise ValueError("open a DICOM folder first")
+        if self.dirty or self.roi_path is None or not self.roi_path.exists():
+            self.save()
+        return export_dicom_to(
+            out,
+            self.root,
+            self.roi_path,  # type: ignore[arg-type]
+            inputs=[("the ROI file", self.roi_path), ("the DICOM folder", self.root)],  # type: ignore[list-item]
+            skip_unexportable=True,
+            sr_groups=sr_groups,
+        )
 
 
 def propose_rois(

@@ -381,3 +381,39 @@ def test_real_ct_with_totalsegmentator_labels(widget, qtbot, tmp_path):
     assert roi.level == "T12" and roi.patient_id == "S01"
     (m,) = s.measurements
     assert 50 < m.mean_hu < 400 and m.area_mm2 >= 200  # trabecular bone, not cortex
+
+
+def test_export_dicom_from_the_viewer(widget, spine, qtbot, tmp_path):
+    """Export DICOM SR/SEG…: hu-roi export-dicom of the stored ROIs, from the ROIs tab."""
+    import highdicom
+
+    viewer, w = widget
+    s = _open(w, spine)
+    s.add_roi("ellipse", [[4, 22, 28], [4, 22, 44], [4, 34, 44], [4, 34, 28]], level="L1")
+    qtbot.waitUntil(lambda: len(w.table_rows()) == 1)
+    out = tmp_path / "dicom_export"
+    w.choose_path = lambda *a, **k: str(out)
+    w.ask = lambda *a, **k: "SEG segment (3D Slicer)"
+    assert w.export_dicom(background=True) is None  # returned at once
+    qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
+    assert "Exported 1 ROI in 1 SR and 1 SEG into dicom_export (0 skipped)" in w.last_message
+    assert not s.dirty  # the ROI file was saved first: the export reads it
+    (m,) = s.measurements
+    sr = highdicom.sr.srread(next(out.glob("*.SR.dcm")))
+    (g,) = sr.content.get_volumetric_roi_measurement_groups()
+    assert g.tracking_identifier == m.roi_id and g.reference_type.value == "121191"
+    means = [
+        x.value
+        for x in g.get_measurements()
+        if x.derivation is not None and x.derivation.meaning == "Mean"
+    ]
+    assert means == [pytest.approx(m.mean_hu, rel=1e-15)]
+    seg = highdicom.seg.segread(next(out.glob("*.SEG.dcm")))
+    assert seg.get_segment_description(1).segment_label == m.roi_id
+    # a folder holding other files is refused with the reason; nothing is written there
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert w.export_dicom(str(other), "geometry") is None
+    assert w.last_message.startswith("DICOM export failed:")
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]

@@ -455,6 +455,12 @@ class HuRoiWidget(QWidget):
                     lambda: self.measure_all(background=True),
                     "Measure every stored ROI of the folder (hu-roi measure)",
                 ),
+                (
+                    "Export DICOM SR/SEG…",
+                    lambda: self.export_dicom(background=True),
+                    "Every stored ROI as DICOM: per series a Structured Report (TID 1500) "
+                    "and a SEG, for PACS, 3D Slicer and OHIF (hu-roi export-dicom)",
+                ),
             )
         ):
             b = QPushButton(label)
@@ -1314,6 +1320,75 @@ class HuRoiWidget(QWidget):
             return None
         self.message(f"Measured all stored ROIs into {Path(out).name}.")
         return out
+
+    def export_dicom(
+        self,
+        folder: str | Path | None = None,
+        sr_groups: str | None = None,
+        *,
+        background: bool = False,
+    ) -> Any:
+        """Every stored ROI as DICOM SR and SEG (``hu-roi export-dicom``) into a folder.
+
+        Asks for the folder (new, or an earlier export, which is replaced) and for what
+        the SR groups point at: the ROI geometry (viewers, PACS) or the SEG segment (3D
+        Slicer's QuantitativeReporting).  ``background=True`` (the button) exports in a
+        worker thread after saving the ROI file on the GUI thread; returns None then, else
+        the :class:`hu_roi.exportdicom.ExportResult` (None when cancelled or refused).
+        """
+        s = self.session
+        if s.root is None:
+            self.message("Index a folder first.", warning=True)
+            return None
+        folder = folder or self.choose_path(
+            "Export DICOM SR/SEG into a folder",
+            save=True,
+            directory=str(s.suggested_path("dicom-export")),
+        )
+        if not folder:
+            return None
+        if sr_groups is None:
+            ans = self.ask(
+                "DICOM SR measurement groups",
+                "What should each SR measurement group point at?",
+                ("ROI geometry (OHIF, PACS)", "SEG segment (3D Slicer)", "Cancel"),
+            )
+            if ans == "Cancel":
+                return None
+            sr_groups = "segment" if ans.startswith("SEG") else "geometry"
+        if s.dirty or s.roi_path is None or not s.roi_path.exists():
+            self.save()  # on the GUI thread: it reads the ROI layer
+            if s.dirty:
+                return None
+        if background:
+            self.run_in_background(
+                s.export_dicom,
+                folder,
+                sr_groups,
+                desc="Exporting DICOM SR and SEG",
+                failed="DICOM export failed",
+                done=lambda res: self._exported(res, folder),
+            )
+            return None
+        try:
+            res = s.export_dicom(folder, sr_groups)
+        except Exception as exc:  # noqa: BLE001 - the reason, as one line
+            self.message(f"DICOM export failed: {exc}", warning=True)
+            return None
+        self._exported(res, folder)
+        return res
+
+    def _exported(self, res: Any, folder: str | Path) -> None:
+        n_sr = sum(n.endswith(".SR.dcm") for n in res.files)
+        skipped = sum(r["exported"] != "true" for r in res.rows)
+        text = (
+            f"Exported {plural(res.n_exported, 'ROI')} in {plural(n_sr, 'SR')} and "
+            f"{plural(n_sr, 'SEG')} into {Path(folder).name} ({skipped} skipped"
+        )
+        if res.skipped_series:
+            _key, why = res.skipped_series[0]
+            text += f"; {plural(len(res.skipped_series), 'series', 'series')} not exported: {why}"
+        self.message(text + ").")
 
     def confirm_discard(self) -> bool:
         """True when there are no unsaved edits, or the user chose to save/discard them."""
