@@ -1232,21 +1232,20 @@ class Session:
 
         Raises ValueError (the reason) when the map is refused; nothing is shown then.
         """
-        res = self.label_map_job(path)()
-        if isinstance(res, str):
-            raise ValueError(res)
-        self.show_overlay(res)
-        return res
+        return self._load_now(self.label_map_job(path))
 
     def load_dose(self, path: str | Path) -> DoseOverlay:
         """:meth:`dose_job` and :meth:`show_overlay` on this thread (scripts, tests).
 
         Raises ValueError (the reason) when the dose is refused; nothing is shown then.
         """
-        res = self.dose_job(path)()
+        return self._load_now(self.dose_job(path))
+
+    def _load_now(self, job: Callable[[], _Ov | str]) -> _Ov:
+        res = job()
         if isinstance(res, str):
             raise ValueError(res)
-        self.show_overlay(res)
+        self.show_overlay(res)  # type: ignore[arg-type]
         return res
 
     def _drop_overlays(self, keep_token: str | None = None) -> None:
