@@ -15,7 +15,9 @@ What it does, as a new user would (menus → plugin calls, mouse drags on the ca
    using *Next level*), exports the measurement CSV → ``drawn_rois.png`` (with the HU
    and LPS position under the cursor in napari's status bar);
 3. switches to the sagittal view and draws L1's anterior, middle and posterior heights
-   → ``heights_sagittal.png``; the soft-tissue window → ``soft_tissue_window.png``.
+   → ``heights_sagittal.png``; the soft-tissue window → ``soft_tissue_window.png``;
+4. loads the sample plan's RT dose (*Load RT dose…*) over the same scan, sagittal →
+   ``rt_dose.png`` (the dose column of the ROI table filled).
 
 It prints what it did and the timings (time to the first slice, fresh and warm); a
 non-zero exit means a step failed.
@@ -220,6 +222,21 @@ def main(argv: list[str] | None = None) -> int:
     w.set_view("axial")
     w.set_window("soft tissue")
     shot("soft_tissue_window.png")
+
+    # 4. the plan's RT dose over the same scan (sagittal: the dose band over T12) ---------
+    w.set_window("bone")
+    w.session.load_dose(REPO / "sample_dicom" / "rtdose" / "P02_RD.dcm")
+    w.set_view("sagittal")
+    viewer.dims.set_point(2, cx)
+    pump(0.5)
+    camera.center = (*camera.center[:-2], (z0 + z1) / 2, cy)
+    w.tabs.setCurrentIndex(1)
+    bar = w.table.horizontalScrollBar()
+    bar.setValue(bar.maximum())  # the table's last column: the mean dose of each ROI
+    shot("rt_dose.png")
+    doses = [r[11] for r in w.table_rows()]
+    print(f"RT dose shown; mean dose per ROI (Gy): {doses}")
+    w.set_view("axial")
     w.save()
     n_csv = sum(1 for _ in csv.DictReader(open(csv_path))) if csv_path else 0
     w.session.dirty = False
