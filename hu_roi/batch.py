@@ -56,12 +56,10 @@ from hu_roi.doselabels import (
     IRRADIATED_DOSE_FRACTION,
     OUTSIDE_BODY_FRACTION,
     SeriesAddons,
+    annotate,
     apply_prescription,
     bind_doses,
     bind_labels,
-    dose_columns,
-    label_check,
-    values_under,
 )
 from hu_roi.errors import DicomReadError, HuRoiError, RoiFormatError, SeriesProblemError
 from hu_roi.measure import (
@@ -239,20 +237,7 @@ def _measure_item(
     except RoiPlacementError:  # measure_roi makes the fail row with the reason
         return measure_roi(vol, it.roi, reader=it.reader, roi_file=it.roi_file)
     m = measure_roi(vol, it.roi, reader=it.reader, roi_file=it.roi_file, mask=rm)
-    if m.qc_status == "fail":
-        return m
-    if addons.doses:
-        dose, flags, detail = dose_columns(vol, rm, addons.doses)
-        if dose is not None:
-            m = replace(m, dose_mean_gy=dose[0], dose_min_gy=dose[1], dose_max_gy=dose[2])
-        m = add_flags(m, *flags, detail=detail)
-    if isinstance(labels, str):
-        m = add_flags(m, "labels-unusable", detail=labels)
-    elif labels is not None:
-        lab, table, source = labels
-        flags, detail = label_check(it.roi, values_under(rm, lab), table, source)
-        m = add_flags(m, *flags, detail=detail)
-    return m
+    return annotate(m, it.roi, vol, rm, doses=addons.doses, labels=labels)
 
 
 def measure_series(

@@ -49,6 +49,7 @@ __all__ = [
     "parse_label_spec",
     "bind_doses",
     "bind_labels",
+    "annotate",
     "dose_columns",
     "dose_stats",
     "values_under",
@@ -383,6 +384,50 @@ def dose_stats(values_gy: np.ndarray) -> tuple[tuple[float, float, float] | None
         )
     v = values_gy.astype(np.float64)
     return (math.fsum(v.tolist()) / n, float(v.min()), float(v.max())), [], ""
+
+
+def annotate(
+    m: Measurement,
+    roi: Roi,
+    volume: Volume,
+    rm: RoiMask,
+    *,
+    doses: Sequence[DoseGrid] = (),
+    labels: tuple[np.ndarray, Mapping[int, str], str] | str | None = None,
+    full_series: bool = False,
+) -> Measurement:
+    """A measured row with the dose columns and the label-map flags (``measure`` and the
+    viewer alike).
+
+    Parameters
+    ----------
+    m : Measurement
+        The ROI's row (fail rows are returned as they are).
+    volume, rm
+        The volume and the ROI's mask the row was measured from.
+    doses : sequence of DoseGrid
+        Summed and sampled at the voxel centres (:func:`dose_columns`).
+    labels : (array, value -> level, name), str or None
+        The label map on the volume's slices (or the whole series with ``full_series``),
+        or why it could not be put there (flag ``labels-unusable``).
+    """
+    from hu_roi.measure import add_flags
+
+    if m.qc_status == "fail":
+        return m
+    if doses:
+        dose, flags, detail = dose_columns(volume, rm, doses)
+        if dose is not None:
+            m = replace(m, dose_mean_gy=dose[0], dose_min_gy=dose[1], dose_max_gy=dose[2])
+        m = add_flags(m, *flags, detail=detail)
+    if isinstance(labels, str):
+        m = add_flags(m, "labels-unusable", detail=labels)
+    elif labels is not None:
+        array, table, source = labels
+        values = values_under(rm, array, full_series=full_series)
+        flags, detail = label_check(roi, values, table, source)
+        m = add_flags(m, *flags, detail=detail)
+    return m
 
 
 # -------------------------------------------------------------------- irradiated from dose

@@ -1500,20 +1500,18 @@ class Session:
         """The dose columns and label-map flags of ``hu-roi measure --rtdose / --labels``
         from the dose and label layers of the series shown (same rules, same numbers: the
         dose was sampled at the same voxel centres)."""
-        from hu_roi.doselabels import dose_columns, label_check, values_under
+        from hu_roi.doselabels import annotate
 
-        ov = self.dose_overlay
-        if ov is not None and ov.grid is not None:
-            dose, flags, detail = dose_columns(vol, rm, [ov.grid])
-            if dose is not None:
-                m = replace(m, dose_mean_gy=dose[0], dose_min_gy=dose[1], dose_max_gy=dose[2])
-            m = add_flags(m, *flags, detail=detail)
-        lo = self.label_overlay
-        if lo is not None:
-            values = values_under(rm, lo.labels, full_series=True)
-            flags, detail = label_check(roi, values, lo.table, lo.source)
-            m = add_flags(m, *flags, detail=detail)
-        return m
+        ov, lo = self.dose_overlay, self.label_overlay
+        return annotate(
+            m,
+            roi,
+            vol,
+            rm,
+            doses=[ov.grid] if ov is not None and ov.grid is not None else [],
+            labels=(lo.labels, lo.table, lo.source) if lo is not None else None,
+            full_series=True,  # the layers hold the whole series
+        )
 
     def heights(self) -> list[tuple[str, str, float | None, float | None, float | None]]:
         """Vertebral heights of the series shown and their loss against the baseline scan.
