@@ -211,16 +211,14 @@ def _label_arrays(
     reason it cannot be put there (a string), or None without a label map."""
     if addons is None or addons.labels is None:
         return None
-    from hu_roi.io.labels import TOTALSEG_V2_LEVELS, LabelMapError, labels_on_volume, seg_on_volume
+    from hu_roi.io.labels import LabelMapError, label_map_on_volume
 
     src = addons.labels
     try:
-        if src.label_map is not None:
-            return labels_on_volume(src.label_map, vol), TOTALSEG_V2_LEVELS, src.path.name
-        labels, table = seg_on_volume(src.path, vol)
-        return labels, table, src.path.name
+        labels, table = label_map_on_volume(src.path, vol, label_map=src.label_map)
     except (LabelMapError, OSError) as exc:
         return f"{src.path.name}: {exc}"
+    return labels, table, src.path.name
 
 
 def _measure_item(

@@ -212,6 +212,7 @@ def bind_labels(specs: Sequence[str], infos: Mapping[str, SeriesInfo]) -> dict[s
         read_label_map,
         seg_references,
     )
+    from hu_roi.roisfromlabels import LabelProposalError, require_vertebrae
     from hu_roi.volume import header_volume
 
     out: dict[str, LabelSource] = {}
@@ -251,11 +252,10 @@ def bind_labels(specs: Sequence[str], infos: Mapping[str, SeriesInfo]) -> dict[s
                 src = LabelSource(path)
             else:
                 lm = read_label_map(path)
-                if not np.isin(lm.labels, list(TOTALSEG_V2_LEVELS)).any():
-                    raise DoseLabelError(
-                        f"--labels: {path} holds no vertebra label (TotalSegmentator v2 values "
-                        "26-50, vertebrae_S1 … vertebrae_C1; see docs/labels.md)"
-                    )
+                try:
+                    require_vertebrae(lm.labels, TOTALSEG_V2_LEVELS, lm.path)
+                except LabelProposalError as exc:
+                    raise DoseLabelError(f"--labels: {exc}") from None
                 hits, reasons = [], []
                 for k in chosen:
                     try:

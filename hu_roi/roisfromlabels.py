@@ -44,6 +44,7 @@ __all__ = [
     "core_mask",
     "propose_on_slice",
     "propose_rois",
+    "require_vertebrae",
     "LabelProposalError",
     "labels_for_volume",
     "rois_from_labels",
@@ -365,26 +366,23 @@ def labels_for_volume(
     from hu_roi.io.labels import (
         TOTALSEG_V2_LEVELS,
         is_dicom_file,
-        labels_on_volume,
+        label_map_on_volume,
         read_label_map,
-        seg_on_volume,
     )
 
     name = Path(path).name
-    if is_dicom_file(path):
-        labels, table = seg_on_volume(path, volume)
-    else:
-        lm = label_map if label_map is not None else read_label_map(path)
-        table = dict(TOTALSEG_V2_LEVELS)
-        _require_vertebrae(lm.labels, table, lm.path)
-        labels = labels_on_volume(lm, volume)
+    if not is_dicom_file(path):  # no vertebra label: refused before the grid check
+        label_map = label_map if label_map is not None else read_label_map(path)
+        require_vertebrae(label_map.labels, TOTALSEG_V2_LEVELS, label_map.path)
+    labels, table = label_map_on_volume(path, volume, label_map=label_map)
     if not np.isin(labels, list(table)).any():
         where = f"series {volume.info.series_key}" if volume.info is not None else "this CT"
         raise LabelProposalError(f"no vertebra label of {name} lies on the voxels of {where}")
     return labels, table
 
 
-def _require_vertebrae(values: np.ndarray, table: dict[int, str], path: Path) -> None:
+def require_vertebrae(values: np.ndarray, table: dict[int, str], path: Path) -> None:
+    """Refuse a label map none of whose values is a vertebra of ``table``."""
     if not np.isin(values, list(table)).any():
         raise LabelProposalError(
             f"{path} holds no vertebra label (TotalSegmentator v2 values 26-50, "
@@ -614,7 +612,7 @@ def run_rois_from_labels(args: argparse.Namespace) -> int:
     lm = None
     if not is_dicom_file(args.labels):  # refused before the CT is indexed and read
         lm = read_label_map(args.labels)
-        _require_vertebrae(lm.labels, TOTALSEG_V2_LEVELS, lm.path)
+        require_vertebrae(lm.labels, TOTALSEG_V2_LEVELS, lm.path)
     cache = None
     if not args.no_cache:
         from hu_roi.io.cache import HeaderCache

@@ -38,6 +38,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -450,6 +451,43 @@ def _dcmread_header(path: str, *, force: bool = False) -> pydicom.Dataset:
                     "or hostile file, e.g. zeros after the preamble); refused"
                 ) from None
             raise
+
+
+def read_object(
+    path: str | os.PathLike[str],
+    modality: str,
+    error: type[Exception],
+    *,
+    not_a: str,
+    read_as: str,
+    pixels: bool = True,
+) -> tuple[pydicom.Dataset, np.ndarray | None]:
+    """Read a non-image DICOM object (a SEG, an RTDOSE) that must be of ``modality``.
+
+    Any failure is one ``error`` naming the file: another modality (``"<path>: a DICOM
+    CT file, not <not_a>"``) or a file pydicom cannot read or decode (``"<path>: cannot
+    read as <read_as> (<exception>)"``).  pydicom's warnings are kept quiet.
+
+    Returns
+    -------
+    (dataset, pixels)
+        ``pixels`` is the decoded pixel array, or None with ``pixels=False`` (headers only).
+    """
+    import pydicom
+
+    p = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(str(p), stop_before_pixels=not pixels)
+            if ds.get("Modality") != modality:
+                raise error(f"{p}: a DICOM {ds.get('Modality', '?')} file, not {not_a}")
+            arr = np.asarray(ds.pixel_array) if pixels else None
+    except error:
+        raise
+    except Exception as exc:  # pydicom raises many types for a damaged file
+        raise error(f"{p}: cannot read as {read_as} ({type(exc).__name__}: {exc})") from exc
+    return ds, arr
 
 
 def read_header(path: str | os.PathLike[str]) -> ImageHeader:

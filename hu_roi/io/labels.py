@@ -44,6 +44,7 @@ __all__ = [
     "LabelMapError",
     "read_label_map",
     "labels_on_volume",
+    "label_map_on_volume",
     "check_labels_fit",
     "seg_references",
     "is_dicom_file",
@@ -256,6 +257,27 @@ def labels_on_volume(lm: LabelMap, volume: Volume, *, tol_mm: float = ALIGN_TOL_
     return out
 
 
+def label_map_on_volume(
+    path: str | Path, volume: Volume, *, label_map: LabelMap | None = None
+) -> tuple[np.ndarray, dict[int, str]]:
+    """A label map file on a CT volume's grid, with its value -> level table.
+
+    A DICOM SEG (a file with the DICOM preamble) goes through :func:`seg_on_volume` (levels
+    from its segment labels); anything else is read as NIfTI (``label_map`` when read
+    already) and put on the grid by :func:`labels_on_volume`, with the TotalSegmentator v2
+    table :data:`TOTALSEG_V2_LEVELS`.
+
+    Raises
+    ------
+    LabelMapError
+        As :func:`read_label_map`, :func:`labels_on_volume` and :func:`seg_on_volume`.
+    """
+    if is_dicom_file(path):
+        return seg_on_volume(path, volume)
+    lm = label_map if label_map is not None else read_label_map(path)
+    return labels_on_volume(lm, volume), dict(TOTALSEG_V2_LEVELS)
+
+
 def seg_references(path: str | Path) -> tuple[set[str], str, dict[int, str]]:
     """The SeriesInstanceUIDs a DICOM SEG was made from, its FrameOfReferenceUID and its
     vertebra segments (segment number -> level, :func:`level_of_segment`), from the
@@ -266,24 +288,33 @@ def seg_references(path: str | Path) -> tuple[set[str], str, dict[int, str]]:
     LabelMapError
         Not a readable DICOM SEG.
     """
-    import pydicom
+    ds, _ = _read_seg(path, pixels=False)
+    refs = _referenced_series(ds) - {""}
+    return refs, str(ds.get("FrameOfReferenceUID", "") or ""), _segments(ds)
 
-    p = Path(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(str(p), stop_before_pixels=True)
-    except Exception as exc:  # pydicom raises many types for a damaged file
-        raise LabelMapError(f"{p}: cannot read as DICOM SEG ({type(exc).__name__}: {exc})") from exc
-    if ds.get("Modality") != "SEG":
-        raise LabelMapError(f"{p}: a DICOM {ds.get('Modality', '?')} file, not a SEG")
-    ref = {str(s.get("SeriesInstanceUID", "")) for s in ds.get("ReferencedSeriesSequence", [])}
+
+def _read_seg(path: str | Path, *, pixels: bool = True) -> tuple[Any, np.ndarray | None]:
+    from hu_roi.io.dicom import read_object
+
+    return read_object(
+        path, "SEG", LabelMapError, not_a="a SEG", read_as="DICOM SEG", pixels=pixels
+    )
+
+
+def _referenced_series(ds: Any) -> set[str]:
+    """The SeriesInstanceUIDs a SEG names in its ReferencedSeriesSequence ("" for an item
+    without one)."""
+    return {str(s.get("SeriesInstanceUID", "")) for s in ds.get("ReferencedSeriesSequence", [])}
+
+
+def _segments(ds: Any) -> dict[int, str]:
+    """Segment number -> vertebral level of a SEG's vertebra segments (by SegmentLabel)."""
     table: dict[int, str] = {}
     for item in ds.get("SegmentSequence", []):
         level = level_of_segment(str(item.get("SegmentLabel", "")))
         if level is not None:
             table[int(item.SegmentNumber)] = level
-    return ref - {""}, str(ds.get("FrameOfReferenceUID", "") or ""), table
+    return table
 
 
 def is_dicom_file(path: str | Path) -> bool:
@@ -331,34 +362,19 @@ def seg_on_volume(path: str | Path, volume: Volume) -> tuple[np.ndarray, dict[in
         Not a SEG, of another series or Frame of Reference, on another grid, or without
         a vertebra segment.
     """
-    import pydicom
-
     p = Path(path)
     info = volume.info
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(str(p))
-            if ds.get("Modality") != "SEG":
-                raise LabelMapError(f"{p}: a DICOM {ds.get('Modality', '?')} file, not a SEG")
-            frames = np.asarray(ds.pixel_array)
-    except LabelMapError:
-        raise
-    except Exception as exc:  # pydicom raises many types for a damaged file
-        raise LabelMapError(f"{p}: cannot read as DICOM SEG ({type(exc).__name__}: {exc})") from exc
+    ds, pixels = _read_seg(p)
+    frames = np.asarray(pixels)
     if frames.ndim == 2:
         frames = frames[None]
-    table: dict[int, str] = {}
-    for item in ds.get("SegmentSequence", []):
-        level = level_of_segment(str(item.get("SegmentLabel", "")))
-        if level is not None:
-            table[int(item.SegmentNumber)] = level
+    table = _segments(ds)
     if not table:
         raise LabelMapError(
             f"{p} holds no vertebra segment (a SegmentLabel such as vertebrae_L1 or 'L1 vertebra')"
         )
     if info is not None:
-        ref = {str(s.get("SeriesInstanceUID", "")) for s in ds.get("ReferencedSeriesSequence", [])}
+        ref = _referenced_series(ds)
         for_uid = str(ds.get("FrameOfReferenceUID", ""))
         if info.series_instance_uid and ref and info.series_instance_uid not in ref:
             raise LabelMapError(

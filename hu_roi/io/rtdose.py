@@ -10,7 +10,6 @@ voxel centre of a loaded CT volume.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -133,20 +132,11 @@ def read_rtdose(path: str | Path) -> DoseGrid:
     DoseError
         Not an RTDOSE, relative dose, missing or inconsistent geometry.
     """
-    import pydicom
+    from hu_roi.io.dicom import read_object
 
     p = Path(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(str(p))
-            if ds.get("Modality") != "RTDOSE":
-                raise DoseError(f"{p}: a DICOM {ds.get('Modality', '?')} file, not an RTDOSE")
-            arr = np.asarray(ds.pixel_array, dtype=np.float64)
-    except DoseError:
-        raise
-    except Exception as exc:  # pydicom raises many types for a damaged file
-        raise DoseError(f"{p}: cannot read as RTDOSE ({type(exc).__name__}: {exc})") from exc
+    ds, pixels = read_object(p, "RTDOSE", DoseError, not_a="an RTDOSE", read_as="RTDOSE")
+    arr = np.asarray(pixels, dtype=np.float64)
     units = str(ds.get("DoseUnits", "")).upper()
     if units != "GY":
         raise DoseError(f"{p}: DoseUnits {units or '(none)'}; only absolute dose in GY is used")
