@@ -55,6 +55,11 @@ def lps_of(origin, orientation, spacing, step, k: int, r: int, c: int) -> np.nda
     return np.asarray(origin) + k * step * n + c * spacing[1] * o[0] + r * spacing[0] * o[1]
 
 
+def key_of(w, desc: str) -> str:
+    """series_key of the series of the widget's reading list with SeriesDescription ``desc``."""
+    return next(s.series_key for s in w.session.reading_list if s.series_description == desc)
+
+
 def make_widget(viewer):
     """A docked HuRoiWidget whose dialogs answer from ``w.answers`` (else the last button).
 

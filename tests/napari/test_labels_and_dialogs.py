@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from dicom_factory import write_ct_series
-from napari_helpers import A_ORIGIN, A_SPACING, A_STEP, SECRET, hu_a, make_widget
+from napari_helpers import A_ORIGIN, A_SPACING, A_STEP, SECRET, hu_a, key_of, make_widget
 
 pytest.importorskip("napari", reason="the napari extra is not installed")
 pytestmark = pytest.mark.napari
@@ -21,7 +21,7 @@ ELLIPSE = [[2, 15, 19], [2, 15, 29], [2, 25, 29], [2, 25, 19]]
 
 def _open(w, study: Path, desc: str = "Spine A"):
     w.open_folder(study, roi_file=study.parent / "r.rois.json")
-    key = next(s.series_key for s in w.session.reading_list if s.series_description == desc)
+    key = key_of(w, desc)
     w.open_series(key)
     return w.session
 

@@ -17,6 +17,7 @@ from napari_helpers import (
     B_ORIGIN,
     B_SPACING,
     B_STEP,
+    key_of,
     lps_of,
 )
 
@@ -26,10 +27,6 @@ pytestmark = pytest.mark.napari
 AXIAL = (1, 0, 0, 0, 1, 0)
 
 
-def _key(w, desc):
-    return next(s.series_key for s in w.session.reading_list if s.series_description == desc)
-
-
 def test_heights_drawn_on_the_sagittal_view_with_loss_against_baseline(widget, study, qtbot):
     from hu_roi.batch import measure_batch
     from hu_roi.roi import load_roiset
@@ -37,7 +34,7 @@ def test_heights_drawn_on_the_sagittal_view_with_loss_against_baseline(widget, s
     viewer, w = widget
     roi_file = study.parent / "h.rois.json"
     w.open_folder(study, roi_file=roi_file)
-    w.open_series(_key(w, "Spine A"))  # T0, axial
+    w.open_series(key_of(w, "Spine A"))  # T0, axial
     w.set_view("sagittal")
     w.draw_height("height-anterior")
     assert w.session.shapes_layer.mode == "add_line"
@@ -57,7 +54,7 @@ def test_heights_drawn_on_the_sagittal_view_with_loss_against_baseline(widget, s
 
     # the follow-up (T2, coronal series): rows run feet-wards, 1.0 mm apart
     w.set_view("axial")
-    w.open_series(_key(w, "Spine B"))
+    w.open_series(key_of(w, "Spine B"))
     w.session.add_roi("line", [[2, 5, 10], [2, 20, 10]], level="L1", kind="height-anterior")
     qtbot.waitUntil(lambda: len(w.table_rows()) == 1)
     now = 15 * B_SPACING[0]
@@ -80,14 +77,14 @@ def test_heights_drawn_on_the_sagittal_view_with_loss_against_baseline(widget, s
     assert np.allclose(p, [lps_of(*geo_b, 2, 5, 10), lps_of(*geo_b, 2, 20, 10)])
     # blinded: the heights stay, the comparison with the baseline goes
     w.set_blinded(True, seed=2)
-    w.open_series(_key(w, "Spine B"))
+    w.open_series(key_of(w, "Spine B"))
     assert "baseline" not in w.heights_text() and "anterior" in w.heights_text()
 
 
 def test_a_line_with_an_area_kind_is_reported_not_stored(widget, study, qtbot):
     viewer, w = widget
     w.open_folder(study, roi_file=study.parent / "x.rois.json")
-    w.open_series(_key(w, "Spine A"))
+    w.open_series(key_of(w, "Spine A"))
     w.session.add_roi("line", [[0, 20, 24], [5, 20, 24]], level="L1", kind="target")
     w._sync_now()
     assert w.session.roiset.rois == ()
@@ -97,10 +94,10 @@ def test_a_line_with_an_area_kind_is_reported_not_stored(widget, study, qtbot):
 def test_loss_above_the_endpoint_is_marked(widget, study, qtbot):
     viewer, w = widget
     w.open_folder(study, roi_file=study.parent / "y.rois.json")
-    w.open_series(_key(w, "Spine A"))
+    w.open_series(key_of(w, "Spine A"))
     w.session.add_roi("line", [[0, 20, 24], [5, 20, 24]], level="L2", kind="height-middle")
     w._sync_now()
-    w.open_series(_key(w, "Spine B"))
+    w.open_series(key_of(w, "Spine B"))
     w.session.add_roi("line", [[2, 5, 10], [2, 13, 10]], level="L2", kind="height-middle")
     w._sync_now()
     loss = 100 * (12.5 - 8 * B_SPACING[0]) / 12.5

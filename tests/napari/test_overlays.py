@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 from dicom_factory import write_ct_series
-from napari_helpers import B_ORIENT, B_ORIGIN, B_SHAPE, B_SPACING, B_STEP, lps_of
+from napari_helpers import B_ORIENT, B_ORIGIN, B_SHAPE, B_SPACING, B_STEP, key_of, lps_of
 from test_rois_from_labels import COLS, DZ, ORIGIN, ROWS, SP, N, _phantom, _write_nifti
 from test_rtdose import write_rtdose
 
@@ -73,7 +73,7 @@ def spine(tmp_path: Path) -> dict:
 
 def _open(w, spine: dict, desc: str = "Spine T0"):
     w.open_folder(spine["root"], roi_file=spine["root"].parent / "r.rois.json")
-    key = next(s.series_key for s in w.session.reading_list if s.series_description == desc)
+    key = key_of(w, desc)
     w.open_series(key)
     return w.session
 

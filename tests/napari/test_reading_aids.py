@@ -19,6 +19,7 @@ from napari_helpers import (
     B_STEP,
     hu_a,
     hu_b,
+    key_of,
     lps_of,
 )
 
@@ -30,7 +31,7 @@ AXIAL = (1, 0, 0, 0, 1, 0)
 
 def _open(w, study, desc: str):
     w.open_folder(study, roi_file=study.parent / "r.rois.json")
-    key = next(s.series_key for s in w.session.reading_list if s.series_description == desc)
+    key = key_of(w, desc)
     w.open_series(key)
     return w.session
 
