@@ -1754,6 +1754,18 @@ class Session:
         rows = list(self.calibrated_measurements())
         return rows, {"source": "hu-roi napari plugin", "roi_file": str(self.roi_path or "")}
 
+    @property
+    def unsaved(self) -> bool:
+        """The ROI file on disk is not the ROI set: unsaved edits, or never written."""
+        return self.dirty or self.roi_path is None or not self.roi_path.exists()
+
+    def stored_roi_file(self) -> Path:
+        """The ROI file, saved first when :attr:`unsaved` (what the batch commands read)."""
+        if self.unsaved:
+            self.save()
+        assert self.roi_path is not None  # save() names it
+        return self.roi_path
+
     def measure_all(self, out: str | Path) -> Path:
         """Measure every stored ROI of the indexed folder with the core batch; write CSV."""
         from hu_roi.batch import measure_batch
@@ -1761,9 +1773,7 @@ class Session:
 
         if self.root is None:
             raise ValueError("open a DICOM folder first")
-        if self.dirty or self.roi_path is None or not self.roi_path.exists():
-            self.save()
-        res = measure_batch(self.root, self.roi_path)  # type: ignore[arg-type]
+        res = measure_batch(self.root, self.stored_roi_file())
         meta = dict(res.meta)
         meta["source"] = "hu-roi napari plugin (measure all stored ROIs)"
         return write_measurements_csv(res.measurements, out, meta=meta)
@@ -1791,13 +1801,12 @@ class Session:
 
         if self.root is None:
             raise ValueError("open a DICOM folder first")
-        if self.dirty or self.roi_path is None or not self.roi_path.exists():
-            self.save()
+        roi_file = self.stored_roi_file()
         return export_dicom_to(
             out,
             self.root,
-            self.roi_path,  # type: ignore[arg-type]
-            inputs=[("the ROI file", self.roi_path), ("the DICOM folder", self.root)],  # type: ignore[list-item]
+            roi_file,
+            inputs=[("the ROI file", roi_file), ("the DICOM folder", self.root)],
             skip_unexportable=True,
             sr_groups=sr_groups,
         )

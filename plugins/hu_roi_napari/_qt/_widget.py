@@ -1301,10 +1301,8 @@ class HuRoiWidget(QWidget):
             return None
         if background:
             s = self.session
-            if s.dirty or s.roi_path is None or not s.roi_path.exists():
-                self.save()  # on the GUI thread: it reads the ROI layer
-                if s.dirty:
-                    return None
+            if not self._saved_first():
+                return None
             self.run_in_background(
                 s.measure_all,
                 path,
@@ -1320,6 +1318,14 @@ class HuRoiWidget(QWidget):
             return None
         self.message(f"Measured all stored ROIs into {Path(out).name}.")
         return out
+
+    def _saved_first(self) -> bool:
+        """Save the ROI file when it is not on disk as shown (on the GUI thread: saving
+        reads the ROI layer); False when it still has unsaved edits (save refused)."""
+        if self.session.unsaved:
+            self.save()
+            return not self.session.dirty
+        return True
 
     def export_dicom(
         self,
@@ -1356,10 +1362,8 @@ class HuRoiWidget(QWidget):
             if ans == "Cancel":
                 return None
             sr_groups = "segment" if ans.startswith("SEG") else "geometry"
-        if s.dirty or s.roi_path is None or not s.roi_path.exists():
-            self.save()  # on the GUI thread: it reads the ROI layer
-            if s.dirty:
-                return None
+        if not self._saved_first():
+            return None
         if background:
             self.run_in_background(
                 s.export_dicom,
