@@ -349,7 +349,8 @@ def labels_for_volume(
     volume : Volume
         The whole CT series (every slice).
     label_map : LabelMap, optional
-        The NIfTI at ``path`` read already (:func:`hu_roi.io.labels.read_label_map`).
+        The NIfTI at ``path`` read and checked already (:func:`hu_roi.io.labels.read_label_map`,
+        :func:`require_vertebrae`), as the command does before it reads the CT.
 
     Returns
     -------
@@ -371,8 +372,8 @@ def labels_for_volume(
     )
 
     name = Path(path).name
-    if not is_dicom_file(path):  # no vertebra label: refused before the grid check
-        label_map = label_map if label_map is not None else read_label_map(path)
+    if label_map is None and not is_dicom_file(path):  # refused before the grid check
+        label_map = read_label_map(path)
         require_vertebrae(label_map.labels, TOTALSEG_V2_LEVELS, label_map.path)
     labels, table = label_map_on_volume(path, volume, label_map=label_map)
     if not np.isin(labels, list(table)).any():
